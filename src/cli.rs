@@ -1,0 +1,1188 @@
+//! The command line: argv to a [`Command`], and the checks of a mount's paths.
+//!
+//! Two shapes of argv. If the first argument names a subcommand (`status`, `promote`, `pin`,
+//! `unpin`, `evict`, `unmount`, `cleanup`), clap parses it. Otherwise it is the mount form,
+//! `cachefs SOURCE MOUNTPOINT [--OPTION[=VALUE] | --OPTION VALUE | -o LIST | -f]...`, walked
+//! here by hand so that every `--long-option` and every `-o` item go through the one table in
+//! [`crate::options`]: the two spellings cannot drift, and `--help` prints that table.
+//!
+//! [`parse`] is pure. [`check_paths`] does the I/O (existence, canonical paths, creating the
+//! cache directory, and refusing paths that nest inside one another) and is called separately.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::options::{self, Arity, Kind};
+
+/// What the command line asks for.
+// `Mount` dwarfs the rest, but a `Command` is made once per process: not worth a `Box`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Mount(Config),
+    Status { mountpoint: PathBuf, json: bool },
+    Promote { wait: bool, paths: Vec<PathBuf> },
+    Pin { paths: Vec<PathBuf> },
+    Unpin { paths: Vec<PathBuf> },
+    Evict { paths: Vec<PathBuf> },
+    Unmount { mountpoint: PathBuf },
+    Cleanup { mountpoints: Vec<PathBuf> },
+}
+
+/// Why [`parse`] produced no command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliError {
+    /// Help or version text: print to stdout, exit 0.
+    Info(String),
+    /// One line: print to stderr, exit 2.
+    Usage(String),
+}
+
+/// The subcommand names; any other first argument starts the mount form.
+pub const SUBCOMMANDS: &[&str] = &[
+    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup",
+];
+
+const USAGE: &str = "usage: cachefs SOURCE MOUNTPOINT --cache DIR [OPTIONS] (see 'cachefs --help')";
+
+/// Parses argv (`argv[0]` is the program name) into a command. Pure: paths are not looked at;
+/// call [`check_paths`] on a mount's `Config` next.
+pub fn parse(argv: Vec<OsString>) -> Result<Command, CliError> {
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some(first) if SUBCOMMANDS.contains(&first) => parse_subcommand(argv),
+        _ => parse_mount(argv).map(Command::Mount),
+    }
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+fn parse_mount(argv: Vec<OsString>) -> Result<Config, CliError> {
+    let args: Vec<OsString> = argv.into_iter().skip(1).collect();
+
+    // Help and version win over any error elsewhere on the line.
+    for arg in args.iter().take_while(|a| *a != "--") {
+        match arg.to_str() {
+            Some("-h" | "--help") => return Err(CliError::Info(help_text())),
+            Some("-V" | "--version") => return Err(CliError::Info(version_text())),
+            _ => {}
+        }
+    }
+
+    let mut cfg = Config::new(PathBuf::new(), PathBuf::new(), PathBuf::new());
+    let mut positionals: Vec<OsString> = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let bytes = arg.as_encoded_bytes();
+        if bytes.len() < 2 || bytes[0] != b'-' {
+            positionals.push(arg);
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            return Err(usage(format!(
+                "option {} is not valid UTF-8: spell options in UTF-8",
+                arg.to_string_lossy()
+            )));
+        };
+        if s == "--" {
+            positionals.extend(args.by_ref());
+            break;
+        }
+        if let Some(long) = s.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (long, None),
+            };
+            if name == "foreground" {
+                if let Some(v) = inline {
+                    return Err(usage(format!(
+                        "option '--foreground' takes no value: write '--foreground', not \
+                         '--foreground={v}'"
+                    )));
+                }
+                cfg.foreground = true;
+                continue;
+            }
+            let value: Option<String> = match (options::arity(name), inline) {
+                (Some(Arity::Value), None) => match args.next() {
+                    Some(next) => Some(next.into_string().map_err(|v| {
+                        usage(format!(
+                            "value '{}' of '--{name}' is not valid UTF-8: use a UTF-8 path or \
+                             name",
+                            v.to_string_lossy()
+                        ))
+                    })?),
+                    None => {
+                        let metavar = options::OPTIONS
+                            .iter()
+                            .find(|o| o.name == options::normalise(name))
+                            .map_or("VALUE", |o| match o.kind {
+                                Kind::Value(m, _) => m,
+                                Kind::Flag(_) => "",
+                            });
+                        return Err(usage(format!(
+                            "option '--{name}' needs a value: write --{name} {metavar} or \
+                             --{name}={metavar}"
+                        )));
+                    }
+                },
+                (_, inline) => inline.map(str::to_string),
+            };
+            options::apply_option(&mut cfg, name, value.as_deref()).map_err(usage)?;
+            continue;
+        }
+        if s == "-f" {
+            cfg.foreground = true;
+            continue;
+        }
+        if let Some(rest) = s.strip_prefix("-o") {
+            let list = if rest.is_empty() {
+                match args.next() {
+                    Some(next) => next.into_string().map_err(|v| {
+                        usage(format!(
+                            "option list '{}' is not valid UTF-8: use UTF-8 paths and names",
+                            v.to_string_lossy()
+                        ))
+                    })?,
+                    None => {
+                        return Err(usage(
+                            "option '-o' needs a list: write -o cache=DIR[,OPTION[=VALUE],...]",
+                        ));
+                    }
+                }
+            } else {
+                rest.to_string()
+            };
+            options::apply_option_list(&mut cfg, &list).map_err(usage)?;
+            continue;
+        }
+        return Err(usage(format!(
+            "unknown option '{s}': see 'cachefs --help' for the options"
+        )));
+    }
+
+    let mut positionals = positionals.into_iter();
+    let (source, mountpoint) = match (positionals.next(), positionals.next()) {
+        (Some(s), Some(m)) => (s, m),
+        (Some(_), None) => return Err(usage(format!("missing MOUNTPOINT: {USAGE}"))),
+        _ => return Err(usage(format!("missing SOURCE and MOUNTPOINT: {USAGE}"))),
+    };
+    if let Some(extra) = positionals.next() {
+        return Err(usage(format!(
+            "unexpected argument '{}': cachefs mounts one SOURCE on one MOUNTPOINT; {USAGE}",
+            extra.to_string_lossy()
+        )));
+    }
+    if cfg.cache.as_os_str().is_empty() {
+        return Err(usage(
+            "missing cache directory: add --cache DIR or -o cache=DIR",
+        ));
+    }
+    cfg.source = source.into();
+    cfg.mountpoint = mountpoint.into();
+    Ok(cfg)
+}
+
+fn version_text() -> String {
+    format!("cachefs {}\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// `cachefs --help`: the usage, every option of [`options::OPTIONS`], and the subcommands.
+pub fn help_text() -> String {
+    let mut h = String::new();
+    para(
+        &mut h,
+        &format!(
+            "cachefs {}: a FUSE filesystem that serves SOURCE at MOUNTPOINT, keeping copies \
+             of the files in use in a cache directory on a faster disk.",
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
+    h.push('\n');
+    h.push_str(
+        "Usage:\n  \
+         cachefs SOURCE MOUNTPOINT --cache DIR [--OPTION[=VALUE] ...] [-f]\n  \
+         cachefs SOURCE MOUNTPOINT -o cache=DIR[,OPTION[=VALUE],...] [-f]\n  \
+         cachefs COMMAND ...\n\n",
+    );
+    para(
+        &mut h,
+        "Mount options. Each is --name VALUE, --name=VALUE or -o name=VALUE (flags: --name \
+         or -o name); '-' and '_' in names are the same:",
+    );
+    for spec in options::OPTIONS {
+        let dashed = spec.name.replace('_', "-");
+        let left = match spec.kind {
+            Kind::Flag(_) => format!("--{dashed}"),
+            Kind::Value(metavar, _) => format!("--{dashed} {metavar}"),
+        };
+        item(&mut h, &left, spec.help);
+    }
+    item(
+        &mut h,
+        "-o LIST",
+        "comma-separated options, as fstab and mount.fuse3 give them: cache=DIR,max_size=500G,\
+         allow_other (\\, is a literal comma); may be repeated",
+    );
+    item(
+        &mut h,
+        "-f, --foreground",
+        "stay in the foreground and log to stderr; SIGTERM or SIGINT unmounts",
+    );
+    item(&mut h, "-h, --help", "print this help");
+    item(&mut h, "-V, --version", "print the version");
+    let kernel: Vec<&str> = options::KERNEL_FLAGS.iter().map(|(n, _)| *n).collect();
+    h.push('\n');
+    para(
+        &mut h,
+        &format!("Kernel mount flags (flags only): {}.", kernel.join(", ")),
+    );
+    para(
+        &mut h,
+        &format!(
+            "Accepted and ignored, as fstab lines carry them: {}, and any x-... option.",
+            options::IGNORED.join(", ")
+        ),
+    );
+    h.push('\n');
+    para(
+        &mut h,
+        "Commands (each takes a MOUNTPOINT, or files and directories under one; see \
+         'cachefs COMMAND --help'):",
+    );
+    for (left, help) in [
+        ("status MOUNTPOINT [--json]", "the running mount's state"),
+        (
+            "promote [--wait] PATH...",
+            "queue files (directories: every file below) for promotion; --wait shows \
+             progress and returns when they are cached",
+        ),
+        ("pin PATH...", "promote and never evict"),
+        ("unpin PATH...", "make pinned copies evictable again"),
+        (
+            "evict PATH...",
+            "drop cached copies (the source is untouched)",
+        ),
+        (
+            "unmount MOUNTPOINT",
+            "graceful stop: finish or cancel promotions, unmount, daemon exits",
+        ),
+        (
+            "cleanup [MOUNTPOINT...]",
+            "find stale cachefs mounts (all, or those named) and remove them",
+        ),
+    ] {
+        item(&mut h, left, help);
+    }
+    h.push_str(
+        "\nfstab:\n  /mnt/hdd  /mnt/media  fuse.cachefs  cache=/mnt/ssd/cachefs,allow_other,nofail  0 0\n\
+         \nExit status: 0 success, 1 runtime failure, 2 bad usage or bad option.\n",
+    );
+    h
+}
+
+const HELP_WIDTH: usize = 100;
+
+/// Appends `text` word-wrapped, and a newline.
+fn para(h: &mut String, text: &str) {
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > HELP_WIDTH {
+            h.push_str(&line);
+            h.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    h.push_str(&line);
+    h.push('\n');
+}
+
+/// Appends one help item: `left` in a column, `help` word-wrapped beside or below it.
+fn item(h: &mut String, left: &str, help: &str) {
+    const COL: usize = 30;
+    let mut line = format!("  {left}");
+    if line.len() + 2 > COL {
+        h.push_str(&line);
+        h.push('\n');
+        line = String::new();
+    }
+    let mut first = true;
+    for word in help.split_whitespace() {
+        if first || line.len() + 1 + word.len() > HELP_WIDTH {
+            if !first {
+                h.push_str(line.trim_end());
+                h.push('\n');
+                line.clear();
+            }
+            while line.len() < COL {
+                line.push(' ');
+            }
+            line.push_str(word);
+            first = false;
+        } else {
+            line.push(' ');
+            line.push_str(word);
+        }
+    }
+    h.push_str(line.trim_end());
+    h.push('\n');
+}
+
+/// The subcommands, parsed by clap.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cachefs",
+    bin_name = "cachefs",
+    version,
+    disable_help_subcommand = true,
+    color = clap::ColorChoice::Never
+)]
+struct SubCli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Show the running mount's state.
+    Status {
+        /// The mount's directory.
+        mountpoint: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue files (directories: every file below) for promotion to the cache.
+    Promote {
+        /// Show progress and return when the files are cached; exit 1 if any failed.
+        #[arg(long)]
+        wait: bool,
+        /// Files or directories under a cachefs mount.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Promote files and never evict them.
+    Pin {
+        /// Files or directories under a cachefs mount.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Make pinned files evictable again.
+    Unpin {
+        /// Files or directories under a cachefs mount.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Drop cached copies (the source is untouched).
+    Evict {
+        /// Files or directories under a cachefs mount.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Stop a mount gracefully: finish or cancel promotions, unmount, the daemon exits.
+    Unmount {
+        /// The mount's directory.
+        mountpoint: PathBuf,
+    },
+    /// Find stale cachefs mounts (all, or those named) and remove them.
+    Cleanup {
+        /// Only these mountpoints.
+        mountpoints: Vec<PathBuf>,
+    },
+}
+
+fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
+    let matches = SubCli::command()
+        .try_get_matches_from(argv)
+        .map_err(clap_error)?;
+    let cli = SubCli::from_arg_matches(&matches).map_err(clap_error)?;
+    Ok(match cli.command {
+        Sub::Status { mountpoint, json } => Command::Status { mountpoint, json },
+        Sub::Promote { wait, paths } => Command::Promote { wait, paths },
+        Sub::Pin { paths } => Command::Pin { paths },
+        Sub::Unpin { paths } => Command::Unpin { paths },
+        Sub::Evict { paths } => Command::Evict { paths },
+        Sub::Unmount { mountpoint } => Command::Unmount { mountpoint },
+        Sub::Cleanup { mountpoints } => Command::Cleanup { mountpoints },
+    })
+}
+
+/// A clap error as ours: help and version as `Info`, anything else as one `Usage` line with
+/// the subcommand's usage appended.
+fn clap_error(err: clap::Error) -> CliError {
+    use clap::error::ErrorKind;
+    let mut text = err.render().to_string();
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            CliError::Info(text)
+        }
+        _ => {
+            // clap's shape: "error: ..." and its continuation lines, a blank line, "tip: ..."
+            // lines, "Usage: ...", "For more information, try '--help'.".
+            let mut parts: Vec<String> = Vec::new();
+            let mut lines = text.lines().map(str::trim);
+            for line in lines.by_ref() {
+                if line.is_empty() || line.starts_with("Usage:") {
+                    break;
+                }
+                let line = line.strip_prefix("error: ").unwrap_or(line);
+                match parts.last_mut() {
+                    Some(last) => {
+                        last.push(' ');
+                        last.push_str(line);
+                    }
+                    None => parts.push(line.to_string()),
+                }
+            }
+            for line in text.lines().map(str::trim) {
+                if let Some(tip) = line.strip_prefix("tip: ") {
+                    parts.push(tip.to_string());
+                } else if let Some(u) = line.strip_prefix("Usage: ") {
+                    parts.push(format!("usage: {u}"));
+                }
+            }
+            CliError::Usage(parts.join("; "))
+        }
+    }
+}
+
+/// Checks and completes a mount's paths, with I/O: SOURCE and MOUNTPOINT must be existing
+/// directories, the cache directory is created if missing, all three become absolute and
+/// canonical, and none may be inside another (the cache may not contain SOURCE or
+/// MOUNTPOINT either). A MOUNTPOINT whose stat fails with ENOTCONN (a stale FUSE mount) is
+/// accepted: recovering it is the mount's job. `log`, if set, is made absolute. Errors are one
+/// line naming the path and the fix.
+pub fn check_paths(cfg: &mut Config) -> Result<(), String> {
+    let source = existing_dir(
+        "source",
+        &cfg.source,
+        "give an existing directory as SOURCE",
+    )?;
+    let mountpoint = resolve_mountpoint(&cfg.mountpoint)?;
+    check_nesting(&source, &mountpoint, None)?;
+
+    // Where the cache will be, checked before anything is created there.
+    let planned = planned_path(&cfg.cache)
+        .map_err(|e| format!("cannot resolve cache '{}': {e}", cfg.cache.display()))?;
+    check_nesting(&source, &mountpoint, Some(&planned))?;
+    match std::fs::metadata(&cfg.cache) {
+        Ok(m) if !m.is_dir() => {
+            return Err(format!(
+                "cache '{}' is not a directory: give a directory (created if missing) with \
+                 --cache DIR",
+                cfg.cache.display()
+            ));
+        }
+        Ok(_) => {}
+        Err(_) => std::fs::create_dir_all(&cfg.cache).map_err(|e| {
+            format!(
+                "cannot create cache directory '{}': {e}: give a writable directory with \
+                 --cache DIR",
+                cfg.cache.display()
+            )
+        })?,
+    }
+    let cache = existing_dir(
+        "cache",
+        &cfg.cache,
+        "give a directory (created if missing) with --cache DIR",
+    )?;
+    check_nesting(&source, &mountpoint, Some(&cache))?;
+
+    if let Some(log) = &cfg.log {
+        cfg.log = Some(
+            std::path::absolute(log)
+                .map_err(|e| format!("cannot resolve log file '{}': {e}", log.display()))?,
+        );
+    }
+    cfg.source = source;
+    cfg.mountpoint = mountpoint;
+    cfg.cache = cache;
+    Ok(())
+}
+
+/// `path`, which must be an existing directory, canonicalized.
+fn existing_dir(what: &str, path: &Path, fix: &str) -> Result<PathBuf, String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{what} '{shown}' is not a directory: {fix}")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("{what} '{shown}' does not exist: {fix}"));
+        }
+        Err(e) => return Err(format!("cannot access {what} '{shown}': {e}: {fix}")),
+    }
+    std::fs::canonicalize(path).map_err(|e| format!("cannot resolve {what} '{shown}': {e}"))
+}
+
+fn is_enotconn(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// The mountpoint, absolute and canonical. When a stat of it fails with ENOTCONN (a stale FUSE
+/// mount), it is resolved without looking inside: its parent is canonicalized and its name
+/// appended (symlinks to it followed by `readlink`, which does not touch the mount).
+fn resolve_mountpoint(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::canonicalize(path)
+            .map_err(|e| format!("cannot resolve mountpoint '{shown}': {e}")),
+        Ok(_) => Err(format!(
+            "mountpoint '{shown}' is not a directory: mount on an existing directory"
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+            "mountpoint '{shown}' does not exist: create it first (mkdir -p '{shown}')"
+        )),
+        Err(e) if is_enotconn(&e) => {
+            resolve_stale(path).map_err(|e| format!("cannot resolve mountpoint '{shown}': {e}"))
+        }
+        Err(e) => Err(format!(
+            "cannot access mountpoint '{shown}': {e}: check its permissions, or run \
+             'cachefs cleanup' if it is a stale mount"
+        )),
+    }
+}
+
+/// Absolute, canonical form of a path whose last component cannot be stat'ed.
+fn resolve_stale(path: &Path) -> io::Result<PathBuf> {
+    let mut path = std::path::absolute(path)?;
+    for _ in 0..40 {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::other(
+                "the path does not end in a directory name",
+            ));
+        };
+        let resolved = std::fs::canonicalize(parent)?.join(name);
+        match std::fs::symlink_metadata(&resolved) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&resolved)?;
+                path =
+                    std::path::absolute(resolved.parent().unwrap_or(Path::new("/")).join(target))?;
+            }
+            _ => return Ok(resolved),
+        }
+    }
+    Err(io::Error::other("too many levels of symbolic links"))
+}
+
+/// Where `path` resolves to once created: its longest existing ancestor canonicalized, the
+/// rest appended (`..` applied lexically, as `create_dir_all` would).
+fn planned_path(path: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    let comps: Vec<Component> = abs.components().collect();
+    for i in (1..=comps.len()).rev() {
+        let prefix: PathBuf = comps[..i].iter().collect();
+        if let Ok(mut out) = std::fs::canonicalize(&prefix) {
+            for c in &comps[i..] {
+                match c {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::Normal(n) => out.push(n),
+                    _ => {}
+                }
+            }
+            return Ok(out);
+        }
+    }
+    Ok(abs)
+}
+
+/// Refuses paths nested in one another. Paths are canonical; comparison is by component.
+fn check_nesting(source: &Path, mountpoint: &Path, cache: Option<&Path>) -> Result<(), String> {
+    let (s, m) = (source.display(), mountpoint.display());
+    if source == mountpoint {
+        return Err(format!(
+            "SOURCE and MOUNTPOINT are the same directory '{s}': cachefs cannot mount over its \
+             own source; mount on another, empty directory"
+        ));
+    }
+    if mountpoint.starts_with(source) {
+        return Err(format!(
+            "mountpoint '{m}' is inside source '{s}': the mount would contain itself; choose a \
+             mountpoint outside SOURCE"
+        ));
+    }
+    if source.starts_with(mountpoint) {
+        return Err(format!(
+            "source '{s}' is inside mountpoint '{m}': the mount would hide its own source; \
+             choose a mountpoint outside SOURCE"
+        ));
+    }
+    let Some(cache) = cache else { return Ok(()) };
+    let c = cache.display();
+    let fix = "put the cache directory outside SOURCE and MOUNTPOINT (e.g. on the SSD)";
+    for (what, p) in [("source", source), ("mountpoint", mountpoint)] {
+        let shown = p.display();
+        if cache == p {
+            return Err(format!("cache '{c}' is the {what} directory: {fix}"));
+        }
+        if cache.starts_with(p) {
+            return Err(format!("cache '{c}' is inside {what} '{shown}': {fix}"));
+        }
+        if p.starts_with(cache) {
+            return Err(format!("cache '{c}' contains {what} '{shown}': {fix}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MinFree, PromoteMode};
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        std::iter::once("cachefs")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn mount(args: &[&str]) -> Config {
+        match parse(argv(args)) {
+            Ok(Command::Mount(c)) => c,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn usage_err(args: &[&str]) -> String {
+        match parse(argv(args)) {
+            Err(CliError::Usage(msg)) => {
+                assert!(!msg.contains('\n'), "{args:?}: not one line: {msg}");
+                msg
+            }
+            other => panic!("{args:?}: expected a usage error, got {other:?}"),
+        }
+    }
+
+    fn expected() -> Config {
+        let mut c = Config::new("/hdd".into(), "/media".into(), "/ssd/c".into());
+        c.max_size = Some(500 << 30);
+        c.min_free = MinFree::Percent(5);
+        c.promote = PromoteMode::Manual;
+        c.allow_other = true;
+        c.kernel_flags.nosuid = true;
+        c
+    }
+
+    #[test]
+    fn both_forms_give_the_same_config() {
+        let forms: &[&[&str]] = &[
+            &[
+                "/hdd",
+                "/media",
+                "--cache",
+                "/ssd/c",
+                "--max-size",
+                "500G",
+                "--min-free=5%",
+                "--promote",
+                "manual",
+                "--allow-other",
+                "--nosuid",
+            ],
+            &[
+                "/hdd",
+                "/media",
+                "-o",
+                "cache=/ssd/c,max_size=500G,min_free=5%,promote=manual,allow_other,nosuid",
+            ],
+            // As mount.fuse3 gives it, with what fstab and mount(8) add.
+            &[
+                "/hdd",
+                "/media",
+                "-o",
+                "rw,nofail,dev,nosuid,cache=/ssd/c,max_size=500G,min_free=5%,promote=manual,\
+                 allow_other,x-systemd.automount,_netdev",
+            ],
+            // Options first, underscores on the command line, -oLIST, several -o.
+            &[
+                "--cache=/ssd/c",
+                "--max_size",
+                "500G",
+                "-omin_free=5%",
+                "/hdd",
+                "-o",
+                "promote=manual",
+                "/media",
+                "-o",
+                "allow_other,nosuid",
+            ],
+            &[
+                "--allow_other",
+                "--nosuid",
+                "--promote=manual",
+                "--min_free",
+                "5%",
+                "--max-size=500G",
+                "--cache",
+                "/ssd/c",
+                "--",
+                "/hdd",
+                "/media",
+            ],
+        ];
+        for form in forms {
+            assert_eq!(mount(form), expected(), "{form:?}");
+        }
+    }
+
+    #[test]
+    fn foreground_and_order() {
+        let c = mount(&["-f", "/hdd", "/media", "--cache", "/c"]);
+        assert!(c.foreground);
+        let c = mount(&["/hdd", "/media", "--foreground", "-o", "cache=/c"]);
+        assert!(c.foreground);
+        assert!(!mount(&["/hdd", "/media", "--cache", "/c"]).foreground);
+
+        // The last of an option wins, whichever form each came in.
+        let c = mount(&[
+            "/h",
+            "/m",
+            "--cache",
+            "/c1",
+            "-o",
+            "cache=/c2,max_size=1G",
+            "--max-size=2G",
+        ]);
+        assert_eq!(c.cache, PathBuf::from("/c2"));
+        assert_eq!(c.max_size, Some(2 << 30));
+        let c = mount(&[
+            "/h",
+            "/m",
+            "-o",
+            "max_size=2G",
+            "--max-size",
+            "1G",
+            "--cache",
+            "/c",
+        ]);
+        assert_eq!(c.max_size, Some(1 << 30));
+
+        // After `--`, dashes are paths.
+        let c = mount(&["--cache", "/c", "--", "-src", "--mnt"]);
+        assert_eq!(c.source, PathBuf::from("-src"));
+        assert_eq!(c.mountpoint, PathBuf::from("--mnt"));
+        // A lone `-` is a path too.
+        let c = mount(&["-", "/m", "--cache", "/c"]);
+        assert_eq!(c.source, PathBuf::from("-"));
+    }
+
+    #[test]
+    fn mount_errors() {
+        let table: &[(&[&str], &str)] = &[
+            (
+                &[],
+                "missing SOURCE and MOUNTPOINT: usage: cachefs SOURCE MOUNTPOINT",
+            ),
+            (&["/h"], "missing MOUNTPOINT"),
+            (&["--cache", "/c"], "missing SOURCE and MOUNTPOINT"),
+            (
+                &["/h", "/m"],
+                "missing cache directory: add --cache DIR or -o cache=DIR",
+            ),
+            (&["/h", "/m", "-o", "ro"], "missing cache directory"),
+            (
+                &["/h", "/m", "/x", "--cache", "/c"],
+                "unexpected argument '/x'",
+            ),
+            (
+                &["/h", "/m", "--cache", "/c", "--foo"],
+                "unknown option 'foo': see 'cachefs --help' for the options",
+            ),
+            (
+                &["/h", "/m", "--cache", "/c", "--foo=1"],
+                "unknown option 'foo'",
+            ),
+            (&["/h", "/m", "-o", "cache=/c,foo"], "unknown option 'foo'"),
+            (&["/h", "/m", "--cache", "/c", "-x"], "unknown option '-x'"),
+            (
+                &["/h", "/m", "--cache", "/c", "-fo"],
+                "unknown option '-fo'",
+            ),
+            (
+                &["/h", "/m", "--cache", "/c", "--max-size", "lots"],
+                "option 'max_size': invalid size 'lots'",
+            ),
+            (
+                &["/h", "/m", "-o", "cache=/c,max_size=5Q"],
+                "invalid size '5Q'",
+            ),
+            (
+                &["/h", "/m", "--cache", "/c", "--max-size"],
+                "option '--max-size' needs a value: write --max-size SIZE or --max-size=SIZE",
+            ),
+            (&["/h", "/m", "--cache"], "option '--cache' needs a value"),
+            (&["/h", "/m", "--cache="], "option 'cache' needs a value"),
+            (
+                &["/h", "/m", "--cache", "/c", "-o"],
+                "option '-o' needs a list",
+            ),
+            (
+                &["/h", "/m", "--cache", "/c", "--allow-other=yes"],
+                "option 'allow_other' takes no value: write 'allow_other', not 'allow_other=yes'",
+            ),
+            (
+                &["/h", "/m", "-o", "cache=/c,debug=1"],
+                "option 'debug' takes no value",
+            ),
+            (
+                &["/h", "/m", "--cache", "/c", "--foreground=1"],
+                "'--foreground' takes no value",
+            ),
+            (
+                &["/h", "/m", "--cache", "/c", "--promote", "lazy"],
+                "write auto or manual",
+            ),
+        ];
+        for (args, want) in table {
+            let err = usage_err(args);
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        // A flag given as `--flag VALUE` leaves VALUE as a positional.
+        let err = usage_err(&["/h", "/m", "--cache", "/c", "--allow-other", "yes"]);
+        assert!(err.contains("unexpected argument 'yes'"), "{err}");
+    }
+
+    #[test]
+    fn help_and_version() {
+        for args in [
+            &["--help"][..],
+            &["-h"],
+            &["/h", "/m", "--help"],
+            &["/h", "--bogus", "-h"],
+        ] {
+            match parse(argv(args)) {
+                Err(CliError::Info(h)) => {
+                    assert!(h.contains("Usage:"), "{h}");
+                    for spec in options::OPTIONS {
+                        let dashed = format!("--{}", spec.name.replace('_', "-"));
+                        assert!(h.contains(&dashed), "help lacks {dashed}");
+                    }
+                    for word in ["-o LIST", "--foreground", "nofail", "noatime", "cleanup"] {
+                        assert!(h.contains(word), "help lacks {word}");
+                    }
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        for args in [&["--version"][..], &["-V"]] {
+            assert_eq!(
+                parse(argv(args)),
+                Err(CliError::Info(format!(
+                    "cachefs {}\n",
+                    env!("CARGO_PKG_VERSION")
+                )))
+            );
+        }
+        // After `--`, `--help` is a path.
+        assert!(matches!(
+            parse(argv(&["--cache", "/c", "--", "--help", "/m"])),
+            Ok(Command::Mount(_))
+        ));
+    }
+
+    #[test]
+    fn subcommands() {
+        let p = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let table: &[(&[&str], Command)] = &[
+            (
+                &["status", "/media"],
+                Command::Status {
+                    mountpoint: "/media".into(),
+                    json: false,
+                },
+            ),
+            (
+                &["status", "--json", "/media"],
+                Command::Status {
+                    mountpoint: "/media".into(),
+                    json: true,
+                },
+            ),
+            (
+                &["status", "/media", "--json"],
+                Command::Status {
+                    mountpoint: "/media".into(),
+                    json: true,
+                },
+            ),
+            (
+                &["promote", "/media/a", "/media/b"],
+                Command::Promote {
+                    wait: false,
+                    paths: p(&["/media/a", "/media/b"]),
+                },
+            ),
+            (
+                &["promote", "--wait", "/media/a"],
+                Command::Promote {
+                    wait: true,
+                    paths: p(&["/media/a"]),
+                },
+            ),
+            (
+                &["pin", "a", "b"],
+                Command::Pin {
+                    paths: p(&["a", "b"]),
+                },
+            ),
+            (&["unpin", "a"], Command::Unpin { paths: p(&["a"]) }),
+            (
+                &["evict", "a", "--", "--b"],
+                Command::Evict {
+                    paths: p(&["a", "--b"]),
+                },
+            ),
+            (
+                &["unmount", "/media"],
+                Command::Unmount {
+                    mountpoint: "/media".into(),
+                },
+            ),
+            (
+                &["cleanup"],
+                Command::Cleanup {
+                    mountpoints: vec![],
+                },
+            ),
+            (
+                &["cleanup", "/m1", "/m2"],
+                Command::Cleanup {
+                    mountpoints: p(&["/m1", "/m2"]),
+                },
+            ),
+        ];
+        for (args, want) in table {
+            assert_eq!(parse(argv(args)).as_ref(), Ok(want), "{args:?}");
+        }
+
+        let errors: &[(&[&str], &str)] = &[
+            (&["status"], "usage: cachefs status"),
+            (&["status", "/a", "/b"], "unexpected argument '/b'"),
+            (&["status", "/a", "--jsn"], "unexpected argument '--jsn'"),
+            (&["promote"], "usage: cachefs promote"),
+            (&["promote", "--wait"], "PATHS"),
+            (&["pin"], "required"),
+            (&["unpin"], "required"),
+            (&["evict"], "required"),
+            (&["unmount"], "required"),
+            (&["unmount", "/a", "/b"], "unexpected argument"),
+            (&["cleanup", "--all"], "unexpected argument '--all'"),
+        ];
+        for (args, want) in errors {
+            let err = usage_err(args);
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+
+        for args in [&["status", "--help"][..], &["promote", "-h"]] {
+            match parse(argv(args)) {
+                Err(CliError::Info(h)) => assert!(h.contains("Usage: cachefs"), "{h}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        // Not a subcommand name: the mount form.
+        assert!(matches!(
+            parse(argv(&["./status", "/m", "--cache", "/c"])),
+            Ok(Command::Mount(_))
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_paths() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(b"/h\xff".to_vec());
+        let args = vec![
+            "cachefs".into(),
+            bad.clone(),
+            "/m".into(),
+            "--cache".into(),
+            "/c".into(),
+        ];
+        match parse(args) {
+            Ok(Command::Mount(c)) => assert_eq!(c.source.into_os_string(), bad),
+            other => panic!("{other:?}"),
+        }
+        let args = vec!["cachefs".into(), "pin".into(), bad.clone()];
+        assert_eq!(
+            parse(args),
+            Ok(Command::Pin {
+                paths: vec![bad.into()]
+            })
+        );
+    }
+
+    // check_paths
+
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+    }
+
+    fn dirs(names: &[&str]) -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        for n in names {
+            std::fs::create_dir_all(root.join(n)).unwrap();
+        }
+        Dirs { _tmp: tmp, root }
+    }
+
+    fn cfg(d: &Dirs, source: &str, mountpoint: &str, cache: &str) -> Config {
+        Config::new(
+            d.root.join(source),
+            d.root.join(mountpoint),
+            d.root.join(cache),
+        )
+    }
+
+    #[test]
+    fn check_paths_accepts_and_canonicalizes() {
+        let d = dirs(&["hdd", "media", "ssd"]);
+        let mut c = cfg(&d, "hdd/../hdd", "./media", "ssd/new/../cache");
+        c.log = Some("rel.log".into());
+        check_paths(&mut c).unwrap();
+        assert_eq!(c.source, d.root.join("hdd"));
+        assert_eq!(c.mountpoint, d.root.join("media"));
+        assert_eq!(c.cache, d.root.join("ssd/cache"));
+        assert!(c.cache.is_dir(), "cache not created");
+        assert!(c.log.as_ref().is_some_and(|l| l.is_absolute()));
+
+        // An existing cache is fine; so is a deeper one created whole.
+        let mut c = cfg(&d, "hdd", "media", "ssd/a/b/c");
+        check_paths(&mut c).unwrap();
+        assert!(d.root.join("ssd/a/b/c").is_dir());
+        check_paths(&mut c).unwrap();
+
+        // Siblings sharing a prefix are not nested: /a/b vs /a/bc.
+        let d = dirs(&["a/b", "a/bc", "a/bcd"]);
+        let mut c = cfg(&d, "a/b", "a/bc", "a/bcd");
+        check_paths(&mut c).unwrap();
+        let mut c = cfg(&d, "a/bc", "a/bcd", "a/b");
+        check_paths(&mut c).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn check_paths_follows_symlinks() {
+        let d = dirs(&["hdd", "media", "ssd"]);
+        std::os::unix::fs::symlink(d.root.join("hdd"), d.root.join("src-link")).unwrap();
+        std::os::unix::fs::symlink(d.root.join("hdd"), d.root.join("cache-link")).unwrap();
+        let mut c = cfg(&d, "src-link", "media", "ssd/c");
+        check_paths(&mut c).unwrap();
+        assert_eq!(c.source, d.root.join("hdd"));
+        // A cache reached through a symlink to the source is still the source.
+        let mut c = cfg(&d, "hdd", "media", "cache-link/c");
+        let err = check_paths(&mut c).unwrap_err();
+        assert!(err.contains("is inside source"), "{err}");
+        assert!(!d.root.join("hdd/c").exists(), "created inside the source");
+    }
+
+    #[test]
+    fn check_paths_errors() {
+        type Case<'a> = (&'a [&'a str], (&'a str, &'a str, &'a str), &'a str);
+        let table: &[Case] = &[
+            (
+                &["media", "ssd"],
+                ("hdd", "media", "ssd/c"),
+                "does not exist: give an existing",
+            ),
+            (&["hdd", "ssd"], ("hdd", "media", "ssd/c"), "mountpoint '"),
+            (
+                &["hdd", "ssd"],
+                ("hdd", "media", "ssd/c"),
+                "does not exist: create it first",
+            ),
+            (
+                &["hdd/d", "media"],
+                ("hdd/d", "media", "hdd/d/cache"),
+                "is inside source",
+            ),
+            (
+                &["hdd", "media"],
+                ("hdd", "media", "hdd"),
+                "is the source directory",
+            ),
+            (
+                &["hdd", "media"],
+                ("hdd", "media", "media/c"),
+                "is inside mountpoint",
+            ),
+            (
+                &["hdd", "media"],
+                ("hdd", "media", "media"),
+                "is the mountpoint directory",
+            ),
+            (
+                &["c/hdd", "media"],
+                ("c/hdd", "media", "c"),
+                "contains source",
+            ),
+            (
+                &["hdd", "c/media"],
+                ("hdd", "c/media", "c"),
+                "contains mountpoint",
+            ),
+            (
+                &["hdd", "ssd"],
+                ("hdd", "hdd", "ssd/c"),
+                "are the same directory",
+            ),
+            (
+                &["hdd/m", "ssd"],
+                ("hdd", "hdd/m", "ssd/c"),
+                "is inside source",
+            ),
+            (
+                &["m/hdd", "ssd"],
+                ("m/hdd", "m", "ssd/c"),
+                "is inside mountpoint",
+            ),
+        ];
+        for (make, (s, m, c), want) in table {
+            let d = dirs(make);
+            let mut conf = cfg(&d, s, m, c);
+            let before = conf.clone();
+            let err = check_paths(&mut conf).unwrap_err();
+            assert!(err.contains(want), "{s} {m} {c}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+            assert_eq!(conf, before, "a failed check changed the config");
+        }
+        // Nothing was created inside the source or mountpoint on the way to failing.
+        let d = dirs(&["hdd", "media"]);
+        assert!(check_paths(&mut cfg(&d, "hdd", "media", "media/x/y")).is_err());
+        assert!(!d.root.join("media/x").exists());
+
+        // Files where directories are needed.
+        let d = dirs(&["hdd", "media", "ssd"]);
+        std::fs::write(d.root.join("file"), b"x").unwrap();
+        for ((s, m, c), want) in [
+            (("file", "media", "ssd/c"), "source '"),
+            (("hdd", "file", "ssd/c"), "mountpoint '"),
+            (("hdd", "media", "file"), "cache '"),
+            (("hdd", "media", "file/c"), "cannot create cache directory"),
+        ] {
+            let err = check_paths(&mut cfg(&d, s, m, c)).unwrap_err();
+            assert!(err.contains(want), "{s} {m} {c}: {err}");
+            if !want.starts_with("cannot") {
+                assert!(err.contains("is not a directory"), "{err}");
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The validated configuration of one mount: what `cli` and `options` produce from argv,
+//! and what every other module reads. Plain data; no I/O happens here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Free space to keep on the cache's filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFree {
+    Bytes(u64),
+    /// Percent of the cache filesystem's size, 0..=100.
+    Percent(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromoteMode {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    Auto,
+    On,
+    Off,
+}
+
+/// Mount flags that go to the kernel as `MS_*` bits (`nodev`, `nosuid`, `noexec`, `noatime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelFlags {
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+    pub cache: PathBuf,
+    pub foreground: bool,
+    pub max_size: Option<u64>,
+    pub min_free: MinFree,
+    pub max_age: Option<Duration>,
+    pub promote: PromoteMode,
+    pub prefetch: u32,
+    /// Bytes per second; 0 is unlimited.
+    pub promote_bw: u64,
+    pub promote_after: u64,
+    pub promote_threads: usize,
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    pub negative_timeout: Duration,
+    /// Zero is off.
+    pub meta_ttl: Duration,
+    pub log: Option<PathBuf>,
+    /// `ADDR:PORT` as given; resolved when the listener starts.
+    pub metrics: Option<String>,
+    pub passthrough: Passthrough,
+    pub allow_other: bool,
+    pub read_only: bool,
+    pub debug: bool,
+    pub kernel_flags: KernelFlags,
+}
+
+impl Config {
+    /// A configuration with every option at its documented default.
+    pub fn new(source: PathBuf, mountpoint: PathBuf, cache: PathBuf) -> Config {
+        Config {
+            source,
+            mountpoint,
+            cache,
+            foreground: false,
+            max_size: None,
+            min_free: MinFree::Percent(10),
+            max_age: None,
+            promote: PromoteMode::Auto,
+            prefetch: 1,
+            promote_bw: 0,
+            promote_after: 16 << 20,
+            promote_threads: 2,
+            // Kernel cache lifetimes. The source can change behind our back (another host on a
+            // NAS, a download client), so attributes are kept short enough that a changed
+            // size shows within a second, while names live longer: a media library's
+            // directory tree rarely changes, and scanners walk it many times.
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::from_secs(1),
+            meta_ttl: Duration::ZERO,
+            log: None,
+            metrics: None,
+            passthrough: Passthrough::Auto,
+            allow_other: false,
+            read_only: false,
+            debug: false,
+            kernel_flags: KernelFlags::default(),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! cachefs: a FUSE filesystem that shows a slow SOURCE tree unchanged at MOUNTPOINT and
+//! serves files it has copied to a fast CACHE directory from there.
+//!
+//! - `cli`, `options`, `config`: argv (direct or fstab form) to one validated `Config`.
+//! - `mount`: mountpoint checks, mount(2), the session threads, clean stop on signals.
+//! - `fuse`: the one `fuser::Filesystem` impl, a thin adapter over `overlay`.
+//! - `overlay`: the core; every operation passed through to SOURCE with the caller's
+//!   identity, through directory descriptors and single names (never joined paths).
+//! - `inodes`: node ids <-> source objects (an `O_PATH` descriptor each), lookup counts.
+//! - `sys`: the only `unsafe`, thin libc wrappers.
+//!
+//! Invariants (ARCHITECTURE.md): the source is the truth; no stale bytes; reads never
+//! wait for promotion; nothing partial is visible; no path escapes SOURCE.
+
+pub mod cli;
+pub mod config;
+pub mod fuse;
+pub mod inodes;
+pub mod mount;
+pub mod options;
+pub mod overlay;
+pub mod sys;

@@ -1,0 +1,264 @@
+//! Mount lifecycle: the mountpoint check (stale predecessor or live mount), mount(2) on
+//! /dev/fuse, the session's worker threads, and a clean stop on SIGTERM, SIGINT or SIGHUP
+//! (lazy unmount, then exit 0).
+
+use std::ffi::{CString, OsString};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::fuse::CachefsFs;
+use crate::overlay::Overlay;
+use crate::sys;
+
+/// The signals that stop the daemon cleanly.
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// FUSE request worker threads. Most of them sleep in a slow source call at any time,
+/// so there are more than cores: one slow read must not stall a directory listing.
+const FUSE_THREADS: usize = 8;
+
+/// A failure to mount or run, with a message for the user.
+#[derive(Debug)]
+pub struct MountError(pub String);
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err(msg: impl Into<String>) -> MountError {
+    MountError(msg.into())
+}
+
+/// One line of /proc/self/mountinfo that matters here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub target: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
+/// backslash).
+pub fn unescape(field: &str) -> OsString {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Parses mountinfo text: `ID PARENT MAJ:MIN ROOT TARGET OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER`.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            Some(MountInfo {
+                target: PathBuf::from(unescape(fields.get(4)?)),
+                fstype: unescape(fields.get(dash + 1)?).to_string_lossy().into_owned(),
+                source: unescape(fields.get(dash + 2)?).to_string_lossy().into_owned(),
+            })
+        })
+        .collect()
+}
+
+pub fn mounts() -> io::Result<Vec<MountInfo>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+/// Makes MOUNTPOINT ready: a stale mount left by a dead daemon (ENOTCONN) is lazily
+/// unmounted, with a line saying so; a live mount there is an error naming it.
+fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
+    let all = mounts().map_err(|e| err(format!("cannot read /proc/self/mountinfo: {e}")))?;
+    // The last entry at a target is the one on top.
+    let Some(top) = all.iter().rev().find(|m| m.target == mountpoint) else {
+        return Ok(());
+    };
+    match sys::stat_path(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(
+                "removing a stale {} mount at {} (its daemon is gone)",
+                top.fstype,
+                mountpoint.display()
+            );
+            let target = sys::cpath(mountpoint).map_err(|e| err(e.to_string()))?;
+            sys::umount2(&target, libc::MNT_DETACH).map_err(|e| {
+                err(format!(
+                    "cannot remove the stale mount at {}: {e}",
+                    mountpoint.display()
+                ))
+            })
+        }
+        _ => Err(err(format!(
+            "{} is already mounted ({} from {}): unmount it first, or pick another mountpoint",
+            mountpoint.display(),
+            top.fstype,
+            top.source
+        ))),
+    }
+}
+
+/// mount(2) of a FUSE filesystem on an open /dev/fuse.
+fn fuse_mount(cfg: &Config, dev: &OwnedFd) -> io::Result<()> {
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={}",
+        dev.as_raw_fd(),
+        sys::geteuid(),
+        sys::getegid()
+    );
+    if cfg.allow_other {
+        data.push_str(",allow_other,default_permissions");
+    }
+    let mut flags = 0u64;
+    let k = cfg.kernel_flags;
+    if cfg.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    if k.nodev {
+        flags |= libc::MS_NODEV;
+    }
+    if k.nosuid {
+        flags |= libc::MS_NOSUID;
+    }
+    if k.noexec {
+        flags |= libc::MS_NOEXEC;
+    }
+    if k.noatime {
+        flags |= libc::MS_NOATIME;
+    }
+    // fsname: SOURCE, so `findmnt` and `df` say what is mounted. Commas would split the
+    // options, so they are not allowed there; the source path goes in mount's own field.
+    let source = CString::new(cfg.source.as_os_str().as_bytes())?;
+    let target = sys::cpath(&cfg.mountpoint)?;
+    let data = CString::new(data)?;
+    sys::mount(&source, &target, c"fuse.cachefs", flags, &data)
+}
+
+/// Mounts and serves until stopped. Returns once the filesystem is unmounted.
+pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
+    // Before any thread exists, so every thread inherits the blocked mask and only the
+    // signal thread below receives the stop signals.
+    sys::block_signals(&STOP_SIGNALS).map_err(|e| err(format!("cannot block signals: {e}")))?;
+    if let Err(e) = sys::raise_nofile_limit() {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
+    prepare_mountpoint(&cfg.mountpoint)?;
+
+    let cfg = Arc::new(cfg);
+    let core = Arc::new(
+        Overlay::new(cfg.clone())
+            .map_err(|e| err(format!("cannot open source {}: {e}", cfg.source.display())))?,
+    );
+    let dev: OwnedFd = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| err(format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)")))?
+        .into();
+    fuse_mount(&cfg, &dev).map_err(|e| {
+        err(format!(
+            "cannot mount on {}: {e}",
+            cfg.mountpoint.display()
+        ))
+    })?;
+
+    let mut fcfg = fuser::Config::default();
+    fcfg.n_threads = Some(FUSE_THREADS);
+    fcfg.clone_fd = true;
+    let acl = if cfg.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let session = match fuser::Session::from_fd(CachefsFs::new(core), dev, acl, fcfg) {
+        Ok(s) => s,
+        Err(e) => {
+            lazy_unmount(&cfg.mountpoint);
+            return Err(err(format!("FUSE handshake failed: {e}")));
+        }
+    };
+    tracing::info!(
+        "mounted {} at {} (cache {})",
+        cfg.source.display(),
+        cfg.mountpoint.display(),
+        cfg.cache.display()
+    );
+
+    let mountpoint = cfg.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || stop_on_signal(&mountpoint))
+        .map_err(|e| err(format!("cannot start the signal thread: {e}")))?;
+
+    session
+        .run()
+        .map_err(|e| err(format!("FUSE session failed: {e}")))?;
+    tracing::info!("unmounted {}", cfg.mountpoint.display());
+    Ok(())
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    if let Ok(target) = sys::cpath(mountpoint)
+        && let Err(e) = sys::umount2(&target, libc::MNT_DETACH)
+        && e.raw_os_error() != Some(libc::EINVAL)
+    {
+        tracing::warn!("cannot unmount {}: {e}", mountpoint.display());
+    }
+}
+
+/// Waits for a stop signal, unmounts lazily (a busy mount goes as soon as its last user
+/// lets go, and new users no longer see it), then gives in-flight requests a moment and
+/// exits 0. The session would end by itself once the kernel drops the connection, but a
+/// reader holding a file open keeps it alive, and a stop must not wait for a reader.
+fn stop_on_signal(mountpoint: &Path) {
+    let sig = match sys::wait_signal(&STOP_SIGNALS) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("waiting for signals failed: {e}");
+            return;
+        }
+    };
+    tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
+    lazy_unmount(mountpoint);
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_and_fields() {
+        let text = "36 35 98:0 / /mnt/my\\040media rw,noatime master:1 - fuse.cachefs /srv/hdd\\011x rw,user_id=0\n\
+                    37 35 98:0 / /a\\134b rw - ext4 /dev/sda1 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].target, PathBuf::from("/mnt/my media"));
+        assert_eq!(m[0].fstype, "fuse.cachefs");
+        assert_eq!(m[0].source, "/srv/hdd\tx");
+        assert_eq!(m[1].target, PathBuf::from("/a\\b"));
+        assert_eq!(unescape("a\\012b"), OsString::from("a\nb"));
+        assert_eq!(unescape("trailing\\04"), OsString::from("trailing\\04"));
+    }
+}

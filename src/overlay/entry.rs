@@ -1,0 +1,199 @@
+//! Names and attributes: lookup, getattr, setattr, readlink, mknod, mkdir, unlink, rmdir,
+//! symlink, rename, link, statfs, access. Each works on a parent's descriptor and one
+//! name, or on the object's own descriptor, never on a joined path.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use super::{Caller, Entry, Overlay, check_writable};
+use crate::sys::{self, TimeSpec};
+
+/// A new timestamp in a setattr.
+#[derive(Debug, Clone, Copy)]
+pub enum Timestamp {
+    Now,
+    /// Seconds and nanoseconds since the epoch.
+    At(i64, u32),
+}
+
+/// The changes of one setattr call; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+    pub fh: Option<u64>,
+}
+
+fn timespec(t: Option<Timestamp>) -> TimeSpec {
+    match t {
+        None => TimeSpec::Omit,
+        Some(Timestamp::Now) => TimeSpec::Now,
+        Some(Timestamp::At(s, ns)) => TimeSpec::Set(s, ns as i64),
+    }
+}
+
+impl Overlay {
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Entry> {
+        let parent = self.inode(parent)?;
+        let _as = self.creds.enter(caller)?;
+        self.lookup_inode(&parent, name)
+    }
+
+    pub fn getattr(&self, nodeid: u64) -> io::Result<sys::Stat> {
+        sys::fstat(self.inode(nodeid)?.fd())
+    }
+
+    pub fn setattr(&self, caller: &Caller, nodeid: u64, set: &SetAttr) -> io::Result<sys::Stat> {
+        check_writable(&self.cfg)?;
+        let inode = self.inode(nodeid)?;
+        let handle = set.fh.and_then(|fh| self.files.get(fh).ok());
+        let _as = self.creds.enter(caller)?;
+        let proc = sys::proc_path(inode.fd());
+
+        if let Some(mode) = set.mode {
+            match &handle {
+                Some(h) => sys::fchmod(h.fd.as_fd(), mode & 0o7777)?,
+                // Symlinks have no mode of their own on Linux.
+                None if inode.is_symlink() => {
+                    return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+                }
+                None => sys::chmod_path(&proc, mode & 0o7777)?,
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::fchownat_fd(inode.fd(), set.uid, set.gid)?;
+        }
+        if let Some(size) = set.size {
+            match &handle {
+                Some(h) => sys::ftruncate(h.fd.as_fd(), size)?,
+                None => sys::truncate_path(&proc, size)?,
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let (a, m) = (timespec(set.atime), timespec(set.mtime));
+            if inode.is_symlink() {
+                sys::utimensat(
+                    inode.fd.as_raw_fd(),
+                    c"",
+                    a,
+                    m,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )?;
+            } else {
+                sys::utimensat(libc::AT_FDCWD, &proc, a, m, 0)?;
+            }
+        }
+        sys::fstat(inode.fd())
+    }
+
+    pub fn readlink(&self, nodeid: u64) -> io::Result<std::ffi::OsString> {
+        let inode = self.inode(nodeid)?;
+        if !inode.is_symlink() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        sys::readlink_fd(inode.fd())
+    }
+
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> io::Result<Entry> {
+        check_writable(&self.cfg)?;
+        let parent = self.inode(parent)?;
+        let _as = self.creds.enter(caller)?;
+        sys::mknodat(parent.fd(), name, mode, rdev as u64)?;
+        self.lookup_inode(&parent, name)
+    }
+
+    pub fn mkdir(&self, caller: &Caller, parent: u64, name: &OsStr, mode: u32) -> io::Result<Entry> {
+        check_writable(&self.cfg)?;
+        let parent = self.inode(parent)?;
+        let _as = self.creds.enter(caller)?;
+        sys::mkdirat(parent.fd(), name, mode)?;
+        self.lookup_inode(&parent, name)
+    }
+
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> io::Result<Entry> {
+        check_writable(&self.cfg)?;
+        let parent = self.inode(parent)?;
+        let _as = self.creds.enter(caller)?;
+        sys::symlinkat(target, parent.fd(), name)?;
+        self.lookup_inode(&parent, name)
+    }
+
+    pub fn link(
+        &self,
+        caller: &Caller,
+        nodeid: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> io::Result<Entry> {
+        check_writable(&self.cfg)?;
+        let inode = self.inode(nodeid)?;
+        let newparent = self.inode(newparent)?;
+        let _as = self.creds.enter(caller)?;
+        sys::link_fd(inode.fd(), newparent.fd(), newname)?;
+        self.lookup_inode(&newparent, newname)
+    }
+
+    pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.remove(caller, parent, name, 0)
+    }
+
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.remove(caller, parent, name, libc::AT_REMOVEDIR)
+    }
+
+    fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
+        check_writable(&self.cfg)?;
+        let parent = self.inode(parent)?;
+        let _as = self.creds.enter(caller)?;
+        sys::unlinkat(parent.fd(), name, flags)
+    }
+
+    pub fn rename(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        check_writable(&self.cfg)?;
+        let parent = self.inode(parent)?;
+        let newparent = self.inode(newparent)?;
+        let _as = self.creds.enter(caller)?;
+        sys::renameat2(parent.fd(), name, newparent.fd(), newname, flags)
+    }
+
+    pub fn statfs(&self, nodeid: u64) -> io::Result<libc::statvfs> {
+        let inode = self.inode(nodeid).unwrap_or_else(|_| self.inodes.root());
+        sys::fstatvfs(inode.fd())
+    }
+
+    pub fn access(&self, caller: &Caller, nodeid: u64, mask: i32) -> io::Result<()> {
+        let inode = self.inode(nodeid)?;
+        let _as = self.creds.enter(caller)?;
+        if inode.is_symlink() {
+            // access(2) follows symlinks; the kernel resolves them before asking us.
+            return Ok(());
+        }
+        sys::faccess(&sys::proc_path(inode.fd()), mask)
+    }
+}

@@ -1,0 +1,130 @@
+//! The core: SOURCE shown as it is, every operation passed through to it.
+//!
+//! Methods take FUSE-level arguments (node ids, names, handles) and return
+//! `io::Result`, whose errno is what the caller sees. Nothing here knows about fuser;
+//! `crate::fuse` adapts. One file per family of operations:
+//! `entry` (lookup, attributes, names), `dir` (directory handles), `file` (open files),
+//! `xattr`, and `creds` (running as the caller).
+
+mod creds;
+mod dir;
+mod entry;
+mod file;
+mod xattr;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+pub use creds::Caller;
+pub use dir::DirEntryOut;
+pub use entry::{SetAttr, Timestamp};
+pub use xattr::XattrReply;
+
+use crate::config::Config;
+use crate::inodes::{Inode, InodeTable};
+use crate::sys;
+
+/// A looked-up object: its node id and the source's attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub nodeid: u64,
+    pub stat: sys::Stat,
+}
+
+pub struct Overlay {
+    pub cfg: Arc<Config>,
+    inodes: InodeTable,
+    creds: creds::Creds,
+    files: Handles<file::FileHandle>,
+    dirs: Handles<dir::DirHandle>,
+}
+
+/// Open handles by number. Numbers are never reused within a mount.
+struct Handles<T> {
+    map: Mutex<HashMap<u64, Arc<T>>>,
+    next: AtomicU64,
+}
+
+impl<T> Handles<T> {
+    fn new() -> Self {
+        Handles {
+            map: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn insert(&self, value: T) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.lock().insert(fh, Arc::new(value));
+        fh
+    }
+
+    fn get(&self, fh: u64) -> io::Result<Arc<T>> {
+        self.map
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    fn remove(&self, fh: u64) -> Option<Arc<T>> {
+        self.map.lock().remove(&fh)
+    }
+}
+
+impl Overlay {
+    /// Opens SOURCE's root. The daemon's umask is cleared: the kernel has already applied
+    /// the caller's umask to every mode it sends.
+    pub fn new(cfg: Arc<Config>) -> io::Result<Overlay> {
+        let root_path = sys::cpath(&cfg.source)?;
+        let root: OwnedFd = sys::open_path(
+            &root_path,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        sys::set_umask(0);
+        Ok(Overlay {
+            cfg,
+            inodes: InodeTable::new(root)?,
+            creds: creds::Creds::new(),
+            files: Handles::new(),
+            dirs: Handles::new(),
+        })
+    }
+
+    fn inode(&self, nodeid: u64) -> io::Result<Arc<Inode>> {
+        self.inodes.get(nodeid)
+    }
+
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        self.inodes.forget(nodeid, n);
+    }
+
+    /// How many inodes the kernel currently holds.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    fn lookup_inode(&self, parent: &Inode, name: &OsStr) -> io::Result<Entry> {
+        let (inode, stat) = self.inodes.lookup(parent, name)?;
+        Ok(Entry {
+            nodeid: inode.nodeid,
+            stat,
+        })
+    }
+}
+
+/// EROFS for a mutating call on a read-only mount.
+fn check_writable(cfg: &Config) -> io::Result<()> {
+    if cfg.read_only {
+        Err(io::Error::from_raw_os_error(libc::EROFS))
+    } else {
+        Ok(())
+    }
+}

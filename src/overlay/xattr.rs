@@ -1,0 +1,73 @@
+//! Extended attributes: getxattr, listxattr, setxattr, removexattr, on the object the
+//! inode's descriptor refers to (through `/proc/self/fd/N`, as `f*xattr` refuse `O_PATH`
+//! descriptors).
+
+use std::ffi::OsStr;
+use std::io;
+
+use super::{Caller, Overlay, check_writable};
+use crate::sys;
+
+/// The answer to a get/list call: the size asked for with a zero-sized buffer, or the
+/// bytes themselves.
+pub enum XattrReply {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+fn reply(buf: Vec<u8>, n: usize, size: u32) -> io::Result<XattrReply> {
+    if size == 0 {
+        Ok(XattrReply::Size(n as u32))
+    } else if n > size as usize {
+        Err(io::Error::from_raw_os_error(libc::ERANGE))
+    } else {
+        let mut buf = buf;
+        buf.truncate(n);
+        Ok(XattrReply::Data(buf))
+    }
+}
+
+impl Overlay {
+    pub fn getxattr(
+        &self,
+        caller: &Caller,
+        nodeid: u64,
+        name: &OsStr,
+        size: u32,
+    ) -> io::Result<XattrReply> {
+        let inode = self.inode(nodeid)?;
+        let _as = self.creds.enter(caller)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::getxattr(&sys::proc_path(inode.fd()), name, &mut buf)?;
+        reply(buf, n, size)
+    }
+
+    pub fn listxattr(&self, caller: &Caller, nodeid: u64, size: u32) -> io::Result<XattrReply> {
+        let inode = self.inode(nodeid)?;
+        let _as = self.creds.enter(caller)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::listxattr(&sys::proc_path(inode.fd()), &mut buf)?;
+        reply(buf, n, size)
+    }
+
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        nodeid: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        check_writable(&self.cfg)?;
+        let inode = self.inode(nodeid)?;
+        let _as = self.creds.enter(caller)?;
+        sys::setxattr(&sys::proc_path(inode.fd()), name, value, flags)
+    }
+
+    pub fn removexattr(&self, caller: &Caller, nodeid: u64, name: &OsStr) -> io::Result<()> {
+        check_writable(&self.cfg)?;
+        let inode = self.inode(nodeid)?;
+        let _as = self.creds.enter(caller)?;
+        sys::removexattr(&sys::proc_path(inode.fd()), name)
+    }
+}

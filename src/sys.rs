@@ -1,0 +1,574 @@
+//! The only `unsafe` in the crate: thin wrappers over libc that return `io::Result`.
+//!
+//! Everything that touches SOURCE goes through a directory file descriptor and a single
+//! path component (the `*at` family), never through a joined path string: see invariant 7
+//! in ARCHITECTURE.md. `proc_path` names an fd through `/proc/self/fd`, for the few calls
+//! that have no `*at` form accepting an `O_PATH` descriptor (chmod, truncate, xattrs, open).
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+pub type Stat = libc::stat;
+
+/// An all-zero stat, for replies that carry no object (negative entries).
+pub fn zeroed_stat() -> Stat {
+    // SAFETY: libc::stat is plain old data; all-zero is a valid value.
+    unsafe { MaybeUninit::<Stat>::zeroed().assume_init() }
+}
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+pub fn cpath(p: &Path) -> io::Result<CString> {
+    cstr(p.as_os_str())
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `/proc/self/fd/N` for an fd: a short path that reaches the fd's file whatever its real
+/// path length, and that follows no user-controlled symlink.
+pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never contains a NUL byte.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let name = cstr(name)?;
+    // SAFETY: name is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = check(unsafe {
+        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode)
+    })?;
+    // SAFETY: fd was just returned by openat and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens an absolute path (used only for SOURCE's root and for /proc paths).
+pub fn open_path(path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: path is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: fd was just returned by open and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<Stat> {
+    let name = cstr(name)?;
+    let mut st = MaybeUninit::<Stat>::zeroed();
+    // SAFETY: name is NUL-terminated and st points to writable memory of the right size.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so it filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// stat of the object an fd (including an `O_PATH` one) refers to, without following it.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    fstatat(
+        fd,
+        OsStr::new(""),
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
+pub fn stat_path(path: &Path) -> io::Result<Stat> {
+    let p = cpath(path)?;
+    let mut st = MaybeUninit::<Stat>::zeroed();
+    // SAFETY: p is NUL-terminated and st points to writable memory of the right size.
+    check(unsafe { libc::stat(p.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: stat succeeded, so it filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let name = cstr(name)?;
+    // SAFETY: name is NUL-terminated.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let name = cstr(name)?;
+    // SAFETY: name is NUL-terminated.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()> {
+    let name = cstr(name)?;
+    // SAFETY: name is NUL-terminated.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    oldname: &OsStr,
+    newdir: BorrowedFd<'_>,
+    newname: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let old = cstr(oldname)?;
+    let new = cstr(newname)?;
+    // SAFETY: both names are NUL-terminated.
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            old.as_ptr(),
+            newdir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let target = cstr(target)?;
+    let name = cstr(name)?;
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// Hard-links the file an fd refers to as `newdir/newname`. Goes through `/proc/self/fd`
+/// with AT_SYMLINK_FOLLOW, which, unlike AT_EMPTY_PATH, needs no CAP_DAC_READ_SEARCH, so
+/// it works while the thread runs with a caller's fsuid.
+pub fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &OsStr) -> io::Result<()> {
+    let src = proc_path(fd);
+    let new = cstr(newname)?;
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            newdir.as_raw_fd(),
+            new.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// The target of the symlink an `O_PATH` fd refers to.
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for buf.len() bytes; the empty path is NUL-terminated.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
+}
+
+pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let uid = uid.unwrap_or(u32::MAX);
+    let gid = gid.unwrap_or(u32::MAX);
+    // SAFETY: the empty path is NUL-terminated; -1 (u32::MAX) leaves an id unchanged.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn chmod_path(path: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: path is NUL-terminated.
+    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+pub fn truncate_path(path: &CStr, size: u64) -> io::Result<()> {
+    // SAFETY: path is NUL-terminated.
+    check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) }).map(drop)
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+}
+
+/// A timestamp for `utimensat`: a value, the current time, or unchanged.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSpec {
+    Set(i64, i64),
+    Now,
+    Omit,
+}
+
+impl TimeSpec {
+    fn to_libc(self) -> libc::timespec {
+        match self {
+            TimeSpec::Set(sec, nsec) => libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            },
+            TimeSpec::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            TimeSpec::Omit => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+        }
+    }
+}
+
+/// utimensat on `dir/name` (name may be empty with AT_EMPTY_PATH in flags).
+pub fn utimensat(
+    dir: RawFd,
+    name: &CStr,
+    atime: TimeSpec,
+    mtime: TimeSpec,
+    flags: i32,
+) -> io::Result<()> {
+    let times = [atime.to_libc(), mtime.to_libc()];
+    // SAFETY: name is NUL-terminated and times is a 2-element array as required.
+    check(unsafe { libc::utimensat(dir, name.as_ptr(), times.as_ptr(), flags) }).map(drop)
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: buf is writable for buf.len() bytes.
+    check_size(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: buf is readable for buf.len() bytes.
+    check_size(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+/// write(2) at the fd's own offset: what O_APPEND files need, where pwrite's offset
+/// would be ignored anyway.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is readable for buf.len() bytes.
+    check_size(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// close(dup(fd)): lets the source filesystem see a close (NFS flushes there) while the
+/// handle itself stays open.
+pub fn flush(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let dup = fd.try_clone_to_owned()?;
+    drop(dup);
+    Ok(())
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(drop)
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut oi = off_in as libc::loff_t;
+    let mut oo = off_out as libc::loff_t;
+    // SAFETY: the offset pointers point to live locals.
+    check_size(unsafe {
+        libc::copy_file_range(fd_in.as_raw_fd(), &mut oi, fd_out.as_raw_fd(), &mut oo, len, 0)
+    } as libc::ssize_t)
+}
+
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: st points to writable memory of the right size.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so it filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// One directory entry as getdents64 returns it.
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: u8,
+    pub name: OsString,
+}
+
+/// Reads every entry of an open directory fd from its start (skipping `.` and `..`).
+pub fn read_dir_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
+    lseek(fd, 0, libc::SEEK_SET)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let n = n as usize;
+        let mut pos = 0;
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        while pos + 19 <= n {
+            let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap_or([0; 8]));
+            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+            let kind = buf[pos + 18];
+            if reclen == 0 || pos + reclen > n {
+                break;
+            }
+            let name_bytes = &buf[pos + 19..pos + reclen];
+            let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(DirEntry {
+                    ino,
+                    kind,
+                    name: OsString::from_vec(name.to_vec()),
+                });
+            }
+            pos += reclen;
+        }
+    }
+}
+
+pub fn getxattr(path: &CStr, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+    let name = cstr(name)?;
+    // SAFETY: strings are NUL-terminated; buf is writable for its length (a null pointer
+    // with size 0 asks for the size only).
+    check_size(unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: path is NUL-terminated; buf is writable for its length.
+    check_size(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn setxattr(path: &CStr, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let name = cstr(name)?;
+    // SAFETY: strings are NUL-terminated; value is readable for its length.
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn removexattr(path: &CStr, name: &OsStr) -> io::Result<()> {
+    let name = cstr(name)?;
+    // SAFETY: strings are NUL-terminated.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// access(2) checked with the thread's effective (fs) ids, not the real ones.
+pub fn faccess(path: &CStr, mask: i32) -> io::Result<()> {
+    // SAFETY: path is NUL-terminated. faccessat2 is used for AT_EACCESS, which the
+    // glibc faccessat emulates only partially.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            mask,
+            libc::AT_EACCESS,
+        ) as libc::c_int
+    })
+    .map(drop)
+}
+
+// ---- credentials (per thread) ----
+
+/// Sets this thread's filesystem uid and gid and supplementary groups. Raw syscalls on
+/// purpose: glibc's wrappers broadcast setgroups to every thread of the process.
+pub fn set_thread_creds(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: groups points to groups.len() valid gid_t values.
+    check(unsafe {
+        libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) as libc::c_int
+    })?;
+    // setfsuid/setfsgid return the previous id and cannot report failure directly; the
+    // caller verifies the switch by reading it back.
+    // SAFETY: plain syscalls.
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+    }
+    // SAFETY: setfsuid(-1) changes nothing and returns the current fsuid.
+    let now = unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) } as u32;
+    if now != uid {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(())
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getegid() }
+}
+
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::umask(mask) }
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit: the overlay holds one O_PATH fd per inode the
+/// kernel knows.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::zeroed();
+    // SAFETY: lim points to writable memory of the right size.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: getrlimit succeeded.
+    let mut lim = unsafe { lim.assume_init() };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: lim is a valid rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+// ---- mounting ----
+
+/// mount(2).
+pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: u64, data: &CStr) -> io::Result<()> {
+    // SAFETY: every string is NUL-terminated.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags as libc::c_ulong,
+            data.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+pub fn umount2(target: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: target is NUL-terminated.
+    check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+// ---- signals ----
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: set points to a sigset_t; sigemptyset initialises it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &s in signals {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        set.assume_init()
+    }
+}
+
+/// Blocks `signals` in the calling thread; threads spawned afterwards inherit the mask,
+/// so only a thread calling `wait_signal` receives them.
+pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+    let set = sigset(signals);
+    // SAFETY: set is initialised; the old mask is not needed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Waits for one of `signals` (which must be blocked) and returns it.
+pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
+    let set = sigset(signals);
+    let mut sig = 0;
+    // SAFETY: set is initialised and sig is a valid out pointer.
+    let r = unsafe { libc::sigwait(&set, &mut sig) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(sig)
+}

@@ -1,0 +1,24 @@
+//! The one integration test binary: the real `cachefs` binary on real FUSE mounts.
+//!
+//! Modules, one per area:
+//! - `common`: `TestMount` (temp SOURCE/CACHE/MNT, start, wait for the mount, teardown in
+//!   `Drop`), running code as another user, errno capture.
+//! - `parity`: the same script of file-system calls on the mount and on a plain directory,
+//!   compared outcome by outcome (results, errno values, ownership, mode bits).
+//! - `users`: a second user through an `--allow-other` mount, compared with a plain directory.
+//! - `cli`: argument validation, both option forms, signals.
+//!
+//! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
+//! otherwise prints why it is skipped and returns.
+
+#[path = "integration/common.rs"]
+mod common;
+
+#[path = "integration/parity.rs"]
+mod parity;
+
+#[path = "integration/users.rs"]
+mod users;
+
+#[path = "integration/cli.rs"]
+mod cli;

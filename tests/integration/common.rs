@@ -1,0 +1,841 @@
+//! Shared harness: `TestMount` (temp SOURCE/CACHE/MNT, the real binary in the foreground,
+//! readiness by polling mountinfo, teardown in `Drop` even on panic), running code as
+//! another user in a child process, errno capture, and the outcome recorder that parity
+//! tests compare.
+
+#![allow(dead_code)]
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_cachefs");
+
+/// The second user of the `users` tests. It need not exist in /etc/passwd.
+pub const OTHER_UID: u32 = 1000;
+pub const OTHER_GID: u32 = 1000;
+
+/// How long a mount may take to appear, and a stopped daemon to exit.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(10);
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+
+fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// Whether this test can mount: root and a usable /dev/fuse. Under `CI=true` a missing
+/// prerequisite is a failure, never a silent skip; elsewhere the test prints why it is
+/// skipped and the caller returns.
+pub fn can_mount(test: &str) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("not running as root".to_string());
+    }
+    match fs::metadata("/dev/fuse") {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()) => {}
+        Ok(_) => missing.push("/dev/fuse is not a character device".to_string()),
+        Err(e) => missing.push(format!("/dev/fuse: {e}")),
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = missing.join("; ");
+    if in_ci() {
+        panic!("{test}: cannot run under CI=true: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// Early return from a test that cannot mount here (see `can_mount`).
+#[macro_export]
+macro_rules! require_mount {
+    () => {
+        if !$crate::common::can_mount(module_path!()) {
+            return;
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// mountinfo
+
+/// Undo mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` `\`).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// One mountinfo line, the parts the tests look at.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    /// Per-mount options (field 6): `rw,nosuid,nodev,...`.
+    pub mount_options: String,
+    pub fstype: String,
+    pub source: String,
+    pub super_options: String,
+}
+
+/// Every mount in /proc/self/mountinfo whose mount point is `path`, in mount order.
+pub fn mounts_at(path: &Path) -> Vec<MountEntry> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let want = path.as_os_str().as_bytes();
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 6 || r.len() < 3 {
+            continue;
+        }
+        let mp = unescape_mountinfo(l[4]);
+        if mp != want {
+            continue;
+        }
+        found.push(MountEntry {
+            mount_point: PathBuf::from(OsStr::from_bytes(&mp)),
+            mount_options: l[5].to_string(),
+            fstype: r[0].to_string(),
+            source: String::from_utf8_lossy(&unescape_mountinfo(r[1])).into_owned(),
+            super_options: r[2].to_string(),
+        });
+    }
+    found
+}
+
+/// The fstype of the topmost mount at `path`, if anything is mounted there.
+pub fn fstype_at(path: &Path) -> Option<String> {
+    mounts_at(path).pop().map(|m| m.fstype)
+}
+
+/// Lazily unmount whatever is at `path`; errors are ignored (nothing may be mounted).
+pub fn detach(path: &Path) {
+    let c = cpath(path);
+    // SAFETY: c is a valid NUL-terminated path.
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+/// Poll until nothing is mounted at `path`, up to `deadline`. True when it is clear.
+pub fn wait_unmounted(path: &Path, deadline: Duration) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if mounts_at(path).is_empty() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// processes
+
+pub fn send_signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill with a pid we spawned and still hold (not yet reaped), so it cannot
+    // have been reused.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Wait for `child` up to `deadline`; `None` if it is still running.
+pub fn wait_deadline(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + deadline;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) => {}
+            Err(e) => panic!("wait for pid {}: {e}", child.id()),
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Describe an exit status for messages: `exit 2` or `signal 9`.
+pub fn describe_status(st: &ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => format!("{st:?}"),
+    }
+}
+
+/// Run the binary with `args` and no mount expected: waits up to the exit deadline, and if it
+/// is still running (it mounted something it should not have), stops it, detaches
+/// `mnt_to_clean` and fails.
+pub fn run_cachefs(args: &[OsString], mnt_to_clean: Option<&Path>) -> (ExitStatus, String) {
+    let dir = TempDir::new().expect("tempdir for log");
+    let log = dir.path().join("stderr.log");
+    let f = fs::File::create(&log).expect("create log");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .expect("spawn cachefs");
+    let st = match wait_deadline(&mut child, EXIT_DEADLINE) {
+        Some(st) => st,
+        None => {
+            send_signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            if let Some(m) = mnt_to_clean {
+                detach(m);
+            }
+            panic!(
+                "cachefs {:?} still running after {:?}; stderr:\n{}",
+                args,
+                EXIT_DEADLINE,
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    };
+    (st, fs::read_to_string(&log).unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------------------
+// TestMount
+
+/// Builds a `TestMount`: options, extra arguments, and SOURCE contents before mounting.
+#[derive(Default)]
+pub struct Builder {
+    allow_other: bool,
+    fstab_form: bool,
+    options: Vec<String>,
+    args: Vec<OsString>,
+    populate: Vec<Box<dyn FnOnce(&Path)>>,
+}
+
+impl Builder {
+    /// Mount with `--allow-other` (or `allow_other` in the fstab form). Also makes the temp
+    /// dirs traversable by other users.
+    pub fn allow_other(mut self) -> Self {
+        self.allow_other = true;
+        self
+    }
+
+    /// Give the cache and every option through one `-o cache=DIR,...`, as mount.fuse3 does.
+    pub fn fstab_form(mut self) -> Self {
+        self.fstab_form = true;
+        self
+    }
+
+    /// An `-o` option, `k=v` or a bare flag. All of them go in one `-o` argument.
+    pub fn option(mut self, opt: &str) -> Self {
+        self.options.push(opt.to_string());
+        self
+    }
+
+    /// A raw extra argument, e.g. `--max-size`.
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Run `f(SOURCE)` before mounting.
+    pub fn populate(mut self, f: impl FnOnce(&Path) + 'static) -> Self {
+        self.populate.push(Box::new(f));
+        self
+    }
+
+    pub fn start(self) -> TestMount {
+        TestMount::start_with(self)
+    }
+}
+
+/// A live cachefs mount of a temp SOURCE at a temp MNT. Dropping it stops the daemon with
+/// SIGTERM, falls back to a lazy unmount and SIGKILL of that one pid, reaps it and checks
+/// that nothing is left mounted.
+pub struct TestMount {
+    pub root: PathBuf,
+    pub source: PathBuf,
+    pub cache: PathBuf,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    // Last: removed after Drop::drop has unmounted.
+    _tmp: TempDir,
+}
+
+impl TestMount {
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A mount with default options and an empty SOURCE.
+    pub fn start() -> TestMount {
+        Builder::default().start()
+    }
+
+    fn start_with(b: Builder) -> TestMount {
+        let tmp = tempfile::Builder::new()
+            .prefix("cachefs-test.")
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().canonicalize().expect("canonicalize tempdir");
+        let source = root.join("source");
+        let cache = root.join("cache");
+        let mnt = root.join("mnt");
+        for d in [&source, &mnt] {
+            fs::create_dir(d).expect("mkdir");
+        }
+        if b.allow_other {
+            // Other users must be able to reach MNT (and SOURCE, for the checks).
+            for d in [&root, &source, &mnt] {
+                fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod");
+            }
+        }
+        for f in b.populate {
+            f(&source);
+        }
+        let log = root.join("cachefs.log");
+
+        let mut cmd = Command::new(BIN);
+        cmd.arg(&source).arg(&mnt);
+        let mut opts = b.options.clone();
+        if b.fstab_form {
+            let mut all = vec![format!("cache={}", cache.display())];
+            if b.allow_other {
+                all.push("allow_other".into());
+            }
+            all.append(&mut opts);
+            cmd.arg("-o").arg(all.join(","));
+        } else {
+            cmd.arg("--cache").arg(&cache);
+            if b.allow_other {
+                cmd.arg("--allow-other");
+            }
+            if !opts.is_empty() {
+                cmd.arg("-o").arg(opts.join(","));
+            }
+        }
+        cmd.args(&b.args).arg("-f");
+        let out = fs::File::create(&log).expect("create log");
+        let err = out.try_clone().expect("dup log");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().expect("spawn cachefs");
+
+        let m = TestMount {
+            root,
+            source,
+            cache,
+            mnt,
+            log,
+            child: Some(child),
+            _tmp: tmp,
+        };
+        let mut m = m;
+        m.wait_mounted();
+        m
+    }
+
+    /// Poll mountinfo until MNT shows `fuse.cachefs`. Panics (and `Drop` cleans up) on a
+    /// dead child, a wrong fstype or the deadline.
+    fn wait_mounted(&mut self) {
+        let end = Instant::now() + MOUNT_DEADLINE;
+        loop {
+            if let Some(fstype) = fstype_at(&self.mnt) {
+                if fstype == "fuse.cachefs" {
+                    return;
+                }
+                panic!(
+                    "{} is mounted with fstype {fstype:?}, want \"fuse.cachefs\"; log:\n{}",
+                    self.mnt.display(),
+                    self.log_contents()
+                );
+            }
+            // std keeps the status once reaped, so Drop still sees the exit and never
+            // signals a pid that may have been reused.
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(st) = exited {
+                panic!(
+                    "cachefs exited ({}) before the mount appeared; log:\n{}",
+                    describe_status(&st),
+                    self.log_contents()
+                );
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "no fuse.cachefs mount at {} after {:?}; log:\n{}",
+                    self.mnt.display(),
+                    MOUNT_DEADLINE,
+                    self.log_contents()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `MNT/rel`.
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `SOURCE/rel`.
+    pub fn src(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.source.join(rel)
+    }
+
+    pub fn log_contents(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Send `sig` to the daemon and wait for it to exit (deadline); returns its status.
+    /// Panics if it does not exit in time (Drop then falls back to SIGKILL).
+    pub fn signal_and_wait(&mut self, sig: libc::c_int) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon already reaped");
+        if let Ok(None) = child.try_wait() {
+            send_signal(child.id(), sig);
+        }
+        match wait_deadline(child, EXIT_DEADLINE) {
+            Some(st) => {
+                self.child = None;
+                st
+            }
+            None => panic!(
+                "cachefs did not exit within {:?} of signal {sig}; log:\n{}",
+                EXIT_DEADLINE,
+                self.log_contents()
+            ),
+        }
+    }
+
+    /// Stop the daemon now (as Drop would) and report a leftover mount as a panic.
+    fn teardown(&mut self) -> Option<String> {
+        let mut problem = None;
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id();
+            // Signal only a child not yet reaped: a reaped pid may belong to someone else.
+            if let Ok(None) = child.try_wait() {
+                send_signal(pid, libc::SIGTERM);
+            }
+            match wait_deadline(&mut child, EXIT_DEADLINE) {
+                Some(st) if st.success() => {}
+                Some(st) => {
+                    problem = Some(format!(
+                        "cachefs exited with {} after SIGTERM",
+                        describe_status(&st)
+                    ))
+                }
+                None => {
+                    detach(&self.mnt);
+                    send_signal(pid, libc::SIGKILL);
+                    let _ = child.wait();
+                    problem = Some(format!(
+                        "cachefs ignored SIGTERM for {EXIT_DEADLINE:?}; killed pid {pid}"
+                    ));
+                }
+            }
+        }
+        // The daemon unmounts before it exits; a watchdog may take a moment after a kill.
+        if !wait_unmounted(&self.mnt, Duration::from_secs(5)) {
+            detach(&self.mnt);
+            let msg = format!("{} was still mounted after cachefs exited", self.mnt.display());
+            problem = Some(match problem {
+                Some(p) => format!("{p}; {msg}"),
+                None => msg,
+            });
+        }
+        problem
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let problem = self.teardown();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- cachefs log ({}) ---\n{}\n--- end of log ---",
+                self.log.display(),
+                self.log_contents()
+            );
+            if let Some(p) = problem {
+                eprintln!("teardown: {p}");
+            }
+            return;
+        }
+        if let Some(p) = problem {
+            // A leftover mount or a daemon that does not stop cleanly is a failure of the
+            // test that owned the mount.
+            panic!("teardown: {p}; log:\n{}", self.log_contents());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// errno
+
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// The calling thread's errno. Async-signal-safe (usable in a `pre_exec` child).
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns the thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Name of an errno value, for readable outcome logs.
+pub fn errno_name(e: i32) -> String {
+    let n = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::EACCES => "EACCES",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::ESPIPE => "ESPIPE",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOLCK => "ENOLCK",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::E2BIG => "E2BIG",
+        libc::EFAULT => "EFAULT",
+        libc::EDEADLK => "EDEADLK",
+        _ => return format!("errno {e}"),
+    };
+    n.to_string()
+}
+
+/// `Ok(ret)` for a libc return value that is not -1, else `Err(errno)`.
+pub fn check(ret: libc::c_int) -> Result<libc::c_int, i32> {
+    if ret == -1 { Err(errno()) } else { Ok(ret) }
+}
+
+/// Like `check` for `ssize_t` returns.
+pub fn check_size(ret: libc::ssize_t) -> Result<usize, i32> {
+    if ret < 0 { Err(errno()) } else { Ok(ret as usize) }
+}
+
+/// The errno of an `io::Result`, `0` for success.
+pub fn errno_of<T>(r: &io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// running code as another user
+
+/// Credentials for `in_child`. `groups` are the supplementary groups.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Creds {
+    pub fn user(uid: u32, gid: u32) -> Creds {
+        Creds {
+            uid,
+            gid,
+            groups: Vec::new(),
+        }
+    }
+
+    /// The test's second user, with no supplementary groups.
+    pub fn other() -> Creds {
+        Creds::user(OTHER_UID, OTHER_GID)
+    }
+
+    pub fn with_groups(mut self, groups: &[u32]) -> Creds {
+        self.groups = groups.to_vec();
+        self
+    }
+}
+
+/// Run `f` in a forked child process, after switching to `creds` if given, and return the
+/// code `f` returned: `0` for success, otherwise by convention an errno (any non-zero i32
+/// is carried back unchanged).
+///
+/// `f` runs between fork and exec, so it must be async-signal-safe: raw `libc` calls on
+/// data prepared beforehand (`CString`s, buffers), no allocation, no locks, no printing.
+/// The code travels back through std's exec-error pipe: a non-zero code becomes the
+/// `spawn()` error; on zero the child execs `/bin/true`.
+pub fn in_child<F>(creds: Option<Creds>, mut f: F) -> i32
+where
+    F: FnMut() -> i32 + Send + Sync + 'static,
+{
+    let mut cmd = Command::new("/bin/true");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let groups: Vec<libc::gid_t> = creds
+        .as_ref()
+        .map(|c| c.groups.clone())
+        .unwrap_or_default();
+    let ids = creds.map(|c| (c.uid, c.gid));
+    // SAFETY: the closure only makes async-signal-safe libc calls on memory allocated
+    // before the fork (the `groups` vector is moved in, not grown).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid)) = ids {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0
+                {
+                    // Distinct from any errno so a failed switch is never mistaken for
+                    // the operation's result.
+                    return Err(io::Error::from_raw_os_error(CREDS_FAILED));
+                }
+            }
+            match f() {
+                0 => Ok(()),
+                code => Err(io::Error::from_raw_os_error(code)),
+            }
+        });
+    }
+    match cmd.spawn() {
+        Ok(mut child) => {
+            let st = child.wait().expect("wait for child");
+            assert!(st.success(), "/bin/true in child: {st:?}");
+            0
+        }
+        Err(e) => {
+            let code = e.raw_os_error().unwrap_or_else(|| panic!("spawn: {e}"));
+            assert_ne!(code, CREDS_FAILED, "switching credentials in the child failed");
+            code
+        }
+    }
+}
+
+/// Code returned by `in_child` when the credential switch itself failed.
+const CREDS_FAILED: i32 = 0x7ead_0001;
+
+/// `in_child` as the given user; returns 0 or the errno of the operation.
+pub fn as_user<F>(creds: &Creds, f: F) -> i32
+where
+    F: FnMut() -> i32 + Send + Sync + 'static,
+{
+    in_child(Some(creds.clone()), f)
+}
+
+/// Helper for `in_child` closures: 0 if `ret` is not -1, else errno.
+pub fn rc(ret: libc::c_int) -> i32 {
+    if ret == -1 { errno() } else { 0 }
+}
+
+/// Run `sh -c script` as the given user; for steps where an exact errno is not needed.
+pub fn sh_as(creds: &Creds, script: &str) -> std::process::Output {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(script).uid(creds.uid).gid(creds.gid);
+    cmd.output().expect("run sh")
+}
+
+// ---------------------------------------------------------------------------------------
+// recording outcomes
+
+/// An ordered log of observed outcomes, one line per step, free of anything that differs
+/// between two roots (paths, inode numbers, timestamps).
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub lines: Vec<String>,
+}
+
+impl Outcomes {
+    pub fn note(&mut self, step: &str, what: impl std::fmt::Display) {
+        self.lines.push(format!("{step}: {what}"));
+    }
+
+    /// Record an `io::Result`: the value's `Debug`, or the errno name.
+    pub fn io<T: std::fmt::Debug>(&mut self, step: &str, r: io::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.lines.push(format!("{step}: ok {v:?}"));
+                Some(v)
+            }
+            Err(e) => {
+                let what = match e.raw_os_error() {
+                    Some(n) => errno_name(n),
+                    None => format!("{:?}", e.kind()),
+                };
+                self.lines.push(format!("{step}: ERR {what}"));
+                None
+            }
+        }
+    }
+
+    /// Record a `Result<T, errno>` as from `check`.
+    pub fn sys<T: std::fmt::Debug>(&mut self, step: &str, r: Result<T, i32>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.lines.push(format!("{step}: ok {v:?}"));
+                Some(v)
+            }
+            Err(e) => {
+                self.lines.push(format!("{step}: ERR {}", errno_name(e)));
+                None
+            }
+        }
+    }
+
+    /// Record an `in_child` code.
+    pub fn code(&mut self, step: &str, code: i32) {
+        if code == 0 {
+            self.lines.push(format!("{step}: ok"));
+        } else {
+            self.lines.push(format!("{step}: ERR {}", errno_name(code)));
+        }
+    }
+
+    /// Record `lstat(path)`: type, permission bits, owner, size, link count.
+    pub fn lstat(&mut self, step: &str, path: &Path) {
+        let r = fs::symlink_metadata(path).map(|m| describe_meta(&m));
+        match r {
+            Ok(s) => self.lines.push(format!("{step}: {s}")),
+            Err(e) => self.io::<()>(step, Err(e)).unwrap_or(()),
+        }
+    }
+}
+
+/// Type, mode bits, owner, size and link count; no inode numbers or times.
+pub fn describe_meta(m: &fs::Metadata) -> String {
+    let ft = m.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if ft.is_file() {
+        "file"
+    } else if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "chardev"
+    } else if ft.is_block_device() {
+        "blockdev"
+    } else {
+        "?"
+    };
+    // Directory sizes are file-system specific but SOURCE and the plain dir share one.
+    let size = if ft.is_dir() {
+        "-".to_string()
+    } else {
+        m.size().to_string()
+    };
+    format!(
+        "{kind} mode={:04o} uid={} gid={} size={size} nlink={} rdev={:#x}",
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid(),
+        m.nlink(),
+        m.rdev()
+    )
+}
+
+/// Compare two outcome logs line by line; on mismatch, fail listing every differing step.
+pub fn assert_same(what: &str, mount: &Outcomes, plain: &Outcomes) {
+    if mount.lines == plain.lines {
+        return;
+    }
+    let mut diff = String::new();
+    let n = mount.lines.len().max(plain.lines.len());
+    for i in 0..n {
+        let a = mount.lines.get(i).map(String::as_str).unwrap_or("(missing)");
+        let b = plain.lines.get(i).map(String::as_str).unwrap_or("(missing)");
+        if a != b {
+            diff.push_str(&format!("  step {i}:\n    mount: {a}\n    plain: {b}\n"));
+        }
+    }
+    panic!(
+        "{what}: the mount differs from a plain directory in {} step(s):\n{diff}",
+        diff.matches("step ").count()
+    );
+}
+
+/// A plain directory to run the same script on, traversable by other users if asked.
+pub fn plain_dir(world: bool) -> TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("cachefs-plain.")
+        .tempdir()
+        .expect("tempdir");
+    if world {
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    d
+}
+
+/// A simple 64-bit FNV-1a digest, to compare contents without printing them.
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Deterministic non-repeating test data.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
