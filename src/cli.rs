@@ -524,6 +524,12 @@ fn existing_dir(what: &str, path: &Path, fix: &str) -> Result<PathBuf, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(format!("{what} '{shown}' does not exist: {fix}"));
         }
+        Err(e) if is_enotconn(&e) => {
+            return Err(format!(
+                "{what} '{shown}' is a stale FUSE mount (its daemon is gone): unmount it with \
+                 'fusermount3 -u {shown}'"
+            ));
+        }
         Err(e) => return Err(format!("cannot access {what} '{shown}': {e}: {fix}")),
     }
     std::fs::canonicalize(path).map_err(|e| format!("cannot resolve {what} '{shown}': {e}"))
@@ -547,9 +553,7 @@ fn resolve_mountpoint(path: &Path) -> Result<PathBuf, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
             "mountpoint '{shown}' does not exist: create it first (mkdir -p '{shown}')"
         )),
-        Err(e) if is_enotconn(&e) => {
-            resolve_stale(path).map_err(|e| format!("cannot resolve mountpoint '{shown}': {e}"))
-        }
+        Err(e) if is_enotconn(&e) => resolve_stale(path),
         Err(e) => Err(format!(
             "cannot access mountpoint '{shown}': {e}: check its permissions, or run \
              'cachefs cleanup' if it is a stale mount"
@@ -557,26 +561,44 @@ fn resolve_mountpoint(path: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// Absolute, canonical form of a path whose last component cannot be stat'ed.
-fn resolve_stale(path: &Path) -> io::Result<PathBuf> {
-    let mut path = std::path::absolute(path)?;
+/// Absolute, canonical form of a stale mountpoint, the path's last component, which cannot be
+/// stat'ed. Its parent must be reachable: a path further inside a stale mount is refused.
+fn resolve_stale(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    let cannot = |e: io::Error| format!("cannot resolve mountpoint '{shown}': {e}");
+    let mut path = std::path::absolute(path).map_err(cannot)?;
     for _ in 0..40 {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::other(
-                "the path does not end in a directory name",
+            return Err(format!(
+                "mountpoint '{shown}' does not end in a directory name: give the mountpoint's \
+                 own path"
             ));
         };
-        let resolved = std::fs::canonicalize(parent)?.join(name);
+        let parent = match std::fs::canonicalize(parent).and_then(|p| {
+            std::fs::metadata(&p)?;
+            Ok(p)
+        }) {
+            Ok(p) => p,
+            Err(e) if is_enotconn(&e) => {
+                return Err(format!(
+                    "mountpoint '{shown}' is inside a stale FUSE mount: unmount that with \
+                     'cachefs cleanup' or 'fusermount3 -u DIR', or choose another mountpoint"
+                ));
+            }
+            Err(e) => return Err(cannot(e)),
+        };
+        let resolved = parent.join(name);
         match std::fs::symlink_metadata(&resolved) {
             Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&resolved)?;
-                path =
-                    std::path::absolute(resolved.parent().unwrap_or(Path::new("/")).join(target))?;
+                let target = std::fs::read_link(&resolved).map_err(cannot)?;
+                path = std::path::absolute(parent.join(target)).map_err(cannot)?;
             }
             _ => return Ok(resolved),
         }
     }
-    Err(io::Error::other("too many levels of symbolic links"))
+    Err(format!(
+        "cannot resolve mountpoint '{shown}': too many levels of symbolic links"
+    ))
 }
 
 /// Where `path` resolves to once created: its longest existing ancestor canonicalized, the
@@ -1183,6 +1205,92 @@ mod tests {
             if !want.starts_with("cannot") {
                 assert!(err.contains("is not a directory"), "{err}");
             }
+        }
+    }
+
+    /// A mountpoint whose stat fails with ENOTCONN (a FUSE mount whose daemon is gone) is
+    /// accepted and resolved without looking inside it. Needs CAP_SYS_ADMIN and /dev/fuse; it
+    /// says "skipped" and passes without them. The stale mount lives in a private mount
+    /// namespace of a thread of its own, so it vanishes with that thread.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn check_paths_accepts_a_stale_mountpoint() {
+        let d = dirs(&["hdd", "media", "ssd"]);
+        let root = d.root.clone();
+        let result = std::thread::spawn(move || -> Result<(), String> {
+            use std::ffi::CString;
+            use std::os::unix::ffi::OsStrExt;
+            // SAFETY: plain syscalls on NUL-terminated strings this thread owns.
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(format!("unshare: {}", io::Error::last_os_error()));
+                }
+                let slash = c"/";
+                let flags = libc::MS_REC | libc::MS_PRIVATE;
+                if libc::mount(
+                    std::ptr::null(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(format!("make-private: {}", io::Error::last_os_error()));
+                }
+                let fd = libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(format!("/dev/fuse: {}", io::Error::last_os_error()));
+                }
+                let target = CString::new(root.join("media").as_os_str().as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let opts = CString::new(format!("fd={fd},rootmode=40000,user_id=0,group_id=0"))
+                    .map_err(|e| e.to_string())?;
+                let r = libc::mount(
+                    c"stale".as_ptr(),
+                    target.as_ptr(),
+                    c"fuse.cachefs".as_ptr(),
+                    0,
+                    opts.as_ptr().cast(),
+                );
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if r != 0 {
+                    return Err(format!("mount: {err}"));
+                }
+            }
+            let stat = std::fs::metadata(root.join("media")).map(|_| ());
+            assert!(stat.as_ref().is_err_and(is_enotconn), "not stale: {stat:?}");
+
+            let mut c = Config::new(root.join("hdd"), root.join("media"), root.join("ssd/c"));
+            check_paths(&mut c).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.mountpoint, root.join("media"));
+
+            // Relative, with a trailing slash, and through a symlink.
+            std::os::unix::fs::symlink(root.join("media"), root.join("link")).unwrap();
+            for m in [root.join("./media/"), root.join("link")] {
+                let mut c = Config::new(root.join("hdd"), m.clone(), root.join("ssd/c"));
+                check_paths(&mut c).unwrap_or_else(|e| panic!("{m:?}: {e}"));
+                assert_eq!(c.mountpoint, root.join("media"), "{m:?}");
+            }
+
+            // A cache inside it is still refused, and a path further inside one is not a
+            // stale mountpoint.
+            let mut c = Config::new(root.join("hdd"), root.join("media"), root.join("media/c"));
+            let err = check_paths(&mut c).unwrap_err();
+            assert!(err.contains("is inside mountpoint"), "{err}");
+            let mut c = Config::new(root.join("hdd"), root.join("media/sub"), root.join("ssd/c"));
+            let err = check_paths(&mut c).unwrap_err();
+            assert!(err.contains("is inside a stale FUSE mount"), "{err}");
+            let mut c = Config::new(root.join("media"), root.join("hdd"), root.join("ssd/c"));
+            let err = check_paths(&mut c).unwrap_err();
+            assert!(err.contains("is a stale FUSE mount"), "{err}");
+            Ok(())
+        })
+        .join();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => eprintln!("skipped: cannot make a stale FUSE mount here: {why}"),
+            Err(panic) => std::panic::resume_unwind(panic),
         }
     }
 }

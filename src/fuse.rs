@@ -15,11 +15,21 @@ use fuser::{
     WriteFlags,
 };
 
-use crate::overlay::{Caller, Entry, Overlay, SetAttr, Timestamp, XattrReply};
+use std::collections::HashMap;
+
+use fuser::BackingId;
+use parking_lot::Mutex;
+
+use crate::config::Passthrough;
+use crate::overlay::{Caller, Entry, Opened, Overlay, SetAttr, Timestamp, XattrReply};
 use crate::sys;
 
 pub struct CachefsFs {
     core: Arc<Overlay>,
+    /// The kernel's backing-file registration of each inode open by passthrough, shared by
+    /// all its passthrough opens (the kernel requires one backing file per inode) and
+    /// dropped at the last one's release.
+    backings: Mutex<HashMap<u64, Arc<BackingId>>>,
     attr_ttl: Duration,
     entry_ttl: Duration,
     negative_ttl: Duration,
@@ -30,6 +40,7 @@ impl CachefsFs {
         let cfg = core.cfg.clone();
         CachefsFs {
             core,
+            backings: Mutex::new(HashMap::new()),
             attr_ttl: cfg.attr_timeout,
             entry_ttl: cfg.entry_timeout,
             negative_ttl: cfg.negative_timeout,
@@ -157,6 +168,21 @@ impl Filesystem for CachefsFs {
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!("kernel lacks FUSE capabilities {missing:?}");
         }
+        let want_pt = self.core.wants_passthrough();
+        let has_pt = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
+        let pt = want_pt
+            && has_pt
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        if want_pt && !pt {
+            if self.core.cfg.passthrough == Passthrough::On {
+                return Err(io::Error::other(
+                    "passthrough=on, but this kernel does not offer FUSE passthrough (Linux 6.9+); use passthrough=auto",
+                ));
+            }
+            tracing::warn!("the kernel does not offer FUSE passthrough: cached files are served by the daemon");
+        }
+        self.core.set_passthrough(pt);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -295,10 +321,33 @@ impl Filesystem for CachefsFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open(&caller(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+        let o = match self.core.open(&caller(req), ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let fh = FileHandle(o.fh);
+        if let Some(file) = &o.passthrough {
+            let id = {
+                let mut b = self.backings.lock();
+                match b.get(&ino.0) {
+                    Some(id) => Ok(id.clone()),
+                    None => reply.open_backing(file.as_ref()).map(|id| {
+                        let id = Arc::new(id);
+                        b.insert(ino.0, id.clone());
+                        id
+                    }),
+                }
+            };
+            match id {
+                Ok(id) => return reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                Err(e) => {
+                    tracing::warn!("kernel refused a passthrough backing file, serving it through the daemon: {e}");
+                    self.core.passthrough_failed(o.fh);
+                    return reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+                }
+            }
         }
+        reply.opened(fh, fopen_flags(&o));
     }
 
     fn read(
@@ -357,7 +406,9 @@ impl Filesystem for CachefsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(fh.0);
+        if let Some(nodeid) = self.core.release(fh.0) {
+            self.backings.lock().remove(&nodeid);
+        }
         reply.ok();
     }
 
@@ -557,6 +608,17 @@ impl Filesystem for CachefsFs {
             Err(e) => reply.error(errno(&e)),
         }
     }
+}
+
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    if o.direct_io {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    f
 }
 
 fn empty(reply: ReplyEmpty, r: io::Result<()>) {

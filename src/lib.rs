@@ -12,11 +12,15 @@
 //! Invariants (ARCHITECTURE.md): the source is the truth; no stale bytes; reads never
 //! wait for promotion; nothing partial is visible; no path escapes SOURCE.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod fuse;
 pub mod inodes;
 pub mod mount;
 pub mod options;
 pub mod overlay;
+pub mod policy;
+pub mod promoter;
 pub mod sys;

@@ -178,6 +178,17 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<OsString> {
     Ok(OsString::from_vec(buf))
 }
 
+/// The target of a symlink named by an absolute path (used on `/proc/self/fd/N`).
+pub fn readlink_path(path: &CStr) -> io::Result<OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: path is NUL-terminated; buf is writable for buf.len() bytes.
+    let n = check_size(unsafe {
+        libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
+}
+
 pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     let uid = uid.unwrap_or(u32::MAX);
     let gid = gid.unwrap_or(u32::MAX);
@@ -418,6 +429,34 @@ pub fn getxattr(path: &CStr, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> 
     })
 }
 
+pub fn fgetxattr(fd: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+    let name = cstr(name)?;
+    // SAFETY: name is NUL-terminated; buf is writable for its length.
+    check_size(unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+pub fn fsetxattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    let name = cstr(name)?;
+    // SAFETY: name is NUL-terminated; value is readable for its length.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
 pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: path is NUL-terminated; buf is writable for its length.
     check_size(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
@@ -456,6 +495,41 @@ pub fn faccess(path: &CStr, mask: i32) -> io::Result<()> {
             mask,
             libc::AT_EACCESS,
         ) as libc::c_int
+    })
+    .map(drop)
+}
+
+/// Takes an exclusive flock without waiting; EWOULDBLOCK if another holder has it.
+pub fn flock_exclusive_nb(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
+}
+
+/// posix_fadvise; advice only, so callers may ignore its failure.
+pub fn fadvise(fd: BorrowedFd<'_>, offset: u64, len: u64, advice: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe {
+        libc::posix_fadvise(fd.as_raw_fd(), offset as libc::off_t, len as libc::off_t, advice)
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Starts writeback of a range and waits for it, so a long copy does not pile up dirty
+/// pages that a later fsync (or the kernel, at a bad moment) must flush all at once.
+pub fn sync_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
     })
     .map(drop)
 }

@@ -52,6 +52,10 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let inode = self.inode(nodeid)?;
         let handle = set.fh.and_then(|fh| self.files.get(fh).ok());
+        if set.size.is_some() || set.mtime.is_some() {
+            // New content or a new mtime: the copy no longer matches; drop it first.
+            self.invalidate_inode(&inode);
+        }
         let _as = self.creds.enter(caller)?;
         let proc = sys::proc_path(inode.fd());
 
@@ -162,8 +166,14 @@ impl Overlay {
     fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let parent = self.inode(parent)?;
-        let _as = self.creds.enter(caller)?;
-        sys::unlinkat(parent.fd(), name, flags)
+        {
+            let _as = self.creds.enter(caller)?;
+            sys::unlinkat(parent.fd(), name, flags)?;
+        }
+        if let (Some(cache), Some(rel)) = (&self.cache, self.rel_child(&parent, name)) {
+            cache.invalidate_below(&rel);
+        }
+        Ok(())
     }
 
     pub fn rename(
@@ -178,8 +188,41 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let parent = self.inode(parent)?;
         let newparent = self.inode(newparent)?;
-        let _as = self.creds.enter(caller)?;
-        sys::renameat2(parent.fd(), name, newparent.fd(), newname, flags)
+        let from = self.rel_child(&parent, name);
+        let to = self.rel_child(&newparent, newname);
+        if let Some(cache) = &self.cache {
+            // Stop copies of either name before the names change under them.
+            for rel in [&from, &to].into_iter().flatten() {
+                cache.promoter.cancel_below(rel);
+            }
+        }
+        {
+            let _as = self.creds.enter(caller)?;
+            sys::renameat2(parent.fd(), name, newparent.fd(), newname, flags)?;
+        }
+        if let Some(cache) = &self.cache {
+            match (&from, &to) {
+                (Some(from), Some(to)) if flags & libc::RENAME_EXCHANGE == 0 => {
+                    cache.renamed(from, to)
+                }
+                _ => {
+                    for rel in [&from, &to].into_iter().flatten() {
+                        cache.invalidate_below(rel);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the cached copy of an inode's file, if it has a path and a copy.
+    fn invalidate_inode(&self, inode: &crate::inodes::Inode) {
+        if inode.kind != libc::S_IFREG {
+            return;
+        }
+        if let (Some(cache), Some(rel)) = (&self.cache, self.rel_of(inode)) {
+            cache.invalidate(&rel);
+        }
     }
 
     pub fn statfs(&self, nodeid: u64) -> io::Result<libc::statvfs> {

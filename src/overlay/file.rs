@@ -1,16 +1,84 @@
 //! Open files: open, create, read, write, flush, fsync, release, fallocate, lseek,
-//! copy_file_range. A handle owns a real descriptor of the source file, opened through
-//! the inode's `O_PATH` descriptor (`/proc/self/fd/N`), so no path is resolved again.
+//! copy_file_range; and where each open is served from.
+//!
+//! Every handle owns a descriptor of the source file, opened with the caller's identity
+//! through the inode's `O_PATH` descriptor (`/proc/self/fd/N`), so the source decides
+//! permissions and no path is resolved twice. A read-only open of a file whose cached
+//! copy is valid is served from the copy:
+//! - by kernel passthrough when the kernel agreed to it (reads never reach the daemon);
+//! - otherwise by the daemon reading the copy, with the kernel's page cache kept.
+//!
+//! The kernel fixes an inode's mode from its first open until its last release: all
+//! passthrough opens of an inode share one backing file, and a non-passthrough open
+//! beside them must be direct I/O. `InodeIo` keeps that per inode. A handle reading from
+//! SOURCE counts its bytes for the policy, and switches to the copy once one is
+//! published (same bytes, validated).
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use super::{Caller, Entry, Overlay, check_writable};
+use crate::config::PromoteMode;
+use crate::promoter::{Job, Priority};
 use crate::sys;
 
+/// How an open inode is being served.
+#[derive(Default)]
+pub(super) struct InodeIo {
+    /// Opens served by passthrough, all to `backing`.
+    passthrough: u32,
+    /// Opens served by the daemon through the kernel's page cache.
+    cached: u32,
+    /// Direct-I/O opens (beside passthrough ones).
+    direct: u32,
+    backing: Option<Arc<File>>,
+}
+
+impl InodeIo {
+    fn is_idle(&self) -> bool {
+        self.passthrough == 0 && self.cached == 0 && self.direct == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Passthrough,
+    Cached,
+    Direct,
+}
+
 pub(super) struct FileHandle {
+    /// The source file, opened as the caller.
     pub(super) fd: OwnedFd,
+    nodeid: u64,
+    /// Opened for writing: never reads a copy, and drops any copy published meanwhile.
+    writable: bool,
+    mode: Mutex<Mode>,
+    /// Path relative to SOURCE, for the cache; `None` when it has none.
+    rel: Option<PathBuf>,
+    /// The cached copy reads come from, when set.
+    copy: Mutex<Option<Arc<File>>>,
+    read_bytes: AtomicU64,
+    /// The cache index generation last checked for a new copy.
+    seen_generation: AtomicU64,
+    promoted: AtomicBool,
+    job: Mutex<Option<Arc<Job>>>,
+}
+
+/// How the kernel is to serve an open.
+pub struct Opened {
+    pub fh: u64,
+    /// Serve by passthrough to this file (shared by all passthrough opens of the inode).
+    pub passthrough: Option<Arc<File>>,
+    pub direct_io: bool,
+    pub keep_cache: bool,
 }
 
 /// Flags that only make sense to the kernel's own open path, or that would make the
@@ -22,14 +90,107 @@ fn is_write(flags: i32) -> bool {
 }
 
 impl Overlay {
-    pub fn open(&self, caller: &Caller, nodeid: u64, flags: i32) -> io::Result<u64> {
-        if is_write(flags) {
+    pub fn open(&self, caller: &Caller, nodeid: u64, flags: i32) -> io::Result<Opened> {
+        let write = is_write(flags);
+        if write {
             check_writable(&self.cfg)?;
         }
         let inode = self.inode(nodeid)?;
-        let _as = self.creds.enter(caller)?;
-        let fd = sys::open_path(&sys::proc_path(inode.fd()), flags & !STRIP, 0)?;
-        Ok(self.files.insert(FileHandle { fd }))
+        let fd = {
+            let _as = self.creds.enter(caller)?;
+            sys::open_path(&sys::proc_path(inode.fd()), flags & !STRIP, 0)?
+        };
+        let regular = inode.kind == libc::S_IFREG;
+        let rel = if regular && self.cache.is_some() {
+            self.rel_of(&inode)
+        } else {
+            None
+        };
+        // The copy to serve from: only for reading, and only while it matches the source.
+        let copy = match (&self.cache, &rel) {
+            (Some(cache), Some(rel)) => {
+                if write {
+                    // The source is about to change: no copy of it may outlive this open.
+                    cache.invalidate(rel);
+                    None
+                } else {
+                    let st = sys::fstat(fd.as_fd())?;
+                    cache.lookup(rel, &st).map(Arc::new)
+                }
+            }
+            _ => None,
+        };
+        if let Some(cache) = &self.cache
+            && regular
+        {
+            let counter = if copy.is_some() { &cache.hits } else { &cache.misses };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let mut io = self.io.lock();
+        let state = io.entry(nodeid).or_default();
+        let (mode, passthrough) = if state.passthrough > 0 {
+            // Passthrough opens are live: a further one must share their backing file;
+            // anything else must be direct I/O to coexist with them.
+            match (&copy, &state.backing) {
+                (Some(_), Some(b)) => (Mode::Passthrough, Some(b.clone())),
+                _ => (Mode::Direct, None),
+            }
+        } else if state.cached > 0 || state.direct > 0 {
+            (Mode::Cached, None)
+        } else if copy.is_some() && self.passthrough_enabled() {
+            state.backing = copy.clone();
+            (Mode::Passthrough, copy.clone())
+        } else {
+            (Mode::Cached, None)
+        };
+        match mode {
+            Mode::Passthrough => state.passthrough += 1,
+            Mode::Cached => state.cached += 1,
+            Mode::Direct => state.direct += 1,
+        }
+        drop(io);
+
+        let keep_cache = mode == Mode::Cached && copy.is_some();
+        let generation = self.cache.as_ref().map_or(0, |c| c.index.generation());
+        let fh = self.files.insert(FileHandle {
+            fd,
+            nodeid,
+            writable: write,
+            mode: Mutex::new(mode),
+            rel,
+            copy: Mutex::new(if mode == Mode::Passthrough { None } else { copy }),
+            read_bytes: AtomicU64::new(0),
+            seen_generation: AtomicU64::new(generation),
+            promoted: AtomicBool::new(write),
+            job: Mutex::new(None),
+        });
+        Ok(Opened {
+            fh,
+            passthrough,
+            direct_io: mode == Mode::Direct,
+            keep_cache,
+        })
+    }
+
+    /// The kernel refused the backing file of a passthrough open: serve that handle (and
+    /// the inode's later opens) through the daemon instead, reading the same copy.
+    pub fn passthrough_failed(&self, fh: u64) {
+        let Ok(h) = self.files.get(fh) else { return };
+        let mut mode = h.mode.lock();
+        if *mode != Mode::Passthrough {
+            return;
+        }
+        let mut io = self.io.lock();
+        if let Some(state) = io.get_mut(&h.nodeid) {
+            state.passthrough -= 1;
+            state.cached += 1;
+            *h.copy.lock() = state.backing.clone();
+            if state.passthrough == 0 {
+                state.backing = None;
+            }
+        }
+        *mode = Mode::Cached;
     }
 
     pub fn create(
@@ -42,19 +203,38 @@ impl Overlay {
     ) -> io::Result<(Entry, u64)> {
         check_writable(&self.cfg)?;
         let parent = self.inode(parent)?;
-        let _as = self.creds.enter(caller)?;
-        let fd = sys::openat(
-            parent.fd(),
-            name,
-            (flags & !(libc::O_NOCTTY)) | libc::O_CREAT | libc::O_NOFOLLOW,
-            mode,
-        )?;
+        let fd = {
+            let _as = self.creds.enter(caller)?;
+            sys::openat(
+                parent.fd(),
+                name,
+                (flags & !(libc::O_NOCTTY)) | libc::O_CREAT | libc::O_NOFOLLOW,
+                mode,
+            )?
+        };
         // The inode's O_PATH descriptor comes from the open file itself, not from the name,
         // which another process could already have replaced.
         let path_fd = sys::open_path(&sys::proc_path(fd.as_fd()), libc::O_PATH, 0)?;
         let stat = sys::fstat(path_fd.as_fd())?;
         let inode = self.inodes.insert(path_fd, &stat);
-        let fh = self.files.insert(FileHandle { fd });
+        let rel = self.rel_child(&parent, name);
+        if let (Some(cache), Some(rel)) = (&self.cache, &rel) {
+            // O_CREAT on an existing file, possibly with O_TRUNC.
+            cache.invalidate(rel);
+        }
+        self.io.lock().entry(inode.nodeid).or_default().cached += 1;
+        let fh = self.files.insert(FileHandle {
+            fd,
+            nodeid: inode.nodeid,
+            writable: true,
+            mode: Mutex::new(Mode::Cached),
+            rel,
+            copy: Mutex::new(None),
+            read_bytes: AtomicU64::new(0),
+            seen_generation: AtomicU64::new(self.cache.as_ref().map_or(0, |c| c.index.generation())),
+            promoted: AtomicBool::new(true),
+            job: Mutex::new(None),
+        });
         Ok((
             Entry {
                 nodeid: inode.nodeid,
@@ -66,23 +246,112 @@ impl Overlay {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.files.get(fh)?;
+        self.maybe_switch_to_copy(&h);
+        let copy = h.copy.lock().clone();
         let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        // A short read means end of file to the kernel, so fill the buffer unless the
-        // source really ends.
-        while done < buf.len() {
-            let n = sys::pread(h.fd.as_fd(), &mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
+        let n = match &copy {
+            Some(c) => match read_full(c.as_fd(), &mut buf, offset) {
+                Ok(n) => n,
+                // A cache-side failure never reaches the reader (invariant 8).
+                Err(e) => {
+                    tracing::warn!("reading a cached copy failed, back to the source: {e}");
+                    *h.copy.lock() = None;
+                    read_full(h.fd.as_fd(), &mut buf, offset)?
+                }
+            },
+            None => read_full(h.fd.as_fd(), &mut buf, offset)?,
+        };
+        buf.truncate(n);
+        if copy.is_none() {
+            self.count_read(&h, offset, n as u64);
         }
-        buf.truncate(done);
         Ok(buf)
+    }
+
+    /// Policy: once one open has read `promote_after` bytes from SOURCE, promote the
+    /// file, starting where this reader is, and queue the next files of its directory.
+    fn count_read(&self, h: &FileHandle, offset: u64, n: u64) {
+        let Some(cache) = &self.cache else { return };
+        if self.cfg.promote != PromoteMode::Auto || h.promoted.load(Ordering::Relaxed) {
+            return;
+        }
+        let total = h.read_bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if total < self.cfg.promote_after || h.promoted.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Some(rel) = &h.rel else { return };
+        let job = cache.promote(rel, Priority::Policy);
+        job.start_hint.store(offset, Ordering::Relaxed);
+        job.reader_active.store(true, Ordering::Relaxed);
+        *h.job.lock() = Some(job);
+        if self.cfg.prefetch > 0 {
+            self.prefetch_after(rel);
+        }
+    }
+
+    fn prefetch_after(&self, rel: &std::path::Path) {
+        let (Some(cache), Some(name)) = (&self.cache, rel.file_name()) else {
+            return;
+        };
+        let parent = rel.parent().unwrap_or(std::path::Path::new(""));
+        let root = self.inodes.root();
+        let dir = if parent.as_os_str().is_empty() {
+            sys::openat(root.fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        } else {
+            crate::cache::store::walk_parent(root.fd(), &parent.join("x"), false).and_then(|(d, _)| {
+                sys::openat(d.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            })
+        };
+        let entries = match dir.and_then(|d| sys::read_dir_fd(d.as_fd())) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!("no prefetch for {}: {e}", rel.display());
+                return;
+            }
+        };
+        let names: Vec<&OsStr> = entries
+            .iter()
+            .filter(|e| e.kind == libc::DT_REG)
+            .map(|e| e.name.as_os_str())
+            .collect();
+        for next in crate::policy::next_files(name, &names, self.cfg.prefetch as usize) {
+            cache.promote(&parent.join(next), Priority::Prefetch);
+        }
+    }
+
+    /// A handle reading from SOURCE moves to the copy once one is published and still
+    /// matches the source.
+    fn maybe_switch_to_copy(&self, h: &FileHandle) {
+        let (Some(cache), Some(rel)) = (&self.cache, &h.rel) else {
+            return;
+        };
+        if h.writable || *h.mode.lock() != Mode::Cached {
+            return;
+        }
+        let generation = cache.index.generation();
+        if h.seen_generation.swap(generation, Ordering::Relaxed) == generation {
+            return;
+        }
+        if h.copy.lock().is_some() {
+            return;
+        }
+        let Ok(st) = sys::fstat(h.fd.as_fd()) else { return };
+        if let Some(copy) = cache.lookup(rel, &st) {
+            tracing::debug!("open handle of {} now reads the cached copy", rel.display());
+            *h.copy.lock() = Some(Arc::new(copy));
+        }
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
         let h = self.files.get(fh)?;
+        // A copy published since this handle opened (another open read enough to promote
+        // it) is made stale by this write: drop it first.
+        if let (Some(cache), Some(rel)) = (&self.cache, &h.rel) {
+            let generation = cache.index.generation();
+            if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
+                cache.invalidate(rel);
+            }
+        }
         let mut done = 0;
         while done < data.len() {
             let n = sys::pwrite(h.fd.as_fd(), &data[done..], offset + done as u64)?;
@@ -102,8 +371,29 @@ impl Overlay {
         sys::fsync(self.files.get(fh)?.fd.as_fd(), datasync)
     }
 
-    pub fn release(&self, fh: u64) {
-        self.files.remove(fh);
+    /// Closes a handle. Returns the node id if this was the inode's last passthrough
+    /// open, so the kernel-side backing file can be let go.
+    pub fn release(&self, fh: u64) -> Option<u64> {
+        let h = self.files.remove(fh)?;
+        if let Some(job) = h.job.lock().take() {
+            job.reader_active.store(false, Ordering::Relaxed);
+        }
+        let mode = *h.mode.lock();
+        let mut io = self.io.lock();
+        let state = io.get_mut(&h.nodeid)?;
+        match mode {
+            Mode::Passthrough => state.passthrough -= 1,
+            Mode::Cached => state.cached -= 1,
+            Mode::Direct => state.direct -= 1,
+        }
+        let last_passthrough = mode == Mode::Passthrough && state.passthrough == 0;
+        if last_passthrough {
+            state.backing = None;
+        }
+        if state.is_idle() {
+            io.remove(&h.nodeid);
+        }
+        last_passthrough.then_some(h.nodeid)
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
@@ -130,4 +420,18 @@ impl Overlay {
         let len = len.min(1 << 30) as usize;
         sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len).map(|n| n as u32)
     }
+}
+
+/// Reads until `buf` is full or the file ends: a short read means end of file to the
+/// kernel.
+fn read_full(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = sys::pread(fd, &mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }

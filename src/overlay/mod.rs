@@ -17,16 +17,20 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 pub use creds::Caller;
+pub use file::Opened;
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
 pub use xattr::XattrReply;
 
-use crate::config::Config;
+use crate::cache::Cache;
+use crate::config::{Config, Passthrough};
 use crate::inodes::{Inode, InodeTable};
 use crate::sys;
 
@@ -43,6 +47,12 @@ pub struct Overlay {
     creds: creds::Creds,
     files: Handles<file::FileHandle>,
     dirs: Handles<dir::DirHandle>,
+    /// `None` when the cache directory could not be used: SOURCE is served alone.
+    pub cache: Option<Cache>,
+    /// Set once the kernel has agreed to FUSE passthrough.
+    passthrough: AtomicBool,
+    /// How each open inode is being served; see `file.rs`.
+    io: Mutex<HashMap<u64, file::InodeIo>>,
 }
 
 /// Open handles by number. Numbers are never reused within a mount.
@@ -89,13 +99,62 @@ impl Overlay {
             0,
         )?;
         sys::set_umask(0);
+        let cache = match Cache::open(&cfg, root.try_clone()?) {
+            Ok(c) => Some(c),
+            // Another instance owns this cache: refuse, never share (invariant 5).
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
+            Err(e) => {
+                tracing::error!(
+                    "cache directory {} unusable, serving the source only: {e}",
+                    cfg.cache.display()
+                );
+                None
+            }
+        };
         Ok(Overlay {
             cfg,
             inodes: InodeTable::new(root)?,
             creds: creds::Creds::new(),
             files: Handles::new(),
             dirs: Handles::new(),
+            cache,
+            passthrough: AtomicBool::new(false),
+            io: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether to ask the kernel for passthrough at init.
+    pub fn wants_passthrough(&self) -> bool {
+        self.cfg.passthrough != Passthrough::Off && self.cache.is_some()
+    }
+
+    /// Records what the kernel agreed to at init.
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// The path of a source object relative to SOURCE, as the kernel tracks it for the
+    /// inode's descriptor (so renames made behind our back are followed). `None` for the
+    /// root, a deleted file, or a path too long to name.
+    fn rel_of(&self, inode: &Inode) -> Option<PathBuf> {
+        let target = sys::readlink_path(&sys::proc_path(inode.fd())).ok()?;
+        let rel = Path::new(&target).strip_prefix(&self.cfg.source).ok()?;
+        if rel.as_os_str().is_empty() || target.as_bytes().ends_with(b" (deleted)") {
+            return None;
+        }
+        Some(rel.to_path_buf())
+    }
+
+    /// The path of `parent/name` relative to SOURCE.
+    fn rel_child(&self, parent: &Inode, name: &OsStr) -> Option<PathBuf> {
+        if parent.nodeid == crate::inodes::ROOT {
+            return Some(PathBuf::from(name));
+        }
+        Some(self.rel_of(parent)?.join(name))
     }
 
     fn inode(&self, nodeid: u64) -> io::Result<Arc<Inode>> {

@@ -1,0 +1,388 @@
+//! The cache directory on disk: published copies under `data/` (mirroring SOURCE's
+//! tree, so a user can see what is on the SSD), copies in progress under `tmp/`, and a
+//! `lock` file that one instance holds with flock.
+//!
+//! Each copy carries its provenance in the extended attribute `user.cachefs.src`: the
+//! source's size, mtime (ns) and inode number at the moment the copy was taken. A copy is
+//! used only while those still match the source (invariant 2). A copy is published only
+//! whole: written to `tmp/`, fsynced, provenance set, then renamed into `data/`
+//! (invariant 4); startup empties `tmp/`.
+//!
+//! All access is by directory descriptor and single names (`walk`), as in the overlay.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys;
+
+pub const XATTR: &str = "user.cachefs.src";
+
+/// What a copy was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Provenance {
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+    pub ino: u64,
+}
+
+impl Provenance {
+    pub fn of(st: &sys::Stat) -> Provenance {
+        Provenance {
+            size: st.st_size as u64,
+            mtime_sec: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec,
+            ino: st.st_ino,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        format!(
+            "v1 {} {} {} {}",
+            self.size, self.mtime_sec, self.mtime_nsec, self.ino
+        )
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Provenance> {
+        let s = std::str::from_utf8(b).ok()?;
+        let mut it = s.split(' ');
+        if it.next()? != "v1" {
+            return None;
+        }
+        let p = Provenance {
+            size: it.next()?.parse().ok()?,
+            mtime_sec: it.next()?.parse().ok()?,
+            mtime_nsec: it.next()?.parse().ok()?,
+            ino: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(p)
+    }
+}
+
+/// The normal components of a relative path; `None` if it has any other kind
+/// (`..`, a root, a prefix), which no path built by the daemon has.
+pub fn components(rel: &Path) -> Option<Vec<&OsStr>> {
+    rel.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Opens the directory that holds `rel`'s last component, one name at a time from
+/// `root`, never following a symlink; with `create`, missing directories are made.
+/// Returns the directory and the last name.
+pub fn walk_parent<'a>(
+    root: BorrowedFd<'_>,
+    rel: &'a Path,
+    create: bool,
+) -> io::Result<(OwnedFd, &'a OsStr)> {
+    let comps = components(rel).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let (last, dirs) = comps
+        .split_last()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut dir = sys::openat(root, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for name in dirs {
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        dir = match sys::openat(dir.as_fd(), name, flags, 0) {
+            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                match sys::mkdirat(dir.as_fd(), name, 0o700) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => {}
+                }
+                sys::openat(dir.as_fd(), name, flags, 0)?
+            }
+            r => r?,
+        };
+    }
+    Ok((dir, last))
+}
+
+/// Opens `rel` below `root` read-only, following no symlink on the way.
+pub fn open_below(root: BorrowedFd<'_>, rel: &Path) -> io::Result<File> {
+    let (dir, name) = walk_parent(root, rel, false)?;
+    let fd = sys::openat(dir.as_fd(), name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+    Ok(File::from(fd))
+}
+
+/// The result of looking a copy up for an open.
+pub enum Lookup {
+    /// A copy that matches the source; open for reading.
+    Hit(File),
+    Miss,
+}
+
+pub struct Store {
+    data: OwnedFd,
+    tmp: OwnedFd,
+    /// Held (flock) for the life of the store.
+    _lock: File,
+    next_tmp: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating) the cache directory's layout, takes its lock, and empties `tmp/`
+    /// of copies a previous run left unfinished.
+    pub fn open(dir: &Path) -> io::Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let root = sys::open_path(&sys::cpath(dir)?, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        // Copies of files only some users may read live here: root only.
+        for sub in ["data", "tmp"] {
+            match sys::mkdirat(root.as_fd(), OsStr::new(sub), 0o700) {
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                _ => {}
+            }
+        }
+        let lock = File::from(sys::openat(
+            root.as_fd(),
+            OsStr::new("lock"),
+            libc::O_RDWR | libc::O_CREAT,
+            0o644,
+        )?);
+        sys::flock_exclusive_nb(lock.as_fd()).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "cache directory {} is in use by another cachefs mount: give each mount its own cache",
+                        dir.display()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+        let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let data = sys::openat(root.as_fd(), OsStr::new("data"), dir_flags, 0)?;
+        let tmp = sys::openat(root.as_fd(), OsStr::new("tmp"), dir_flags, 0)?;
+        let store = Store {
+            data,
+            tmp,
+            _lock: lock,
+            next_tmp: AtomicU64::new(0),
+        };
+        store.clean_tmp()?;
+        Ok(store)
+    }
+
+    fn clean_tmp(&self) -> io::Result<()> {
+        for e in sys::read_dir_fd(self.tmp.as_fd())? {
+            if let Err(err) = sys::unlinkat(self.tmp.as_fd(), &e.name, 0) {
+                tracing::warn!("cannot remove unfinished copy tmp/{:?}: {err}", e.name);
+            } else {
+                tracing::info!("removed unfinished copy tmp/{}", e.name.to_string_lossy());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> BorrowedFd<'_> {
+        self.data.as_fd()
+    }
+
+    /// The copy of `rel` if it still matches the source's `current` attributes. A copy
+    /// that does not match is removed (it can never become valid again).
+    pub fn lookup(&self, rel: &Path, current: &sys::Stat) -> io::Result<Lookup> {
+        let file = match open_below(self.data.as_fd(), rel) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(Lookup::Miss);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut buf = [0u8; 128];
+        let valid = match sys::fgetxattr(file.as_fd(), OsStr::new(XATTR), &mut buf) {
+            Ok(n) => Provenance::decode(&buf[..n]) == Some(Provenance::of(current)),
+            Err(_) => false,
+        };
+        if valid {
+            let st = sys::fstat(file.as_fd())?;
+            if st.st_size as u64 == current.st_size as u64 {
+                return Ok(Lookup::Hit(file));
+            }
+        }
+        tracing::info!("dropping stale copy of {}", rel.display());
+        self.remove(rel)?;
+        Ok(Lookup::Miss)
+    }
+
+    /// Removes the copy of `rel`, if any. Open readers keep their bytes.
+    pub fn remove(&self, rel: &Path) -> io::Result<bool> {
+        let (dir, name) = match walk_parent(self.data.as_fd(), rel, false) {
+            Ok(x) => x,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        match sys::unlinkat(dir.as_fd(), name, 0) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EISDIR)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the copy or the directory of copies at `rel`, whatever it is. Failures are
+    /// logged: a leftover copy is harmless, as it is validated before any use.
+    pub fn remove_tree(&self, rel: &Path) {
+        let Ok((dir, name)) = walk_parent(self.data.as_fd(), rel, false) else {
+            return;
+        };
+        if let Err(e) = remove_all(dir.as_fd(), name)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!("cannot remove cached {}: {e}", rel.display());
+        }
+    }
+
+    /// Moves the copy (or directory of copies) at `from` to `to`.
+    pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (fdir, fname) = walk_parent(self.data.as_fd(), from, false)?;
+        // Check there is something to move before making the target's directories.
+        sys::fstatat(fdir.as_fd(), fname, libc::AT_SYMLINK_NOFOLLOW)?;
+        let (tdir, tname) = walk_parent(self.data.as_fd(), to, true)?;
+        sys::renameat2(fdir.as_fd(), fname, tdir.as_fd(), tname, 0)
+    }
+
+    /// A new temporary file for a copy in progress, and its name in `tmp/`.
+    pub fn temp_file(&self) -> io::Result<(File, String)> {
+        let name = format!(
+            "{}-{}.part",
+            std::process::id(),
+            self.next_tmp.fetch_add(1, Ordering::Relaxed)
+        );
+        let fd = sys::openat(
+            self.tmp.as_fd(),
+            OsStr::new(&name),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            0o644,
+        )?;
+        Ok((File::from(fd), name))
+    }
+
+    pub fn discard_temp(&self, name: &str) {
+        let _ = sys::unlinkat(self.tmp.as_fd(), OsStr::new(name), 0);
+    }
+
+    /// Publishes a finished, fsynced temporary file as the copy of `rel`, recording its
+    /// provenance first so the copy is never visible without it.
+    pub fn publish(&self, file: &File, tmp_name: &str, rel: &Path, prov: &Provenance) -> io::Result<()> {
+        sys::fsetxattr(file.as_fd(), OsStr::new(XATTR), prov.encode().as_bytes())?;
+        let (dir, name) = walk_parent(self.data.as_fd(), rel, true)?;
+        sys::renameat2(self.tmp.as_fd(), OsStr::new(tmp_name), dir.as_fd(), name, 0)?;
+        // The rename is durable once the directory is; a crash before that loses the copy
+        // (fine), never half of it.
+        let _ = sys::fsync(dir.as_fd(), false).or_else(|_| {
+            // An O_PATH directory cannot be fsynced; reopen it for reading.
+            sys::openat(dir.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .and_then(|d| sys::fsync(d.as_fd(), false))
+        });
+        Ok(())
+    }
+
+    /// Every published copy: (path relative to `data/`, size). Used at startup.
+    pub fn scan(&self) -> io::Result<Vec<(std::path::PathBuf, u64)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(
+            sys::openat(self.data.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?,
+            std::path::PathBuf::new(),
+        )];
+        while let Some((dir, prefix)) = stack.pop() {
+            for e in sys::read_dir_fd(dir.as_fd())? {
+                let rel = prefix.join(&e.name);
+                if e.kind == libc::DT_DIR {
+                    if let Ok(d) = sys::openat(
+                        dir.as_fd(),
+                        &e.name,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    ) {
+                        stack.push((d, rel));
+                    }
+                } else if e.kind == libc::DT_REG
+                    && let Ok(st) = sys::fstatat(dir.as_fd(), &e.name, libc::AT_SYMLINK_NOFOLLOW)
+                {
+                    out.push((rel, st.st_size as u64));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Removes `name` under `dir`: a file, or a directory and everything below it.
+fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match sys::unlinkat(dir, name, 0) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR | libc::EPERM)) => {}
+        r => return r,
+    }
+    let sub = sys::openat(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    for e in sys::read_dir_fd(sub.as_fd())? {
+        remove_all(sub.as_fd(), &e.name)?;
+    }
+    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provenance_round_trip() {
+        let p = Provenance {
+            size: 734003200,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 123_456_789,
+            ino: 42,
+        };
+        assert_eq!(Provenance::decode(p.encode().as_bytes()), Some(p));
+        assert_eq!(Provenance::decode(b"v1 1 2 3"), None);
+        assert_eq!(Provenance::decode(b"v1 1 2 3 4 5"), None);
+        assert_eq!(Provenance::decode(b"v2 1 2 3 4"), None);
+        assert_eq!(Provenance::decode(b"\xff"), None);
+    }
+
+    #[test]
+    fn components_reject_escapes() {
+        assert!(components(Path::new("a/b/c")).is_some());
+        assert!(components(Path::new("../a")).is_none());
+        assert!(components(Path::new("/a")).is_none());
+    }
+
+    #[test]
+    fn publish_lookup_stale_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.bin");
+        std::fs::write(&src, b"hello").unwrap();
+        let st = sys::stat_path(&src).unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        // A second instance on the same cache is refused.
+        assert!(Store::open(&dir.path().join("cache")).is_err());
+
+        let rel = Path::new("Show/S01/E01.mkv");
+        assert!(matches!(store.lookup(rel, &st).unwrap(), Lookup::Miss));
+        let (mut f, name) = store.temp_file().unwrap();
+        io::Write::write_all(&mut f, b"hello").unwrap();
+        f.sync_all().unwrap();
+        store.publish(&f, &name, rel, &Provenance::of(&st)).unwrap();
+        assert!(matches!(store.lookup(rel, &st).unwrap(), Lookup::Hit(_)));
+        assert_eq!(store.scan().unwrap(), vec![(rel.to_path_buf(), 5)]);
+
+        // The source changes: the copy is stale and goes.
+        let mut changed = st;
+        changed.st_mtime_nsec += 1;
+        assert!(matches!(store.lookup(rel, &changed).unwrap(), Lookup::Miss));
+        assert!(store.scan().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,386 @@
+//! The promoter: worker threads that copy source files into the cache.
+//!
+//! Requests come on three crossbeam channels, taken in priority order (explicit
+//! `cachefs promote` first, then policy, then prefetch). Each path has at most one job
+//! in flight (invariant 6): a second request for it joins the first. A job copies with
+//! `copy_file_range` where the two filesystems allow it and `pread`/`pwrite` where they
+//! do not (EXDEV), in chunks that it writes back and drops from the page cache as it
+//! goes, under a shared token-bucket rate limit. It publishes only a whole copy of a
+//! source that did not change while it was read (invariant 4).
+//!
+//! A copy starts at `start_hint`, the offset a foreground reader is at, and wraps
+//! around: the reader and the promoter then read the same pages of a slow source once,
+//! instead of competing for its bandwidth. While a reader is active, the source's pages
+//! are left in the page cache for it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select_biased};
+use parking_lot::{Condvar, Mutex};
+
+use crate::cache::store::{self, Provenance, Store};
+use crate::sys;
+
+const CHUNK: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Explicit = 0,
+    Policy = 1,
+    Prefetch = 2,
+}
+
+/// One file's promotion, shared by everyone who asked for it.
+pub struct Job {
+    pub rel: PathBuf,
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    /// Where a foreground reader is; the copy starts there.
+    pub start_hint: AtomicU64,
+    /// A foreground reader is using the file: keep its source pages cached.
+    pub reader_active: AtomicBool,
+    cancelled: AtomicBool,
+    outcome: Mutex<Option<Result<(), String>>>,
+    finished: Condvar,
+}
+
+impl Job {
+    fn new(rel: PathBuf) -> Job {
+        Job {
+            rel,
+            bytes_done: AtomicU64::new(0),
+            bytes_total: AtomicU64::new(0),
+            start_hint: AtomicU64::new(0),
+            reader_active: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            finished: Condvar::new(),
+        }
+    }
+
+    /// Waits up to `timeout` for the outcome; `None` while still running.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<(), String>> {
+        let mut o = self.outcome.lock();
+        if o.is_none() {
+            self.finished.wait_for(&mut o, timeout);
+        }
+        o.clone()
+    }
+
+    fn finish(&self, r: Result<(), String>) {
+        *self.outcome.lock() = Some(r);
+        self.finished.notify_all();
+    }
+}
+
+/// What the promoter tells the rest of the daemon.
+pub trait Events: Send + Sync + 'static {
+    /// A copy of `rel` was published.
+    fn published(&self, rel: &Path, prov: &Provenance, size: u64);
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// A token bucket shared by all workers: `rate` bytes per second, 0 for unlimited.
+struct RateLimit {
+    rate: u64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    fn new(rate: u64) -> RateLimit {
+        RateLimit {
+            rate,
+            state: Mutex::new((0.0, Instant::now())),
+        }
+    }
+
+    /// Takes `n` bytes' worth of tokens, sleeping while the bucket is short.
+    fn take(&self, n: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let wait = {
+            let mut s = self.state.lock();
+            let now = Instant::now();
+            let rate = self.rate as f64;
+            // At most one second of burst.
+            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * rate).min(rate);
+            s.1 = now;
+            s.0 -= n as f64;
+            if s.0 < 0.0 { -s.0 / rate } else { 0.0 }
+        };
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+    }
+}
+
+struct Shared {
+    source: OwnedFd,
+    store: Arc<Store>,
+    events: Arc<dyn Events>,
+    inflight: Mutex<HashMap<PathBuf, Arc<Job>>>,
+    queued: AtomicU64,
+    stats: Stats,
+    limit: RateLimit,
+}
+
+pub struct Promoter {
+    senders: [Sender<Arc<Job>>; 3],
+    shared: Arc<Shared>,
+}
+
+impl Promoter {
+    /// Starts `threads` workers copying from `source` (an `O_PATH` directory descriptor
+    /// of SOURCE's root) into `store`.
+    pub fn start(
+        source: OwnedFd,
+        store: Arc<Store>,
+        events: Arc<dyn Events>,
+        threads: usize,
+        bandwidth: u64,
+    ) -> io::Result<Promoter> {
+        let chans = [(); 3].map(|()| crossbeam_channel::unbounded::<Arc<Job>>());
+        let shared = Arc::new(Shared {
+            source,
+            store,
+            events,
+            inflight: Mutex::new(HashMap::new()),
+            queued: AtomicU64::new(0),
+            stats: Stats::default(),
+            limit: RateLimit::new(bandwidth),
+        });
+        for i in 0..threads.max(1) {
+            let rx: [Receiver<Arc<Job>>; 3] = [chans[0].1.clone(), chans[1].1.clone(), chans[2].1.clone()];
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("promote-{i}"))
+                .spawn(move || worker(&shared, &rx))?;
+        }
+        let [a, b, c] = chans;
+        Ok(Promoter {
+            senders: [a.0, b.0, c.0],
+            shared,
+        })
+    }
+
+    /// Asks for `rel` to be promoted; joins the job in flight if there is one.
+    pub fn request(&self, rel: &Path, priority: Priority) -> Arc<Job> {
+        let mut inflight = self.shared.inflight.lock();
+        if let Some(job) = inflight.get(rel) {
+            return job.clone();
+        }
+        let job = Arc::new(Job::new(rel.to_path_buf()));
+        inflight.insert(rel.to_path_buf(), job.clone());
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        if self.senders[priority as usize].send(job.clone()).is_err() {
+            // No worker left (shutting down).
+            inflight.remove(rel);
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            job.finish(Err("the promoter has stopped".into()));
+        }
+        job
+    }
+
+    /// The job for `rel` if one is queued or running.
+    pub fn job(&self, rel: &Path) -> Option<Arc<Job>> {
+        self.shared.inflight.lock().get(rel).cloned()
+    }
+
+    /// Cancels the job for `rel`, if any: the source is being changed through the mount.
+    pub fn cancel(&self, rel: &Path) {
+        if let Some(job) = self.shared.inflight.lock().get(rel) {
+            job.cancelled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Cancels every job at or below `rel` (a directory renamed or removed).
+    pub fn cancel_below(&self, rel: &Path) {
+        for (p, job) in self.shared.inflight.lock().iter() {
+            if p.starts_with(rel) {
+                job.cancelled.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queued(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Jobs being copied now.
+    pub fn running(&self) -> Vec<Arc<Job>> {
+        self.shared
+            .inflight
+            .lock()
+            .values()
+            .filter(|j| j.bytes_total.load(Ordering::Relaxed) > 0)
+            .cloned()
+            .collect()
+    }
+}
+
+fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
+    loop {
+        let job = select_biased! {
+            recv(rx[0]) -> j => j,
+            recv(rx[1]) -> j => j,
+            recv(rx[2]) -> j => j,
+        };
+        let Ok(job) = job else { return };
+        shared.queued.fetch_sub(1, Ordering::Relaxed);
+        let r = if job.cancelled.load(Ordering::Relaxed) {
+            Err("cancelled".to_string())
+        } else {
+            copy(shared, &job).map_err(|e| e.to_string())
+        };
+        match &r {
+            Ok(()) => {
+                shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("promoted {}", job.rel.display());
+            }
+            Err(e) if job.cancelled.load(Ordering::Relaxed) => {
+                tracing::debug!("promotion of {} cancelled: {e}", job.rel.display());
+            }
+            Err(e) => {
+                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("cannot promote {}: {e}", job.rel.display());
+            }
+        }
+        shared.inflight.lock().remove(&job.rel);
+        job.finish(r);
+    }
+}
+
+fn cancelled() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "cancelled: the file changed through the mount")
+}
+
+fn changed() -> io::Error {
+    io::Error::other("the source changed while it was copied")
+}
+
+/// Copies one file into a temporary file and publishes it.
+fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
+    let src = store::open_below(shared.source.as_fd(), &job.rel)?;
+    let before = sys::fstat(src.as_fd())?;
+    if before.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let total = before.st_size as u64;
+    job.bytes_total.store(total.max(1), Ordering::Relaxed);
+    let (tmp, tmp_name) = shared.store.temp_file()?;
+    let r = copy_into(shared, job, &src, &tmp, total).and_then(|()| {
+        tmp.sync_all()?;
+        let after = sys::fstat(src.as_fd())?;
+        // Still the same file, unchanged, and still at the same path.
+        let now_at_path = sys::fstat(store::open_below(shared.source.as_fd(), &job.rel)?.as_fd())?;
+        let prov = Provenance::of(&before);
+        if Provenance::of(&after) != prov || Provenance::of(&now_at_path) != prov {
+            return Err(changed());
+        }
+        if job.cancelled.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+        shared.store.publish(&tmp, &tmp_name, &job.rel, &prov)?;
+        shared.events.published(&job.rel, &prov, total);
+        Ok(())
+    });
+    if r.is_err() {
+        shared.store.discard_temp(&tmp_name);
+    }
+    r
+}
+
+fn copy_into(shared: &Shared, job: &Job, src: &File, dst: &File, total: u64) -> io::Result<()> {
+    let _ = sys::fadvise(src.as_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    if total > 0 {
+        sys::ftruncate(dst.as_fd(), total)?;
+    }
+    let start = (job.start_hint.load(Ordering::Relaxed) / CHUNK * CHUNK).min(total);
+    let mut use_cfr = true;
+    let mut buf = Vec::new();
+    for (from, to) in [(start, total), (0, start)] {
+        let mut off = from;
+        while off < to {
+            if job.cancelled.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            let n = CHUNK.min(to - off);
+            shared.limit.take(n);
+            copy_chunk(src, dst, off, n, &mut use_cfr, &mut buf)?;
+            let _ = sys::sync_range(dst.as_fd(), off, n);
+            let _ = sys::fadvise(dst.as_fd(), off, n, libc::POSIX_FADV_DONTNEED);
+            if !job.reader_active.load(Ordering::Relaxed) {
+                let _ = sys::fadvise(src.as_fd(), off, n, libc::POSIX_FADV_DONTNEED);
+            }
+            off += n;
+            job.bytes_done.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Copies exactly `n` bytes at `off`; a source that ends early has changed.
+fn copy_chunk(
+    src: &File,
+    dst: &File,
+    off: u64,
+    n: u64,
+    use_cfr: &mut bool,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut done = 0u64;
+    while done < n {
+        let at = off + done;
+        let want = (n - done) as usize;
+        if *use_cfr {
+            match sys::copy_file_range(src.as_fd(), at, dst.as_fd(), at, want) {
+                Ok(0) => return Err(changed()),
+                Ok(k) => {
+                    done += k as u64;
+                    continue;
+                }
+                // Across filesystems, or a filesystem without it: copy by hand from now on.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                    ) =>
+                {
+                    *use_cfr = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if buf.len() < CHUNK as usize {
+            buf.resize(CHUNK as usize, 0);
+        }
+        let k = sys::pread(src.as_fd(), &mut buf[..want], at)?;
+        if k == 0 {
+            return Err(changed());
+        }
+        let mut w = 0;
+        while w < k {
+            w += sys::pwrite(dst.as_fd(), &buf[w..k], at + w as u64)?;
+        }
+        done += k as u64;
+    }
+    Ok(())
+}
