@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use std::collections::HashMap;
@@ -180,7 +179,9 @@ impl Filesystem for CachefsFs {
                     "passthrough=on, but this kernel does not offer FUSE passthrough (Linux 6.9+); use passthrough=auto",
                 ));
             }
-            tracing::warn!("the kernel does not offer FUSE passthrough: cached files are served by the daemon");
+            tracing::warn!(
+                "the kernel does not offer FUSE passthrough: cached files are served by the daemon"
+            );
         }
         self.core.set_passthrough(pt);
         let _ = config.set_max_write(1 << 20);
@@ -255,7 +256,10 @@ impl Filesystem for CachefsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(reply, self.core.mknod(&caller(req), parent.0, name, mode, rdev));
+        self.reply_entry(
+            reply,
+            self.core.mknod(&caller(req), parent.0, name, mode, rdev),
+        );
     }
 
     fn mkdir(
@@ -302,9 +306,14 @@ impl Filesystem for CachefsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .core
-            .rename(&caller(req), parent.0, name, newparent.0, newname, flags.bits());
+        let r = self.core.rename(
+            &caller(req),
+            parent.0,
+            name,
+            newparent.0,
+            newname,
+            flags.bits(),
+        );
         empty(reply, r);
     }
 
@@ -341,7 +350,9 @@ impl Filesystem for CachefsFs {
             match id {
                 Ok(id) => return reply.opened_passthrough(fh, FopenFlags::empty(), &id),
                 Err(e) => {
-                    tracing::warn!("kernel refused a passthrough backing file, serving it through the daemon: {e}");
+                    tracing::warn!(
+                        "kernel refused a passthrough backing file, serving it through the daemon: {e}"
+                    );
                     self.core.passthrough_failed(o.fh);
                     return reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
                 }
@@ -461,7 +472,14 @@ impl Filesystem for CachefsFs {
             .readdirplus(&caller(req), ino.0, fh.0, offset, |name, e, next| {
                 // fuser gives one TTL per entry; the shorter keeps attributes honest.
                 let ttl = attr_ttl.min(entry_ttl);
-                reply.add(INodeNo(e.nodeid), next, name, &ttl, &attr(e.nodeid, &e.stat), Generation(0))
+                reply.add(
+                    INodeNo(e.nodeid),
+                    next,
+                    name,
+                    &ttl,
+                    &attr(e.nodeid, &e.stat),
+                    Generation(0),
+                )
             });
         match r {
             Ok(()) => reply.ok(),
@@ -518,7 +536,10 @@ impl Filesystem for CachefsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.core.setxattr(&caller(req), ino.0, name, value, flags));
+        empty(
+            reply,
+            self.core.setxattr(&caller(req), ino.0, name, value, flags),
+        );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

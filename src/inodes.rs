@@ -127,12 +127,7 @@ impl InodeTable {
 
     /// Looks `name` up under `parent` and takes one kernel reference on the result.
     pub fn lookup(&self, parent: &Inode, name: &OsStr) -> io::Result<(Arc<Inode>, sys::Stat)> {
-        let fd = sys::openat(
-            parent.fd(),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         Ok((self.insert(fd, &st), st))
     }
@@ -168,7 +163,10 @@ impl InodeTable {
         }
         let mut map = self.by_id.write();
         if let Some(inode) = map.get(&nodeid) {
-            let prev = inode.nlookup.fetch_sub(n.min(inode.nlookup.load(Ordering::Relaxed)), Ordering::Relaxed);
+            let prev = inode.nlookup.fetch_sub(
+                n.min(inode.nlookup.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             if prev <= n {
                 map.remove(&nodeid);
             }

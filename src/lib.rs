@@ -16,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod fuse;
 pub mod inodes;
 pub mod mount;

@@ -47,22 +47,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        other => {
-            eprintln!("cachefs: {} is not implemented yet", name(&other));
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
-}
-
-fn name(c: &Command) -> &'static str {
-    match c {
-        Command::Mount(_) => "mount",
-        Command::Status { .. } => "status",
-        Command::Promote { .. } => "promote",
-        Command::Pin { .. } => "pin",
-        Command::Unpin { .. } => "unpin",
-        Command::Evict { .. } => "evict",
-        Command::Unmount { .. } => "unmount",
-        Command::Cleanup { .. } => "cleanup",
+        other => ExitCode::from(cachefs::control::run_command(other)),
     }
 }

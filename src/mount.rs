@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::control;
+use crate::daemon::Daemon;
 use crate::fuse::CachefsFs;
 use crate::overlay::Overlay;
 use crate::sys;
@@ -56,7 +58,9 @@ pub fn unescape(field: &str) -> OsString {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -75,15 +79,21 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             let dash = fields.iter().position(|f| *f == "-")?;
             Some(MountInfo {
                 target: PathBuf::from(unescape(fields.get(4)?)),
-                fstype: unescape(fields.get(dash + 1)?).to_string_lossy().into_owned(),
-                source: unescape(fields.get(dash + 2)?).to_string_lossy().into_owned(),
+                fstype: unescape(fields.get(dash + 1)?)
+                    .to_string_lossy()
+                    .into_owned(),
+                source: unescape(fields.get(dash + 2)?)
+                    .to_string_lossy()
+                    .into_owned(),
             })
         })
         .collect()
 }
 
 pub fn mounts() -> io::Result<Vec<MountInfo>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
 }
 
 /// Makes MOUNTPOINT ready: a stale mount left by a dead daemon (ENOTCONN) is lazily
@@ -173,14 +183,14 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         .read(true)
         .write(true)
         .open("/dev/fuse")
-        .map_err(|e| err(format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)")))?
+        .map_err(|e| {
+            err(format!(
+                "cannot open /dev/fuse: {e} (is the fuse module loaded?)"
+            ))
+        })?
         .into();
-    fuse_mount(&cfg, &dev).map_err(|e| {
-        err(format!(
-            "cannot mount on {}: {e}",
-            cfg.mountpoint.display()
-        ))
-    })?;
+    fuse_mount(&cfg, &dev)
+        .map_err(|e| err(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
 
     let mut fcfg = fuser::Config::default();
     fcfg.n_threads = Some(FUSE_THREADS);
@@ -190,7 +200,7 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     } else {
         fuser::SessionACL::Owner
     };
-    let session = match fuser::Session::from_fd(CachefsFs::new(core), dev, acl, fcfg) {
+    let session = match fuser::Session::from_fd(CachefsFs::new(core.clone()), dev, acl, fcfg) {
         Ok(s) => s,
         Err(e) => {
             lazy_unmount(&cfg.mountpoint);
@@ -204,6 +214,15 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         cfg.cache.display()
     );
 
+    // The control socket; it goes (and its file with it) when the process exits.
+    let _control = match control::serve(&cfg.mountpoint, Arc::new(Daemon { core })) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no control socket, `cachefs status` will not answer: {e}");
+            None
+        }
+    };
+
     let mountpoint = cfg.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
@@ -215,6 +234,13 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         .map_err(|e| err(format!("FUSE session failed: {e}")))?;
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
+}
+
+/// Asks the daemon to stop as if it got SIGTERM (`cachefs unmount`).
+pub fn request_stop() {
+    if let Err(e) = sys::signal_self(libc::SIGTERM) {
+        tracing::error!("cannot signal the stop: {e}");
+    }
 }
 
 fn lazy_unmount(mountpoint: &Path) {
@@ -240,6 +266,7 @@ fn stop_on_signal(mountpoint: &Path) {
     };
     tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
     lazy_unmount(mountpoint);
+    let _ = std::fs::remove_file(control::socket_path(mountpoint));
     std::thread::sleep(Duration::from_millis(200));
     std::process::exit(0);
 }

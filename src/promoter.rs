@@ -163,7 +163,8 @@ impl Promoter {
             limit: RateLimit::new(bandwidth),
         });
         for i in 0..threads.max(1) {
-            let rx: [Receiver<Arc<Job>>; 3] = [chans[0].1.clone(), chans[1].1.clone(), chans[2].1.clone()];
+            let rx: [Receiver<Arc<Job>>; 3] =
+                [chans[0].1.clone(), chans[1].1.clone(), chans[2].1.clone()];
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("promote-{i}"))
@@ -269,7 +270,10 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
 }
 
 fn cancelled() -> io::Error {
-    io::Error::new(io::ErrorKind::Interrupted, "cancelled: the file changed through the mount")
+    io::Error::new(
+        io::ErrorKind::Interrupted,
+        "cancelled: the file changed through the mount",
+    )
 }
 
 fn changed() -> io::Error {

@@ -55,7 +55,12 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::R
     let name = cstr(name)?;
     // SAFETY: name is a valid NUL-terminated string; the returned fd is owned by us.
     let fd = check(unsafe {
-        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode)
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
     })?;
     // SAFETY: fd was just returned by openat and is not owned elsewhere.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -182,9 +187,8 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<OsString> {
 pub fn readlink_path(path: &CStr) -> io::Result<OsString> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: path is NUL-terminated; buf is writable for buf.len() bytes.
-    let n = check_size(unsafe {
-        libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-    })?;
+    let n =
+        check_size(unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
     buf.truncate(n);
     Ok(OsString::from_vec(buf))
 }
@@ -350,7 +354,14 @@ pub fn copy_file_range(
     let mut oo = off_out as libc::loff_t;
     // SAFETY: the offset pointers point to live locals.
     check_size(unsafe {
-        libc::copy_file_range(fd_in.as_raw_fd(), &mut oi, fd_out.as_raw_fd(), &mut oo, len, 0)
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut oi,
+            fd_out.as_raw_fd(),
+            &mut oo,
+            len,
+            0,
+        )
     } as libc::ssize_t)
 }
 
@@ -401,7 +412,10 @@ pub fn read_dir_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 break;
             }
             let name_bytes = &buf[pos + 19..pos + reclen];
-            let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let len = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
             if name != b"." && name != b".." {
                 out.push(DirEntry {
@@ -509,7 +523,12 @@ pub fn flock_exclusive_nb(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn fadvise(fd: BorrowedFd<'_>, offset: u64, len: u64, advice: i32) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     let r = unsafe {
-        libc::posix_fadvise(fd.as_raw_fd(), offset as libc::off_t, len as libc::off_t, advice)
+        libc::posix_fadvise(
+            fd.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            advice,
+        )
     };
     if r != 0 {
         return Err(io::Error::from_raw_os_error(r));
@@ -590,7 +609,13 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 // ---- mounting ----
 
 /// mount(2).
-pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: u64, data: &CStr) -> io::Result<()> {
+pub fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: u64,
+    data: &CStr,
+) -> io::Result<()> {
     // SAFETY: every string is NUL-terminated.
     check(unsafe {
         libc::mount(
@@ -633,6 +658,12 @@ pub fn block_signals(signals: &[i32]) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(r));
     }
     Ok(())
+}
+
+/// Sends `sig` to this process (a stop request reaches the signal thread this way).
+pub fn signal_self(sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::kill(libc::getpid(), sig) }).map(drop)
 }
 
 /// Waits for one of `signals` (which must be blocked) and returns it.

@@ -114,7 +114,10 @@ impl Cache {
                 None
             }
             Err(e) => {
-                tracing::warn!("cache lookup of {} failed, serving the source: {e}", rel.display());
+                tracing::warn!(
+                    "cache lookup of {} failed, serving the source: {e}",
+                    rel.display()
+                );
                 None
             }
         }

@@ -272,7 +272,13 @@ impl Store {
 
     /// Publishes a finished, fsynced temporary file as the copy of `rel`, recording its
     /// provenance first so the copy is never visible without it.
-    pub fn publish(&self, file: &File, tmp_name: &str, rel: &Path, prov: &Provenance) -> io::Result<()> {
+    pub fn publish(
+        &self,
+        file: &File,
+        tmp_name: &str,
+        rel: &Path,
+        prov: &Provenance,
+    ) -> io::Result<()> {
         sys::fsetxattr(file.as_fd(), OsStr::new(XATTR), prov.encode().as_bytes())?;
         let (dir, name) = walk_parent(self.data.as_fd(), rel, true)?;
         sys::renameat2(self.tmp.as_fd(), OsStr::new(tmp_name), dir.as_fd(), name, 0)?;
@@ -280,8 +286,13 @@ impl Store {
         // (fine), never half of it.
         let _ = sys::fsync(dir.as_fd(), false).or_else(|_| {
             // An O_PATH directory cannot be fsynced; reopen it for reading.
-            sys::openat(dir.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                .and_then(|d| sys::fsync(d.as_fd(), false))
+            sys::openat(
+                dir.as_fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
+            .and_then(|d| sys::fsync(d.as_fd(), false))
         });
         Ok(())
     }
@@ -290,7 +301,12 @@ impl Store {
     pub fn scan(&self) -> io::Result<Vec<(std::path::PathBuf, u64)>> {
         let mut out = Vec::new();
         let mut stack = vec![(
-            sys::openat(self.data.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?,
+            sys::openat(
+                self.data.as_fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )?,
             std::path::PathBuf::new(),
         )];
         while let Some((dir, prefix)) = stack.pop() {

@@ -118,7 +118,13 @@ impl Overlay {
         self.lookup_inode(&parent, name)
     }
 
-    pub fn mkdir(&self, caller: &Caller, parent: u64, name: &OsStr, mode: u32) -> io::Result<Entry> {
+    pub fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
         let parent = self.inode(parent)?;
         let _as = self.creds.enter(caller)?;

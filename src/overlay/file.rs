@@ -123,7 +123,11 @@ impl Overlay {
         if let Some(cache) = &self.cache
             && regular
         {
-            let counter = if copy.is_some() { &cache.hits } else { &cache.misses };
+            let counter = if copy.is_some() {
+                &cache.hits
+            } else {
+                &cache.misses
+            };
             counter.fetch_add(1, Ordering::Relaxed);
         }
 
@@ -159,7 +163,11 @@ impl Overlay {
             writable: write,
             mode: Mutex::new(mode),
             rel,
-            copy: Mutex::new(if mode == Mode::Passthrough { None } else { copy }),
+            copy: Mutex::new(if mode == Mode::Passthrough {
+                None
+            } else {
+                copy
+            }),
             read_bytes: AtomicU64::new(0),
             seen_generation: AtomicU64::new(generation),
             promoted: AtomicBool::new(write),
@@ -231,7 +239,9 @@ impl Overlay {
             rel,
             copy: Mutex::new(None),
             read_bytes: AtomicU64::new(0),
-            seen_generation: AtomicU64::new(self.cache.as_ref().map_or(0, |c| c.index.generation())),
+            seen_generation: AtomicU64::new(
+                self.cache.as_ref().map_or(0, |c| c.index.generation()),
+            ),
             promoted: AtomicBool::new(true),
             job: Mutex::new(None),
         });
@@ -296,11 +306,23 @@ impl Overlay {
         let parent = rel.parent().unwrap_or(std::path::Path::new(""));
         let root = self.inodes.root();
         let dir = if parent.as_os_str().is_empty() {
-            sys::openat(root.fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            sys::openat(
+                root.fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
         } else {
-            crate::cache::store::walk_parent(root.fd(), &parent.join("x"), false).and_then(|(d, _)| {
-                sys::openat(d.as_fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            })
+            crate::cache::store::walk_parent(root.fd(), &parent.join("x"), false).and_then(
+                |(d, _)| {
+                    sys::openat(
+                        d.as_fd(),
+                        OsStr::new("."),
+                        libc::O_RDONLY | libc::O_DIRECTORY,
+                        0,
+                    )
+                },
+            )
         };
         let entries = match dir.and_then(|d| sys::read_dir_fd(d.as_fd())) {
             Ok(e) => e,
@@ -335,7 +357,9 @@ impl Overlay {
         if h.copy.lock().is_some() {
             return;
         }
-        let Ok(st) = sys::fstat(h.fd.as_fd()) else { return };
+        let Ok(st) = sys::fstat(h.fd.as_fd()) else {
+            return;
+        };
         if let Some(copy) = cache.lookup(rel, &st) {
             tracing::debug!("open handle of {} now reads the cached copy", rel.display());
             *h.copy.lock() = Some(Arc::new(copy));
@@ -418,7 +442,8 @@ impl Overlay {
         let fout = self.files.get(fh_out)?;
         // The reply carries a u32 count; the kernel asks again for the rest.
         let len = len.min(1 << 30) as usize;
-        sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len).map(|n| n as u32)
+        sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)
+            .map(|n| n as u32)
     }
 }
 

@@ -15,18 +15,18 @@ mod xattr;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 pub use creds::Caller;
-pub use file::Opened;
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
+pub use file::Opened;
 pub use xattr::XattrReply;
 
 use crate::cache::Cache;
@@ -93,11 +93,7 @@ impl Overlay {
     /// the caller's umask to every mode it sends.
     pub fn new(cfg: Arc<Config>) -> io::Result<Overlay> {
         let root_path = sys::cpath(&cfg.source)?;
-        let root: OwnedFd = sys::open_path(
-            &root_path,
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?;
+        let root: OwnedFd = sys::open_path(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         sys::set_umask(0);
         let cache = match Cache::open(&cfg, root.try_clone()?) {
             Ok(c) => Some(c),
@@ -185,5 +181,59 @@ fn check_writable(cfg: &Config) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(libc::EROFS))
     } else {
         Ok(())
+    }
+}
+
+impl Overlay {
+    /// Every regular file at or below `rel` in SOURCE (relative paths), walked by
+    /// descriptor without following symlinks. The empty path is the root.
+    pub fn regular_files_below(&self, rel: &Path) -> io::Result<Vec<PathBuf>> {
+        let root = self.inodes.root();
+        let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let start = if rel.as_os_str().is_empty() {
+            sys::openat(
+                root.fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )?
+        } else {
+            let (dir, name) = crate::cache::store::walk_parent(root.fd(), rel, false)?;
+            let st = sys::fstatat(dir.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => return Ok(vec![rel.to_path_buf()]),
+                libc::S_IFDIR => sys::openat(dir.as_fd(), name, dir_flags, 0)?,
+                _ => return Err(io::Error::other("not a regular file or directory")),
+            }
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![(start, rel.to_path_buf())];
+        while let Some((dir, prefix)) = stack.pop() {
+            for e in sys::read_dir_fd(dir.as_fd())? {
+                match e.kind {
+                    libc::DT_REG => out.push(prefix.join(&e.name)),
+                    libc::DT_DIR => {
+                        if let Ok(d) = sys::openat(dir.as_fd(), &e.name, dir_flags, 0) {
+                            stack.push((d, prefix.join(&e.name)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether `rel` has a valid cached copy now.
+    pub fn is_cached(&self, rel: &Path) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        let root = self.inodes.root();
+        let Ok(src) = crate::cache::store::open_below(root.fd(), rel) else {
+            return false;
+        };
+        sys::fstat(src.as_fd()).is_ok_and(|st| cache.lookup(rel, &st).is_some())
     }
 }
