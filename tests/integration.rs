@@ -7,6 +7,7 @@
 //!   compared outcome by outcome (results, errno values, ownership, mode bits).
 //! - `users`: a second user through an `--allow-other` mount, compared with a plain directory.
 //! - `cli`: argument validation, both option forms, signals.
+//! - `cache`: promotion, reads from the copy, staleness, single flight, prefetch.
 //!
 //! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
 //! otherwise prints why it is skipped and returns.
@@ -22,3 +23,6 @@ mod users;
 
 #[path = "integration/cli.rs"]
 mod cli;
+
+#[path = "integration/cache.rs"]
+mod cache;
