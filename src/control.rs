@@ -206,10 +206,11 @@ fn serve_at(path: &Path, handler: Arc<dyn Handler>) -> io::Result<Server> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display())))?;
-    // Any user may connect: `status` is for everyone, and no command reads or changes
-    // SOURCE data (they copy into, pin in, or drop from the cache, and a promotion copies
-    // only what the daemon would cache on a read anyway). Until the socket is chmodded it
-    // has the umask's mode, which is the stricter one, so there is no window.
+    // Any user may connect: `status` and `promote` are for everyone (no command reads or
+    // changes SOURCE data, and a promotion copies only what the daemon would cache on a
+    // read anyway). Commands that take something away (unmount, evict, pin, unpin) are
+    // checked against the peer's uid in `serve_connection`. Until the socket is chmodded
+    // it has the umask's mode, which is the stricter one, so there is no window.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     let meta = std::fs::symlink_metadata(path)?;
     let id = (meta.dev(), meta.ino());
@@ -305,6 +306,11 @@ impl Cmd {
         })
     }
 
+    /// Commands that can take the mount or cached copies away from other users.
+    fn is_privileged(self) -> bool {
+        matches!(self, Cmd::Unmount | Cmd::Evict | Cmd::Pin | Cmd::Unpin)
+    }
+
     fn takes_paths(self) -> bool {
         matches!(self, Cmd::Promote | Cmd::Pin | Cmd::Unpin | Cmd::Evict)
     }
@@ -339,6 +345,15 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler) {
         Err(msg) => return reply(json!({"ok": false, "error": msg})),
     };
     tracing::debug!("control request: {req:?}");
+    if req.cmd.is_privileged() {
+        let peer = crate::sys::peer_uid(std::os::fd::AsFd::as_fd(stream));
+        if !matches!(peer, Ok(uid) if uid == 0 || uid == crate::sys::geteuid()) {
+            return reply(json!({
+                "ok": false,
+                "error": "permission denied: only root (or the daemon's user) may unmount, evict, pin or unpin"
+            }));
+        }
+    }
 
     // Once the client has gone, progress lines are dropped; the work itself goes on.
     let mut broken = false;

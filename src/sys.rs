@@ -553,6 +553,24 @@ pub fn sync_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     .map(drop)
 }
 
+/// The uid of the process at the other end of a Unix stream socket (SO_PEERCRED).
+pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut cred = MaybeUninit::<libc::ucred>::zeroed();
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len point to live locals of the sizes getsockopt is told.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            cred.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    // SAFETY: getsockopt succeeded and filled the struct.
+    Ok(unsafe { cred.assume_init() }.uid)
+}
+
 // ---- credentials (per thread) ----
 
 /// Sets this thread's filesystem uid and gid and supplementary groups. Raw syscalls on
