@@ -169,6 +169,11 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     // Before any thread exists, so every thread inherits the blocked mask and only the
     // signal thread below receives the stop signals.
     sys::block_signals(&STOP_SIGNALS).map_err(|e| err(format!("cannot block signals: {e}")))?;
+    // Also before any thread, and before /dev/fuse and the cache lock are opened, so the
+    // watchdog holds neither.
+    let watchdog = spawn_watchdog(&cfg.mountpoint)
+        .map_err(|e| err(format!("cannot start the watchdog: {e}")))?;
+    *WATCHDOG.lock() = Some(watchdog);
     if let Err(e) = sys::raise_nofile_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }
@@ -229,11 +234,64 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         .spawn(move || stop_on_signal(&mountpoint))
         .map_err(|e| err(format!("cannot start the signal thread: {e}")))?;
 
-    session
-        .run()
-        .map_err(|e| err(format!("FUSE session failed: {e}")))?;
+    let r = session.run();
+    release_watchdog();
+    r.map_err(|e| err(format!("FUSE session failed: {e}")))?;
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
+}
+
+/// The daemon's end of the watchdog: its pid and the pipe whose closing wakes it.
+struct Watchdog {
+    pid: u32,
+    pipe: OwnedFd,
+}
+
+/// Held here so that whichever thread ends the process can let the watchdog go and reap
+/// it (a clean stop leaves no zombie behind).
+static WATCHDOG: parking_lot::Mutex<Option<Watchdog>> = parking_lot::Mutex::new(None);
+
+/// Wakes the watchdog (after the unmount, so it finds nothing to do) and reaps it.
+fn release_watchdog() {
+    if let Some(w) = WATCHDOG.lock().take() {
+        drop(w.pipe);
+        if let Err(e) = sys::waitpid(w.pid) {
+            tracing::debug!("watchdog {}: {e}", w.pid);
+        }
+    }
+}
+
+/// Forks a watchdog that outlives the daemon by a moment: it waits for the returned pipe
+/// end to close (the daemon exits, however it dies: SIGKILL, a crash, an abort) and then
+/// lazily unmounts MOUNTPOINT if it was left stale. Must be called while the process has
+/// one thread.
+fn spawn_watchdog(mountpoint: &Path) -> io::Result<Watchdog> {
+    let (rx, tx) = sys::pipe()?;
+    match sys::fork()? {
+        sys::Forked::Parent(pid) => {
+            drop(rx);
+            tracing::debug!("watchdog pid {pid}");
+            Ok(Watchdog { pid, pipe: tx })
+        }
+        sys::Forked::Child => {
+            drop(tx);
+            sys::set_thread_name(c"cachefs-watch");
+            sys::wait_eof(std::os::fd::AsFd::as_fd(&rx));
+            // The daemon is gone. A clean stop has unmounted already; a dead daemon left
+            // a mount whose stat fails with ENOTCONN. Anything else (a new live mount
+            // there) is not ours to touch.
+            if let Err(e) = sys::stat_path(mountpoint)
+                && e.raw_os_error() == Some(libc::ENOTCONN)
+            {
+                lazy_unmount(mountpoint);
+                eprintln!(
+                    "cachefs watchdog: the daemon died; unmounted {}",
+                    mountpoint.display()
+                );
+            }
+            sys::exit_now(0)
+        }
+    }
 }
 
 /// Asks the daemon to stop as if it got SIGTERM (`cachefs unmount`).
@@ -267,6 +325,7 @@ fn stop_on_signal(mountpoint: &Path) {
     tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
     lazy_unmount(mountpoint);
     let _ = std::fs::remove_file(control::socket_path(mountpoint));
+    release_watchdog();
     std::thread::sleep(Duration::from_millis(200));
     std::process::exit(0);
 }

@@ -652,6 +652,74 @@ pub fn umount2(target: &CStr, flags: i32) -> io::Result<()> {
     check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
 }
 
+// ---- processes ----
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// fork(2). Only call it while the process has a single thread.
+pub enum Forked {
+    Parent(u32),
+    Child,
+}
+
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded, so the child's copy
+    // of the address space holds no lock another thread owned.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as u32)),
+    }
+}
+
+/// Waits for a child process to exit.
+pub fn waitpid(pid: u32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Names the calling thread (what `ps -L` and `top` show).
+pub fn set_thread_name(name: &CStr) {
+    // SAFETY: name is NUL-terminated; PR_SET_NAME copies at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Reads until end of file or error, discarding the bytes.
+pub fn wait_eof(fd: BorrowedFd<'_>) {
+    let mut b = [0u8; 64];
+    loop {
+        // SAFETY: b is writable for its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+            return;
+        }
+    }
+}
+
+/// Ends the process at once, without running destructors or atexit handlers (for a
+/// forked child, which must not flush or drop anything its parent owns).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
 // ---- signals ----
 
 fn sigset(signals: &[i32]) -> libc::sigset_t {

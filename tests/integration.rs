@@ -7,6 +7,8 @@
 //!   compared outcome by outcome (results, errno values, ownership, mode bits).
 //! - `users`: a second user through an `--allow-other` mount, compared with a plain directory.
 //! - `cli`: argument validation, both option forms, signals.
+//! - `stale`: with promotion on first read, changes in SOURCE and writes through the mount
+//!   show on the next open (never a stale or partial cached copy).
 //! - `cache`: promotion, reads from the copy, staleness, single flight, prefetch.
 //!
 //! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
@@ -26,3 +28,6 @@ mod cli;
 
 #[path = "integration/cache.rs"]
 mod cache;
+
+#[path = "integration/stale.rs"]
+mod stale;

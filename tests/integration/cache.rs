@@ -1,161 +1,436 @@
-//! The cache never shows stale or partial bytes: with `promote_after=0` a read promotes the
-//! file; once a copy is in CACHE, changes to SOURCE (behind the mount's back) and writes
-//! through the mount must show on the next open. Layout-agnostic: a copy is "in the cache"
-//! when some regular file under CACHE has the same contents.
+//! The SSD cache on a real mount: promotion by policy and by `cachefs promote`, reads
+//! served from the copy (status hits, the copy on disk), never a stale byte after the
+//! source changes behind the mount or through it, single-flight promotion, readers that
+//! opened before a promotion, prefetch, and passthrough on and off.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{TestMount, pattern};
-use crate::require_mount;
+use serde_json::Value;
 
-/// Whether any regular file under `dir` has exactly `want` as contents.
-fn cache_holds(dir: &Path, want: &[u8]) -> bool {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return false;
-    };
-    for e in rd.flatten() {
-        let Ok(ft) = e.file_type() else { continue };
-        let p = e.path();
-        if ft.is_dir() && cache_holds(&p, want) {
-            return true;
-        }
-        if ft.is_file()
-            && e.metadata().map(|m| m.len()).ok() == Some(want.len() as u64)
-            && fs::read(&p).ok().as_deref() == Some(want)
-        {
-            return true;
-        }
-    }
-    false
+use crate::common::{self, BIN, TestMount, digest, pattern};
+
+const MIB: usize = 1 << 20;
+
+fn status(m: &TestMount) -> Value {
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg(&m.mnt)
+        .arg("--json")
+        .output()
+        .expect("run cachefs status");
+    assert!(
+        out.status.success(),
+        "status failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_contents()
+    );
+    serde_json::from_slice(&out.stdout).expect("status prints one JSON object")
 }
 
-/// Read `rel` through the mount until CACHE holds a copy of `want` (deadline 20 s).
-fn wait_cached(m: &TestMount, rel: &str, want: &[u8]) {
+fn num(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status key {key} is not an integer: {v}"))
+}
+
+fn promote_wait(m: &TestMount, rel: &str) {
+    let out = Command::new(BIN)
+        .arg("promote")
+        .arg("--wait")
+        .arg(m.path(rel))
+        .output()
+        .expect("run cachefs promote");
+    assert!(
+        out.status.success(),
+        "promote --wait {rel} failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_contents()
+    );
+}
+
+fn copy_path(m: &TestMount, rel: &str) -> PathBuf {
+    m.cache.join("data").join(rel)
+}
+
+/// Polls `cond` for up to 20 s (promotion runs in the background).
+fn eventually(what: &str, m: &TestMount, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = fs::read(m.path(rel)).expect("read through mount");
-        assert!(got == want, "{rel}: read through mount differs from SOURCE");
-        if cache_holds(&m.cache, want) {
-            return;
-        }
+    while !cond() {
         assert!(
             Instant::now() < end,
-            "{rel} was never promoted into {} with promote_after=0",
-            m.cache.display()
+            "timed out waiting for {what}; log:\n{}",
+            m.log_contents()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
-fn promoting_mount(files: &[(&'static str, Vec<u8>)]) -> TestMount {
-    let files = files.to_vec();
-    TestMount::builder()
-        .option("promote_after=0")
-        .populate(move |src| {
-            for (rel, data) in files {
-                fs::write(src.join(rel), data).expect("populate");
-            }
-        })
-        .start()
+fn read_all(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
-#[test]
-fn source_change_shows_on_next_open() {
-    require_mount!();
-    let a = pattern(2 << 20, 1);
-    let m = promoting_mount(&[("a.mkv", a.clone())]);
-    wait_cached(&m, "a.mkv", &a);
-    // Same size, new bytes, written in place in SOURCE: the copy no longer matches.
-    let b = pattern(2 << 20, 2);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(m.src("a.mkv"))
-        .and_then(|f| f.write_all_at(&b, 0))
-        .expect("rewrite SOURCE in place");
-    let got = fs::read(m.path("a.mkv")).expect("read after SOURCE changed");
-    assert!(
-        got == b,
-        "the open after SOURCE changed served stale bytes (cached copy)"
+fn with_files(files: &'static [(&'static str, usize, u64)]) -> impl FnOnce(&Path) {
+    move |src: &Path| {
+        for (rel, len, seed) in files {
+            let p = src.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, pattern(*len, *seed)).unwrap();
+        }
+    }
+}
+
+fn promoted_and_served(passthrough: &str) {
+    if !common::can_mount("promoted_and_served") {
+        return;
+    }
+    let m = TestMount::builder()
+        .option(&format!("passthrough={passthrough}"))
+        .option("promote=manual")
+        .populate(with_files(&[("Show/S01E01.mkv", 5 * MIB + 123, 1)]))
+        .start();
+    let want = digest(&pattern(5 * MIB + 123, 1));
+    let rel = "Show/S01E01.mkv";
+
+    // Uncached: served from SOURCE, and no copy appears by itself in manual mode.
+    assert_eq!(digest(&read_all(&m.path(rel))), want);
+    let s = status(&m);
+    assert_eq!(num(&s, "misses"), 1, "{s}");
+    assert_eq!(num(&s, "hits"), 0, "{s}");
+    assert!(!copy_path(&m, rel).exists());
+
+    promote_wait(&m, rel);
+    assert_eq!(
+        digest(&read_all(&copy_path(&m, rel))),
+        want,
+        "the copy is whole"
+    );
+    let s = status(&m);
+    assert_eq!(num(&s, "promotions_done"), 1, "{s}");
+    assert_eq!(num(&s, "cached_files"), 1, "{s}");
+    assert_eq!(num(&s, "cached_bytes"), (5 * MIB + 123) as u64, "{s}");
+    assert_eq!(
+        s["passthrough"].as_bool(),
+        Some(passthrough != "off"),
+        "passthrough={passthrough}: {s}"
+    );
+
+    // Now served from the copy, with the same bytes, from two handles at once.
+    let mut a = fs::File::open(m.path(rel)).unwrap();
+    let mut b = fs::File::open(m.path(rel)).unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    a.read_to_end(&mut x).unwrap();
+    b.read_to_end(&mut y).unwrap();
+    assert_eq!(digest(&x), want);
+    assert_eq!(digest(&y), want);
+    // Random access too.
+    a.seek(SeekFrom::Start(3 * MIB as u64 + 7)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    a.read_exact(&mut buf).unwrap();
+    assert_eq!(
+        buf,
+        pattern(5 * MIB + 123, 1)[3 * MIB + 7..3 * MIB + 7 + 4096]
+    );
+    drop((a, b));
+    let s = status(&m);
+    assert_eq!(num(&s, "hits"), 2, "{s}");
+
+    // The mount still shows the source's attributes.
+    let (mm, sm) = (
+        fs::metadata(m.path(rel)).unwrap(),
+        fs::metadata(m.src(rel)).unwrap(),
+    );
+    assert_eq!(
+        (mm.len(), mm.mtime(), mm.mtime_nsec(), mm.mode()),
+        (sm.len(), sm.mtime(), sm.mtime_nsec(), sm.mode())
     );
 }
 
 #[test]
-fn source_replaced_by_rename_shows_on_next_open() {
-    require_mount!();
-    let a = pattern(1 << 20, 3);
-    let m = promoting_mount(&[("a.mkv", a.clone())]);
-    wait_cached(&m, "a.mkv", &a);
-    // A download client replaces the file atomically: new inode, same size and mtime.
-    let b = pattern(1 << 20, 4);
-    let old_mtime = fs::metadata(m.src("a.mkv"))
-        .and_then(|md| md.modified())
-        .expect("mtime");
-    fs::write(m.src(".a.mkv.part"), &b).expect("write new version");
-    fs::File::options()
-        .write(true)
-        .open(m.src(".a.mkv.part"))
-        .and_then(|f| f.set_modified(old_mtime))
-        .expect("set mtime");
-    fs::rename(m.src(".a.mkv.part"), m.src("a.mkv")).expect("rename in SOURCE");
-    // The name may be cached by the kernel for entry_timeout; poll, never time it.
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = fs::read(m.path("a.mkv")).expect("read");
-        if got == b {
-            break;
-        }
-        assert!(got == a, "read returned neither version (partial or mixed)");
-        assert!(
-            Instant::now() < end,
-            "10 s after SOURCE replaced the file, the mount still serves the old copy"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn promoted_file_is_served_from_cache_with_passthrough() {
+    promoted_and_served("auto");
 }
 
 #[test]
-fn writes_through_mount_drop_the_cached_copy() {
-    require_mount!();
-    let a = pattern(1 << 20, 5);
-    let m = promoting_mount(&[("a.mkv", a.clone()), ("t.mkv", a.clone())]);
-    wait_cached(&m, "a.mkv", &a);
-    // Overwrite a range through the mount: the next open sees it, and so does SOURCE.
-    {
-        let mut f = fs::OpenOptions::new()
-            .read(true)
+fn promoted_file_is_served_from_cache_without_passthrough() {
+    promoted_and_served("off");
+}
+
+#[test]
+fn source_changed_behind_the_mount_is_never_served_stale() {
+    if !common::can_mount("source_changed_behind_the_mount_is_never_served_stale") {
+        return;
+    }
+    for passthrough in ["auto", "off"] {
+        let m = TestMount::builder()
+            .option(&format!("passthrough={passthrough}"))
+            .option("promote=manual")
+            .populate(with_files(&[("a.bin", 2 * MIB, 2)]))
+            .start();
+        promote_wait(&m, "a.bin");
+        assert_eq!(
+            digest(&read_all(&m.path("a.bin"))),
+            digest(&pattern(2 * MIB, 2))
+        );
+
+        // Same size, new content and mtime, written straight to SOURCE.
+        let new = pattern(2 * MIB, 3);
+        fs::write(m.src("a.bin"), &new).unwrap();
+        assert_eq!(
+            digest(&read_all(&m.path("a.bin"))),
+            digest(&new),
+            "passthrough={passthrough}: a new open must see the new source"
+        );
+        eventually("the stale copy to be dropped", &m, || {
+            !copy_path(&m, "a.bin").exists()
+        });
+
+        // Only the mtime changes (same size and bytes): the copy is not used.
+        promote_wait(&m, "a.bin");
+        let f = fs::File::options()
             .write(true)
-            .open(m.path("a.mkv"))
-            .expect("open rw");
-        f.seek(SeekFrom::Start(4096)).expect("seek");
-        f.write_all(b"written through the mount").expect("write");
-        f.seek(SeekFrom::Start(4096)).expect("seek");
-        let mut buf = [0u8; 25];
-        f.read_exact(&mut buf).expect("read back");
-        assert_eq!(&buf, b"written through the mount");
+            .open(m.src("a.bin"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        drop(f);
+        let before = num(&status(&m), "hits");
+        assert_eq!(digest(&read_all(&m.path("a.bin"))), digest(&new));
+        assert_eq!(
+            num(&status(&m), "hits"),
+            before,
+            "passthrough={passthrough}: a copy whose source mtime changed was used"
+        );
     }
-    let mut want = a.clone();
-    want[4096..4096 + 25].copy_from_slice(b"written through the mount");
-    assert!(
-        fs::read(m.path("a.mkv")).expect("reopen") == want,
-        "next open after a write through the mount served old bytes"
-    );
-    assert!(
-        fs::read(m.src("a.mkv")).expect("SOURCE") == want,
-        "write through the mount did not land in SOURCE"
-    );
-    // Truncate through the mount.
-    wait_cached(&m, "t.mkv", &a);
-    fs::OpenOptions::new()
+}
+
+#[test]
+fn write_through_the_mount_drops_the_copy() {
+    if !common::can_mount("write_through_the_mount_drops_the_copy") {
+        return;
+    }
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(with_files(&[("w.bin", MIB, 4), ("t.bin", MIB, 5)]))
+        .start();
+    promote_wait(&m, "w.bin");
+    promote_wait(&m, "t.bin");
+    assert!(copy_path(&m, "w.bin").exists());
+
+    let mut f = fs::OpenOptions::new()
         .write(true)
-        .open(m.path("t.mkv"))
-        .and_then(|f| f.set_len(1000))
-        .expect("truncate");
+        .open(m.path("w.bin"))
+        .unwrap();
     assert!(
-        fs::read(m.path("t.mkv")).expect("reopen") == a[..1000],
-        "next open after a truncate through the mount served old bytes"
+        !copy_path(&m, "w.bin").exists(),
+        "the copy must go before the first write returns"
     );
+    f.write_all(b"XYZ").unwrap();
+    drop(f);
+    let mut want = pattern(MIB, 4);
+    want[..3].copy_from_slice(b"XYZ");
+    assert_eq!(digest(&read_all(&m.path("w.bin"))), digest(&want));
+    assert_eq!(
+        digest(&read_all(&m.src("w.bin"))),
+        digest(&want),
+        "the write reached SOURCE"
+    );
+
+    // truncate(2) on the path drops the copy too.
+    truncate(&m.path("t.bin"), 1000);
+    assert!(!copy_path(&m, "t.bin").exists());
+    assert_eq!(read_all(&m.path("t.bin")), pattern(MIB, 5)[..1000].to_vec());
+    assert_eq!(num(&status(&m), "cached_files"), 0);
+}
+
+fn truncate(p: &Path, len: i64) {
+    let c = common::cpath(p);
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), len) }, 0, "truncate");
+}
+
+#[test]
+fn rename_and_unlink_through_the_mount_keep_the_cache_consistent() {
+    if !common::can_mount("rename_and_unlink_through_the_mount_keep_the_cache_consistent") {
+        return;
+    }
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(with_files(&[("d/r.bin", MIB, 6), ("d/u.bin", MIB, 7)]))
+        .start();
+    promote_wait(&m, "d");
+    fs::rename(m.path("d/r.bin"), m.path("d/renamed.bin")).unwrap();
+    assert!(!copy_path(&m, "d/r.bin").exists());
+    let hits = num(&status(&m), "hits");
+    assert_eq!(
+        digest(&read_all(&m.path("d/renamed.bin"))),
+        digest(&pattern(MIB, 6))
+    );
+    assert_eq!(
+        num(&status(&m), "hits"),
+        hits + 1,
+        "the copy moves with a rename: it still matches its source"
+    );
+    fs::remove_file(m.path("d/u.bin")).unwrap();
+    assert!(!copy_path(&m, "d/u.bin").exists());
+    assert_eq!(num(&status(&m), "cached_files"), 1);
+}
+
+#[test]
+fn policy_promotes_after_threshold_and_prefetches_the_next_episode() {
+    if !common::can_mount("policy_promotes_after_threshold_and_prefetches_the_next_episode") {
+        return;
+    }
+    let m = TestMount::builder()
+        .option("promote_after=2M")
+        .option("prefetch=1")
+        .populate(with_files(&[
+            ("S1/Episode 9.mkv", 3 * MIB, 10),
+            ("S1/Episode 10.mkv", 3 * MIB, 11),
+            ("S1/Episode 11.mkv", 3 * MIB, 12),
+            ("S1/Episode 10.nfo", 1000, 13),
+        ]))
+        .start();
+    // A scanner reading a header does not promote.
+    let mut f = fs::File::open(m.path("S1/Episode 9.mkv")).unwrap();
+    let mut head = vec![0u8; 64 * 1024];
+    f.read_exact(&mut head).unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(num(&status(&m), "promotions_done"), 0);
+    assert!(!copy_path(&m, "S1/Episode 9.mkv").exists());
+
+    // Playback reads past the threshold: the file and the next episode ("10" after "9",
+    // in natural order, and not "Episode 10.nfo") are promoted.
+    assert_eq!(
+        digest(&read_all(&m.path("S1/Episode 9.mkv"))),
+        digest(&pattern(3 * MIB, 10))
+    );
+    eventually("Episode 9 and Episode 10 to be promoted", &m, || {
+        num(&status(&m), "promotions_done") == 2
+    });
+    assert_eq!(
+        digest(&read_all(&copy_path(&m, "S1/Episode 9.mkv"))),
+        digest(&pattern(3 * MIB, 10))
+    );
+    assert!(copy_path(&m, "S1/Episode 10.mkv").exists());
+    assert!(!copy_path(&m, "S1/Episode 11.mkv").exists());
+    assert!(!copy_path(&m, "S1/Episode 10.nfo").exists());
+}
+
+#[test]
+fn concurrent_readers_share_one_promotion() {
+    if !common::can_mount("concurrent_readers_share_one_promotion") {
+        return;
+    }
+    let m = TestMount::builder()
+        .option("promote_after=1M")
+        .option("prefetch=0")
+        // Slow the copy down so both readers cross the threshold while it runs.
+        .option("promote_bw=8M")
+        .populate(with_files(&[("big.bin", 8 * MIB, 20)]))
+        .start();
+    let want = digest(&pattern(8 * MIB, 20));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let p = m.path("big.bin");
+            std::thread::spawn(move || digest(&fs::read(p).unwrap()))
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), want);
+    }
+    eventually("the promotion to finish", &m, || {
+        num(&status(&m), "promotions_done") >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let s = status(&m);
+    assert_eq!(num(&s, "promotions_done"), 1, "one copy, not two: {s}");
+    assert_eq!(num(&s, "promotions_failed"), 0, "{s}");
+    assert_eq!(
+        fs::read_dir(m.cache.join("tmp")).unwrap().count(),
+        0,
+        "no temp file left"
+    );
+}
+
+#[test]
+fn reader_open_before_promotion_reads_correct_bytes_during_and_after() {
+    if !common::can_mount("reader_open_before_promotion_reads_correct_bytes_during_and_after") {
+        return;
+    }
+    let len = 6 * MIB;
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .option("passthrough=off")
+        .option("promote_bw=16M")
+        .populate(with_files(&[("movie.mkv", 6 * MIB, 30)]))
+        .start();
+    let want = pattern(len, 30);
+    let mut f = fs::File::open(m.path("movie.mkv")).unwrap();
+    let mut got = vec![0u8; MIB];
+    f.read_exact(&mut got).unwrap();
+
+    // Promote from another process while this handle reads on.
+    let mnt = m.path("movie.mkv");
+    let promoter = std::thread::spawn(move || {
+        Command::new(BIN)
+            .arg("promote")
+            .arg("--wait")
+            .arg(mnt)
+            .output()
+            .unwrap()
+            .status
+    });
+    let mut chunk = vec![0u8; 256 * 1024];
+    while got.len() < len / 2 {
+        let n = f.read(&mut chunk).unwrap();
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(promoter.join().unwrap().success());
+    assert!(copy_path(&m, "movie.mkv").exists());
+    f.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), len);
+    assert_eq!(digest(&got), digest(&want));
+    // Seek back into what was read before the copy existed.
+    f.seek(SeekFrom::Start(100)).unwrap();
+    let mut again = vec![0u8; 1000];
+    f.read_exact(&mut again).unwrap();
+    assert_eq!(again, want[100..1100]);
+}
+
+#[test]
+fn evict_drops_the_copy_and_leaves_the_source() {
+    if !common::can_mount("evict_drops_the_copy_and_leaves_the_source") {
+        return;
+    }
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(with_files(&[("e.bin", MIB, 40)]))
+        .start();
+    promote_wait(&m, "e.bin");
+    let out = Command::new(BIN)
+        .arg("evict")
+        .arg(m.path("e.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!copy_path(&m, "e.bin").exists());
+    assert_eq!(
+        digest(&read_all(&m.src("e.bin"))),
+        digest(&pattern(MIB, 40))
+    );
+    assert_eq!(
+        digest(&read_all(&m.path("e.bin"))),
+        digest(&pattern(MIB, 40))
+    );
+    assert_eq!(num(&status(&m), "cached_files"), 0);
 }

@@ -62,7 +62,12 @@ pub fn can_mount(test: &str) -> bool {
 #[macro_export]
 macro_rules! require_mount {
     () => {
-        if !$crate::common::can_mount(module_path!()) {
+        // libtest names each test's thread after the test.
+        let name = std::thread::current()
+            .name()
+            .unwrap_or(module_path!())
+            .to_string();
+        if !$crate::common::can_mount(&name) {
             return;
         }
     };
@@ -232,6 +237,9 @@ pub fn run_cachefs(args: &[OsString], mnt_to_clean: Option<&Path>) -> (ExitStatu
 // ---------------------------------------------------------------------------------------
 // TestMount
 
+/// A step that fills SOURCE before mounting.
+type Populate = Box<dyn FnOnce(&Path)>;
+
 /// Builds a `TestMount`: options, extra arguments, and SOURCE contents before mounting.
 #[derive(Default)]
 pub struct Builder {
@@ -239,7 +247,7 @@ pub struct Builder {
     fstab_form: bool,
     options: Vec<String>,
     args: Vec<OsString>,
-    populate: Vec<Box<dyn FnOnce(&Path)>>,
+    populate: Vec<Populate>,
 }
 
 impl Builder {
@@ -382,7 +390,10 @@ impl TestMount {
             }
             // std keeps the status once reaped, so Drop still sees the exit and never
             // signals a pid that may have been reused.
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if let Some(st) = exited {
                 panic!(
                     "cachefs exited ({}) before the mount appeared; log:\n{}",
@@ -470,7 +481,10 @@ impl TestMount {
         // The daemon unmounts before it exits; a watchdog may take a moment after a kill.
         if !wait_unmounted(&self.mnt, Duration::from_secs(5)) {
             detach(&self.mnt);
-            let msg = format!("{} was still mounted after cachefs exited", self.mnt.display());
+            let msg = format!(
+                "{} was still mounted after cachefs exited",
+                self.mnt.display()
+            );
             problem = Some(match problem {
                 Some(p) => format!("{p}; {msg}"),
                 None => msg,
@@ -562,7 +576,11 @@ pub fn check(ret: libc::c_int) -> Result<libc::c_int, i32> {
 
 /// Like `check` for `ssize_t` returns.
 pub fn check_size(ret: libc::ssize_t) -> Result<usize, i32> {
-    if ret < 0 { Err(errno()) } else { Ok(ret as usize) }
+    if ret < 0 {
+        Err(errno())
+    } else {
+        Ok(ret as usize)
+    }
 }
 
 /// The errno of an `io::Result`, `0` for success.
@@ -620,24 +638,20 @@ where
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let groups: Vec<libc::gid_t> = creds
-        .as_ref()
-        .map(|c| c.groups.clone())
-        .unwrap_or_default();
+    let groups: Vec<libc::gid_t> = creds.as_ref().map(|c| c.groups.clone()).unwrap_or_default();
     let ids = creds.map(|c| (c.uid, c.gid));
     // SAFETY: the closure only makes async-signal-safe libc calls on memory allocated
     // before the fork (the `groups` vector is moved in, not grown).
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((uid, gid)) = ids {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            if let Some((uid, gid)) = ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setresgid(gid, gid, gid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
-                {
-                    // Distinct from any errno so a failed switch is never mistaken for
-                    // the operation's result.
-                    return Err(io::Error::from_raw_os_error(CREDS_FAILED));
-                }
+                    || libc::setresuid(uid, uid, uid) != 0)
+            {
+                // Distinct from any errno so a failed switch is never mistaken for
+                // the operation's result.
+                return Err(io::Error::from_raw_os_error(CREDS_FAILED));
             }
             match f() {
                 0 => Ok(()),
@@ -653,7 +667,10 @@ where
         }
         Err(e) => {
             let code = e.raw_os_error().unwrap_or_else(|| panic!("spawn: {e}"));
-            assert_ne!(code, CREDS_FAILED, "switching credentials in the child failed");
+            assert_ne!(
+                code, CREDS_FAILED,
+                "switching credentials in the child failed"
+            );
             code
         }
     }
@@ -793,8 +810,16 @@ pub fn assert_same(what: &str, mount: &Outcomes, plain: &Outcomes) {
     let mut diff = String::new();
     let n = mount.lines.len().max(plain.lines.len());
     for i in 0..n {
-        let a = mount.lines.get(i).map(String::as_str).unwrap_or("(missing)");
-        let b = plain.lines.get(i).map(String::as_str).unwrap_or("(missing)");
+        let a = mount
+            .lines
+            .get(i)
+            .map(String::as_str)
+            .unwrap_or("(missing)");
+        let b = plain
+            .lines
+            .get(i)
+            .map(String::as_str)
+            .unwrap_or("(missing)");
         if a != b {
             diff.push_str(&format!("  step {i}:\n    mount: {a}\n    plain: {b}\n"));
         }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Make this machine able to run cachefs and its tests: install fuse3 and attr if missing
+# (Debian/Ubuntu, as root), and check that FUSE is usable. Under CI=true any missing
+# prerequisite is fatal; elsewhere it is a warning and the mount tests skip themselves.
+set -euo pipefail
+
+ci=${CI:-}
+fail() {
+    # Loud under CI: never let a missing FUSE turn into a green run that tested nothing.
+    echo "FUSE unavailable: $*" >&2
+    if [ "$ci" = true ]; then
+        exit 1
+    fi
+    echo "warning: mount tests will be skipped (set CI=true to make this fatal)" >&2
+}
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v setfattr >/dev/null 2>&1 || need+=(attr)
+command -v findmnt >/dev/null 2>&1 || need+=(util-linux)
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing packages ${need[*]}: run as root or install them" >&2
+        exit 1
+    fi
+    echo "installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    if [ "$ci" = true ]; then
+        echo "the tests must run as root under CI (second-user and mount tests need it)" >&2
+        exit 1
+    fi
+    echo "warning: not root: mount and second-user tests will be skipped" >&2
+fi
+
+if [ ! -e /dev/fuse ]; then
+    modprobe fuse >/dev/null 2>&1 || true
+fi
+if [ ! -e /dev/fuse ]; then
+    fail "/dev/fuse does not exist (modprobe fuse failed or is not possible here)"
+elif [ ! -c /dev/fuse ]; then
+    fail "/dev/fuse is not a character device"
+elif ! grep -qw fuse /proc/filesystems; then
+    modprobe fuse >/dev/null 2>&1 || true
+    grep -qw fuse /proc/filesystems || fail "the kernel does not list fuse in /proc/filesystems"
+elif [ "$(id -u)" -eq 0 ] && ! (: <>/dev/fuse) 2>/dev/null; then
+    fail "/dev/fuse cannot be opened"
+fi
