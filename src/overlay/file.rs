@@ -304,26 +304,7 @@ impl Overlay {
             return;
         };
         let parent = rel.parent().unwrap_or(std::path::Path::new(""));
-        let root = self.inodes.root();
-        let dir = if parent.as_os_str().is_empty() {
-            sys::openat(
-                root.fd(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            )
-        } else {
-            crate::cache::store::walk_parent(root.fd(), &parent.join("x"), false).and_then(
-                |(d, _)| {
-                    sys::openat(
-                        d.as_fd(),
-                        OsStr::new("."),
-                        libc::O_RDONLY | libc::O_DIRECTORY,
-                        0,
-                    )
-                },
-            )
-        };
+        let dir = self.open_source_dir(parent);
         let entries = match dir.and_then(|d| sys::read_dir_fd(d.as_fd())) {
             Ok(e) => e,
             Err(e) => {

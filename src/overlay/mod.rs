@@ -188,24 +188,19 @@ impl Overlay {
     /// Every regular file at or below `rel` in SOURCE (relative paths), walked by
     /// descriptor without following symlinks. The empty path is the root.
     pub fn regular_files_below(&self, rel: &Path) -> io::Result<Vec<PathBuf>> {
-        let root = self.inodes.root();
-        let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let start = if rel.as_os_str().is_empty() {
-            sys::openat(
-                root.fd(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            )?
-        } else {
-            let (dir, name) = crate::cache::store::walk_parent(root.fd(), rel, false)?;
-            let st = sys::fstatat(dir.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
-            match st.st_mode & libc::S_IFMT {
-                libc::S_IFREG => return Ok(vec![rel.to_path_buf()]),
-                libc::S_IFDIR => sys::openat(dir.as_fd(), name, dir_flags, 0)?,
-                _ => return Err(io::Error::other("not a regular file or directory")),
+        let start = match self.open_source_dir(rel) {
+            Ok(d) => d,
+            // Not a directory: a regular file is its own list.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                let f = crate::cache::store::open_below(self.inodes.root().fd(), rel)?;
+                return match sys::fstat(f.as_fd())?.st_mode & libc::S_IFMT {
+                    libc::S_IFREG => Ok(vec![rel.to_path_buf()]),
+                    _ => Err(io::Error::other("not a regular file or directory")),
+                };
             }
+            Err(e) => return Err(e),
         };
+        let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
         let mut out = Vec::new();
         let mut stack = vec![(start, rel.to_path_buf())];
         while let Some((dir, prefix)) = stack.pop() {
@@ -223,6 +218,18 @@ impl Overlay {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Opens SOURCE's directory `rel` for reading (the empty path is the root), one name
+    /// at a time, following no symlink.
+    fn open_source_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+        let root = self.inodes.root();
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        if rel.as_os_str().is_empty() {
+            return sys::openat(root.fd(), OsStr::new("."), flags, 0);
+        }
+        let (dir, name) = crate::cache::store::walk_parent(root.fd(), rel, false)?;
+        sys::openat(dir.as_fd(), name, flags | libc::O_NOFOLLOW, 0)
     }
 
     /// Whether `rel` has a valid cached copy now.
