@@ -8,29 +8,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::config::{Config, MinFree};
+use crate::cache::Cache;
 use crate::control::Handler;
 use crate::overlay::Overlay;
 use crate::promoter::{Job, Priority};
-use crate::sys;
 
 pub struct Daemon {
     pub core: Arc<Overlay>,
-}
-
-/// `min_free` in bytes, for the cache's filesystem as it is now.
-pub fn min_free_bytes(cfg: &Config) -> u64 {
-    match cfg.min_free {
-        MinFree::Bytes(b) => b,
-        MinFree::Percent(p) => {
-            let total = sys::cpath(&cfg.cache)
-                .and_then(|c| sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY, 0))
-                .and_then(|fd| sys::fstatvfs(std::os::fd::AsFd::as_fd(&fd)))
-                .map(|s| s.f_blocks * s.f_frsize)
-                .unwrap_or(0);
-            total / 100 * p as u64
-        }
-    }
 }
 
 fn progress_of(job: &Job) -> Value {
@@ -41,11 +25,40 @@ fn progress_of(job: &Job) -> Value {
     })
 }
 
+impl Daemon {
+    fn cache(&self) -> Result<&Cache, String> {
+        match &self.core.cache {
+            Some(c) if c.ledger.usable() => Ok(c),
+            _ => Err("the cache directory is unusable: see the daemon's log".into()),
+        }
+    }
+
+    /// Every regular file at or below each path.
+    fn files_below(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+        let mut files = Vec::new();
+        for p in paths {
+            files.extend(
+                self.core
+                    .regular_files_below(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+            );
+        }
+        Ok(files)
+    }
+}
+
 impl Handler for Daemon {
     fn status(&self) -> Value {
         let core = &self.core;
         let cfg = &core.cfg;
-        let (files, bytes) = core.cache.as_ref().map_or((0, 0), |c| c.index.totals());
+        let (files, bytes, pinned) = core.cache.as_ref().map_or((0, 0, 0), |c| c.ledger.totals());
+        let (usable, evictions, min_free) = core.cache.as_ref().map_or((false, 0, 0), |c| {
+            (
+                c.ledger.usable(),
+                c.ledger.evictions.load(Ordering::Relaxed),
+                c.ledger.min_free_now(),
+            )
+        });
         let (hits, misses, done, failed, queued, in_flight) = match &core.cache {
             Some(c) => (
                 c.hits.load(Ordering::Relaxed),
@@ -67,20 +80,20 @@ impl Handler for Daemon {
             "cache": cfg.cache.to_string_lossy(),
             "pid": std::process::id(),
             "passthrough": core.passthrough_enabled(),
-            "cache_usable": core.cache.is_some(),
+            "cache_usable": usable,
             "cached_files": files,
             "cached_bytes": bytes,
-            "pinned_files": 0,
+            "pinned_files": pinned,
             // 0: no limit but min_free.
             "max_size": cfg.max_size.unwrap_or(0),
-            "min_free": min_free_bytes(cfg),
+            "min_free": min_free,
             "hits": hits,
             "misses": misses,
             "promotions_done": done,
             "promotions_failed": failed,
             "queued": queued,
             "in_flight": Value::Array(in_flight),
-            "evictions": 0,
+            "evictions": evictions,
         })
     }
 
@@ -90,19 +103,8 @@ impl Handler for Daemon {
         wait: bool,
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, String> {
-        let cache = self
-            .core
-            .cache
-            .as_ref()
-            .ok_or("the cache directory is unusable: see the daemon's log")?;
-        let mut files = Vec::new();
-        for p in paths {
-            files.extend(
-                self.core
-                    .regular_files_below(p)
-                    .map_err(|e| format!("{}: {e}", p.display()))?,
-            );
-        }
+        let cache = self.cache()?;
+        let files = self.files_below(paths)?;
         let mut already = 0;
         let mut jobs = Vec::new();
         for f in &files {
@@ -136,24 +138,19 @@ impl Handler for Daemon {
         }))
     }
 
-    fn pin(&self, _paths: &[PathBuf]) -> Result<Value, String> {
-        Err("pin is not available yet: it lands with cache capacity and pins (issue 4)".into())
+    fn pin(&self, paths: &[PathBuf]) -> Result<Value, String> {
+        let cache = self.cache()?;
+        let files = self.files_below(paths)?;
+        let queued = cache.pin(&files).len();
+        Ok(json!({"pinned": files.len(), "queued": queued}))
     }
 
-    fn unpin(&self, _paths: &[PathBuf]) -> Result<Value, String> {
-        Err("unpin is not available yet: it lands with cache capacity and pins (issue 4)".into())
+    fn unpin(&self, paths: &[PathBuf]) -> Result<Value, String> {
+        Ok(json!({"unpinned": self.cache()?.unpin(paths)}))
     }
 
     fn evict(&self, paths: &[PathBuf]) -> Result<Value, String> {
-        let cache = self
-            .core
-            .cache
-            .as_ref()
-            .ok_or("the cache directory is unusable: see the daemon's log")?;
-        for p in paths {
-            cache.invalidate_below(p);
-        }
-        Ok(json!({"evicted": paths.len()}))
+        Ok(json!({"evicted": self.cache()?.evict(paths)}))
     }
 
     fn unmount(&self) -> Result<Value, String> {

@@ -219,6 +219,7 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         cfg.cache.display()
     );
 
+    let _ = CORE.set(core.clone());
     // The control socket; it goes (and its file with it) when the process exits.
     let _control = match control::serve(&cfg.mountpoint, Arc::new(Daemon { core })) {
         Ok(s) => Some(s),
@@ -235,10 +236,24 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         .map_err(|e| err(format!("cannot start the signal thread: {e}")))?;
 
     let r = session.run();
+    shutdown();
     release_watchdog();
     r.map_err(|e| err(format!("FUSE session failed: {e}")))?;
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
+}
+
+/// The running overlay, for the stop path (which runs on the signal thread).
+static CORE: std::sync::OnceLock<Arc<Overlay>> = std::sync::OnceLock::new();
+
+/// Stops the promoter (temp files removed) and saves the cache index. Runs once.
+fn shutdown() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        if let Some(cache) = CORE.get().and_then(|c| c.cache.as_ref()) {
+            cache.shutdown();
+        }
+    });
 }
 
 /// The daemon's end of the watchdog: its pid and the pipe whose closing wakes it.
@@ -325,6 +340,7 @@ fn stop_on_signal(mountpoint: &Path) {
     tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
     lazy_unmount(mountpoint);
     let _ = std::fs::remove_file(control::socket_path(mountpoint));
+    shutdown();
     release_watchdog();
     std::thread::sleep(Duration::from_millis(200));
     std::process::exit(0);

@@ -80,10 +80,23 @@ impl Job {
     }
 }
 
-/// What the promoter tells the rest of the daemon.
+/// What the promoter asks of, and tells, the rest of the daemon.
 pub trait Events: Send + Sync + 'static {
-    /// A copy of `rel` was published.
+    /// Makes room for a copy of `size` bytes within the cache's limits, evicting as
+    /// needed, then calls `alloc` (which creates and allocates the temporary file) in the
+    /// same step. `Err(reason)` if the copy cannot fit.
+    fn reserve(
+        &self,
+        rel: &Path,
+        size: u64,
+        alloc: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Result<(), String>;
+    /// A reserved copy failed; `no_space` if the cache filesystem ran out of room.
+    fn release(&self, size: u64, no_space: bool);
+    /// A copy of `rel` was published (its reservation becomes a cached copy).
     fn published(&self, rel: &Path, prov: &Provenance, size: u64);
+    /// Whether copies may be made at all.
+    fn usable(&self) -> bool;
 }
 
 #[derive(Default)]
@@ -133,6 +146,8 @@ struct Shared {
     events: Arc<dyn Events>,
     inflight: Mutex<HashMap<PathBuf, Arc<Job>>>,
     queued: AtomicU64,
+    /// Set at a clean stop: no new copy starts.
+    stopping: AtomicBool,
     stats: Stats,
     limit: RateLimit,
 }
@@ -159,6 +174,7 @@ impl Promoter {
             events,
             inflight: Mutex::new(HashMap::new()),
             queued: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
             stats: Stats::default(),
             limit: RateLimit::new(bandwidth),
         });
@@ -216,6 +232,19 @@ impl Promoter {
         }
     }
 
+    /// A clean stop: cancels every job and waits up to `timeout` for the workers to let
+    /// go of their temporary files.
+    pub fn stop(&self, timeout: Duration) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        for job in self.shared.inflight.lock().values() {
+            job.cancelled.store(true, Ordering::Relaxed);
+        }
+        let end = Instant::now() + timeout;
+        while !self.running().is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }
@@ -246,8 +275,12 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
         };
         let Ok(job) = job else { return };
         shared.queued.fetch_sub(1, Ordering::Relaxed);
-        let r = if job.cancelled.load(Ordering::Relaxed) {
+        let r = if job.cancelled.load(Ordering::Relaxed) || shared.stopping.load(Ordering::Relaxed)
+        {
+            job.cancelled.store(true, Ordering::Relaxed);
             Err("cancelled".to_string())
+        } else if !shared.events.usable() {
+            Err("the cache is unusable".to_string())
         } else {
             copy(shared, &job).map_err(|e| e.to_string())
         };
@@ -288,8 +321,24 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
         return Err(io::Error::other("not a regular file"));
     }
     let total = before.st_size as u64;
+    let mut temp = None;
+    shared
+        .events
+        .reserve(&job.rel, total, &mut || {
+            let (f, name) = shared.store.temp_file()?;
+            // Allocating the whole size now makes a full disk fail here, not mid-copy.
+            if let Err(e) = allocate(&f, total) {
+                shared.store.discard_temp(&name);
+                return Err(e);
+            }
+            temp = Some((f, name));
+            Ok(())
+        })
+        .map_err(io::Error::other)?;
+    let Some((tmp, tmp_name)) = temp else {
+        return Err(io::Error::other("no temporary file was made"));
+    };
     job.bytes_total.store(total.max(1), Ordering::Relaxed);
-    let (tmp, tmp_name) = shared.store.temp_file()?;
     let r = copy_into(shared, job, &src, &tmp, total).and_then(|()| {
         tmp.sync_all()?;
         let after = sys::fstat(src.as_fd())?;
@@ -306,17 +355,29 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
         shared.events.published(&job.rel, &prov, total);
         Ok(())
     });
-    if r.is_err() {
+    if let Err(e) = &r {
         shared.store.discard_temp(&tmp_name);
+        shared
+            .events
+            .release(total, e.raw_os_error() == Some(libc::ENOSPC));
     }
     r
 }
 
+/// Gives the temporary file its final size, with blocks allocated where the filesystem
+/// can (fallocate), else as a sparse file.
+fn allocate(f: &File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    match sys::fallocate(f.as_fd(), 0, 0, size) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => sys::ftruncate(f.as_fd(), size),
+        r => r,
+    }
+}
+
 fn copy_into(shared: &Shared, job: &Job, src: &File, dst: &File, total: u64) -> io::Result<()> {
     let _ = sys::fadvise(src.as_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-    if total > 0 {
-        sys::ftruncate(dst.as_fd(), total)?;
-    }
     let start = (job.start_hint.load(Ordering::Relaxed) / CHUNK * CHUNK).min(total);
     let mut use_cfr = true;
     let mut buf = Vec::new();

@@ -1,123 +1,346 @@
 //! The SSD cache as the overlay sees it: the on-disk `store`, the promoter feeding it,
-//! what is in it (for status), and the hit and miss counters.
+//! the `index` of what it holds, the limits (`max_size`, `min_free`, `max_age`) and pins,
+//! and the hit and miss counters.
 //!
 //! A cache-side failure never reaches a user (invariant 8): every method here logs and
-//! degrades to "not cached" instead of returning an error to the caller's operation.
+//! degrades to "not cached". An I/O error on the cache or a cache directory removed under
+//! the mount marks the cache unusable, and the mount serves SOURCE alone from then on.
 
+pub mod index;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::config::Config;
-use crate::promoter::{Events, Priority, Promoter};
+use crate::config::{Config, MinFree};
+use crate::promoter::{Events, Job, Priority, Promoter};
 use crate::sys;
+use index::{Entries, Meta};
 use store::{Lookup, Provenance, Store};
 
-/// What is published, by path relative to the mount root.
-#[derive(Default)]
-pub struct Index {
-    files: Mutex<HashMap<PathBuf, u64>>,
+const INDEX_FILE: &str = "index";
+const PINS_FILE: &str = "pins";
+/// How often the cache directory's health (and copies' age) is checked.
+const MAINTENANCE: Duration = Duration::from_secs(2);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The ledger: what is cached, what is being copied, and the limits. The promoter asks
+/// it for room before every copy.
+pub struct Ledger {
+    store: Arc<Store>,
+    dir: PathBuf,
+    entries: Mutex<Entries>,
+    /// Sizes of copies in progress, counted against the limits before they exist.
+    reserved: AtomicU64,
+    /// Serialises reservations: the space check and the allocation are one step.
+    space: Mutex<()>,
+    max_size: Option<u64>,
+    min_free: MinFree,
+    max_age: Option<Duration>,
+    /// Pinned paths, cached or not yet; kept in `CACHE/pins`.
+    pins: Mutex<HashSet<PathBuf>>,
     /// Bumped at every publish, so open handles reading from SOURCE notice a new copy
     /// with one atomic load per read.
     generation: AtomicU64,
+    pub evictions: AtomicU64,
+    usable: AtomicBool,
+    /// Files already reported as too large for the limits (logged once each).
+    too_big: Mutex<HashSet<PathBuf>>,
 }
 
-impl Index {
+impl Ledger {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn totals(&self) -> (u64, u64) {
-        let f = self.files.lock();
-        (f.len() as u64, f.values().sum())
+    /// (files, bytes, pinned paths).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let e = self.entries.lock();
+        (e.len(), e.bytes(), self.pins.lock().len() as u64)
     }
 
-    fn remove(&self, rel: &Path) {
-        self.files.lock().remove(rel);
+    pub fn usable(&self) -> bool {
+        self.usable.load(Ordering::Relaxed)
     }
 
-    fn remove_below(&self, rel: &Path) {
-        self.files.lock().retain(|p, _| !p.starts_with(rel));
+    /// Switches the mount to serving SOURCE only.
+    pub fn mark_unusable(&self, why: &str) {
+        if self.usable.swap(false, Ordering::Relaxed) {
+            tracing::error!("cache unusable, serving the source only from now on: {why}");
+        }
     }
 
-    fn rename_below(&self, from: &Path, to: &Path) {
-        let mut f = self.files.lock();
-        let moved: Vec<(PathBuf, u64)> = f
-            .iter()
-            .filter(|(p, _)| p.starts_with(from))
-            .map(|(p, s)| (p.clone(), *s))
-            .collect();
-        for (p, s) in moved {
-            f.remove(&p);
-            if let Ok(rest) = p.strip_prefix(from) {
-                f.insert(to.join(rest), s);
+    fn min_free_bytes(&self, total: u64) -> u64 {
+        match self.min_free {
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => total / 100 * p as u64,
+        }
+    }
+
+    /// `min_free` in bytes for the cache's filesystem now.
+    pub fn min_free_now(&self) -> u64 {
+        self.store
+            .space()
+            .map_or(0, |(_, total)| self.min_free_bytes(total))
+    }
+
+    fn forget(&self, rel: &Path) {
+        self.entries.lock().remove(rel);
+    }
+
+    /// Drops one copy to make room (or because it is too old).
+    fn evict(&self, rel: &Path, why: &str) {
+        match self.store.remove(rel) {
+            Ok(_) => {
+                self.forget(rel);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("evicted {} ({why})", rel.display());
+            }
+            Err(e) => self.mark_unusable(&format!("cannot remove {}: {e}", rel.display())),
+        }
+    }
+
+    fn evict_older_than(&self, age: Duration) {
+        let before = now().saturating_sub(age.as_secs());
+        let old = self.entries.lock().older_than(before);
+        for rel in old {
+            self.evict(&rel, "not opened within max_age");
+        }
+    }
+
+    fn save_pins(&self) {
+        let mut data = Vec::new();
+        for p in self.pins.lock().iter() {
+            data.extend_from_slice(p.as_os_str().as_bytes());
+            data.push(0);
+        }
+        if let Err(e) = self.store.write_file(PINS_FILE, &data) {
+            tracing::warn!("cannot save pins: {e}");
+        }
+    }
+
+    fn load_pins(&self) {
+        let data = match self.store.read_file(PINS_FILE) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
+            Err(e) => {
+                tracing::warn!("cannot read pins: {e}");
+                return;
+            }
+        };
+        let mut pins = self.pins.lock();
+        let mut entries = self.entries.lock();
+        for p in data.split(|&b| b == 0).filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(OsStr::from_bytes(p));
+            if store::components(&p).is_some() {
+                entries.set_pinned(&p, true);
+                pins.insert(p);
             }
         }
     }
 }
 
-impl Events for Index {
+impl Events for Ledger {
+    fn reserve(
+        &self,
+        rel: &Path,
+        size: u64,
+        alloc: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Result<(), String> {
+        if !self.usable() {
+            return Err("the cache is unusable".into());
+        }
+        let _one_at_a_time = self.space.lock();
+        let too_big = |why: String| {
+            if self.too_big.lock().insert(rel.to_path_buf()) {
+                tracing::warn!("not promoting {}: {why}", rel.display());
+            }
+            Err(why)
+        };
+        // Would it fit once every unpinned copy were gone? If not, evict nothing.
+        let (avail, total) = self.store.space().map_err(|e| e.to_string())?;
+        let min_free = self.min_free_bytes(total);
+        let (bytes, pinned_bytes) = {
+            let e = self.entries.lock();
+            (e.bytes(), e.pinned_bytes())
+        };
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if let Some(max) = self.max_size
+            && size + pinned_bytes + reserved > max
+        {
+            return too_big(format!(
+                "{size} bytes do not fit in max_size={max} beside {pinned_bytes} pinned bytes"
+            ));
+        }
+        if avail + (bytes - pinned_bytes) < size + min_free {
+            return too_big(format!(
+                "{size} bytes do not fit on the cache filesystem while keeping min_free={min_free} bytes free"
+            ));
+        }
+        loop {
+            let used = self.entries.lock().bytes() + self.reserved.load(Ordering::Relaxed);
+            let fits_size = self.max_size.is_none_or(|max| used + size <= max);
+            let (avail, _) = self.store.space().map_err(|e| e.to_string())?;
+            let fits_free = avail >= size + min_free;
+            if fits_size && fits_free {
+                match alloc() {
+                    Ok(()) => {
+                        self.reserved.fetch_add(size, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(e) if e.raw_os_error() != Some(libc::ENOSPC) => return Err(e.to_string()),
+                    Err(_) => {} // the filesystem disagrees with statvfs: make more room
+                }
+            }
+            let Some(victim) = self.entries.lock().victim() else {
+                return Err(format!("no room for {size} bytes: nothing left to evict"));
+            };
+            self.evict(&victim, "making room");
+        }
+    }
+
+    fn release(&self, size: u64, no_space: bool) {
+        self.reserved.fetch_sub(size, Ordering::Relaxed);
+        if no_space && let Some(victim) = self.entries.lock().victim() {
+            self.evict(&victim, "the cache filesystem ran out of space");
+        }
+    }
+
     fn published(&self, rel: &Path, _prov: &Provenance, size: u64) {
-        self.files.lock().insert(rel.to_path_buf(), size);
+        self.reserved.fetch_sub(size, Ordering::Relaxed);
+        let pinned = self.pins.lock().contains(rel);
+        self.entries.lock().insert(
+            rel.to_path_buf(),
+            Meta {
+                size,
+                last_open: now(),
+                pinned,
+            },
+        );
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn usable(&self) -> bool {
+        Ledger::usable(self)
     }
 }
 
 pub struct Cache {
     store: Arc<Store>,
     pub promoter: Promoter,
-    pub index: Arc<Index>,
+    pub ledger: Arc<Ledger>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
 
 impl Cache {
-    /// Opens the cache directory (taking its lock) and starts the promoter, which reads
-    /// SOURCE through `source`, an `O_PATH` descriptor of its root.
-    pub fn open(cfg: &Config, source: std::os::fd::OwnedFd) -> std::io::Result<Cache> {
+    /// Opens the cache directory (taking its lock), loads the index (or rebuilds it from
+    /// `CACHE/data`), and starts the promoter, which reads SOURCE through `source`, an
+    /// `O_PATH` descriptor of its root.
+    pub fn open(cfg: &Config, source: std::os::fd::OwnedFd) -> io::Result<Arc<Cache>> {
         let store = Arc::new(Store::open(&cfg.cache)?);
-        let index = Arc::new(Index::default());
-        {
-            let mut files = index.files.lock();
-            for (rel, size) in store.scan()? {
-                files.insert(rel, size);
-            }
-        }
+        let entries = load_index(&store)?;
+        let ledger = Arc::new(Ledger {
+            store: store.clone(),
+            dir: cfg.cache.clone(),
+            entries: Mutex::new(entries),
+            reserved: AtomicU64::new(0),
+            space: Mutex::new(()),
+            max_size: cfg.max_size,
+            min_free: cfg.min_free,
+            max_age: cfg.max_age,
+            pins: Mutex::new(HashSet::new()),
+            generation: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            usable: AtomicBool::new(true),
+            too_big: Mutex::new(HashSet::new()),
+        });
+        ledger.load_pins();
         let promoter = Promoter::start(
             source,
             store.clone(),
-            index.clone(),
+            ledger.clone(),
             cfg.promote_threads,
             cfg.promote_bw,
         )?;
-        Ok(Cache {
+        let cache = Arc::new(Cache {
             store,
             promoter,
-            index,
+            ledger,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-        })
+        });
+        // Pinned files whose copy is missing (never made, or dropped) come back.
+        let missing: Vec<PathBuf> = {
+            let pins = cache.ledger.pins.lock();
+            let entries = cache.ledger.entries.lock();
+            pins.iter()
+                .filter(|p| entries.get(p).is_none())
+                .cloned()
+                .collect()
+        };
+        for p in missing {
+            cache.promote(&p, Priority::Explicit);
+        }
+        let weak = Arc::downgrade(&cache);
+        std::thread::Builder::new()
+            .name("cache-maint".into())
+            .spawn(move || {
+                while let Some(c) = weak.upgrade() {
+                    c.maintain();
+                    drop(c);
+                    std::thread::sleep(MAINTENANCE);
+                }
+            })?;
+        Ok(cache)
+    }
+
+    /// Health check and age-based eviction, every few seconds.
+    fn maintain(&self) {
+        if self.ledger.usable() && !self.store.intact(&self.ledger.dir) {
+            self.ledger.mark_unusable(&format!(
+                "cache directory {} was removed or replaced",
+                self.ledger.dir.display()
+            ));
+        }
+        if let Some(age) = self.ledger.max_age
+            && self.ledger.usable()
+        {
+            self.ledger.evict_older_than(age);
+        }
     }
 
     /// The valid copy of `rel`, if there is one; `source` is the source's stat now.
     pub fn lookup(&self, rel: &Path, source: &sys::Stat) -> Option<File> {
+        if !self.ledger.usable() {
+            return None;
+        }
         match self.store.lookup(rel, source) {
-            Ok(Lookup::Hit(f)) => Some(f),
+            Ok(Lookup::Hit(f)) => {
+                self.ledger.entries.lock().touch(rel, now());
+                Some(f)
+            }
             Ok(Lookup::Miss) => {
-                self.index.remove(rel);
+                self.ledger.forget(rel);
                 None
             }
             Err(e) => {
-                tracing::warn!(
-                    "cache lookup of {} failed, serving the source: {e}",
-                    rel.display()
-                );
+                self.ledger
+                    .mark_unusable(&format!("lookup of {}: {e}", rel.display()));
                 None
             }
         }
@@ -132,37 +355,172 @@ impl Cache {
             Ok(false) => {}
             Err(e) => tracing::warn!("cannot drop the copy of {}: {e}", rel.display()),
         }
-        self.index.remove(rel);
+        self.ledger.forget(rel);
     }
 
     /// Everything at or below `rel` is being removed or replaced.
     pub fn invalidate_below(&self, rel: &Path) {
         self.promoter.cancel_below(rel);
         self.store.remove_tree(rel);
-        self.index.remove_below(rel);
+        let gone = self.ledger.entries.lock().below(rel);
+        for p in gone {
+            self.ledger.forget(&p);
+        }
     }
 
     /// `from` was renamed to `to` through the mount: the copies move along (they still
-    /// match their source: a rename changes neither size, mtime nor inode).
+    /// match their source: a rename changes neither size, mtime nor inode), and so do pins.
     pub fn renamed(&self, from: &Path, to: &Path) {
         self.promoter.cancel_below(from);
         self.promoter.cancel_below(to);
         // Whatever was cached under the target name was replaced.
-        self.store.remove_tree(to);
-        self.index.remove_below(to);
-        match self.store.rename(from, to) {
-            Ok(()) => self.index.rename_below(from, to),
-            Err(e) => {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::warn!("cannot move the copies under {}: {e}", from.display());
-                }
-                self.store.remove_tree(from);
-                self.index.remove_below(from);
+        self.invalidate_below(to);
+        let moved = self.store.rename(from, to);
+        let mut entries = self.ledger.entries.lock();
+        for p in entries.below(from) {
+            if let Some(m) = entries.remove(&p)
+                && moved.is_ok()
+                && let Ok(rest) = p.strip_prefix(from)
+            {
+                entries.insert(to.join(rest), m);
             }
+        }
+        drop(entries);
+        let mut pins = self.ledger.pins.lock();
+        let renamed: Vec<PathBuf> = pins
+            .iter()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for p in &renamed {
+            pins.remove(p);
+            if let Ok(rest) = p.strip_prefix(from) {
+                pins.insert(to.join(rest));
+            }
+        }
+        drop(pins);
+        if !renamed.is_empty() {
+            self.ledger.save_pins();
+        }
+        if let Err(e) = moved
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!("cannot move the copies under {}: {e}", from.display());
+            self.store.remove_tree(from);
         }
     }
 
-    pub fn promote(&self, rel: &Path, priority: Priority) -> Arc<crate::promoter::Job> {
+    pub fn promote(&self, rel: &Path, priority: Priority) -> Arc<Job> {
         self.promoter.request(rel, priority)
     }
+
+    /// Pins files: they are promoted (if not cached) and never evicted.
+    pub fn pin(&self, files: &[PathBuf]) -> Vec<Arc<Job>> {
+        {
+            let mut pins = self.ledger.pins.lock();
+            let mut entries = self.ledger.entries.lock();
+            for f in files {
+                pins.insert(f.clone());
+                entries.set_pinned(f, true);
+            }
+        }
+        self.ledger.save_pins();
+        let missing: Vec<&PathBuf> = {
+            let entries = self.ledger.entries.lock();
+            files.iter().filter(|f| entries.get(f).is_none()).collect()
+        };
+        missing
+            .into_iter()
+            .map(|f| self.promote(f, Priority::Explicit))
+            .collect()
+    }
+
+    /// Unpins everything at or below each path; returns how many pins went.
+    pub fn unpin(&self, paths: &[PathBuf]) -> usize {
+        let mut n = 0;
+        {
+            let mut pins = self.ledger.pins.lock();
+            let mut entries = self.ledger.entries.lock();
+            let gone: Vec<PathBuf> = pins
+                .iter()
+                .filter(|p| paths.iter().any(|q| p.starts_with(q)))
+                .cloned()
+                .collect();
+            for p in gone {
+                pins.remove(&p);
+                entries.set_pinned(&p, false);
+                n += 1;
+            }
+        }
+        self.ledger.save_pins();
+        n
+    }
+
+    /// Drops the copies (and pins) at or below each path; the source is untouched.
+    pub fn evict(&self, paths: &[PathBuf]) -> u64 {
+        self.unpin(paths);
+        let mut n = 0;
+        for p in paths {
+            let below = self.ledger.entries.lock().below(p);
+            n += below.len() as u64;
+            self.invalidate_below(p);
+        }
+        self.ledger.evictions.fetch_add(n, Ordering::Relaxed);
+        n
+    }
+
+    /// A clean stop: copies in progress are cancelled and their temp files removed, and
+    /// the index is written for a fast next start.
+    pub fn shutdown(&self) {
+        self.promoter.stop(Duration::from_secs(3));
+        if let Err(e) = self.store.clean_tmp() {
+            tracing::warn!("cannot clean the cache's tmp/: {e}");
+        }
+        let data = self.ledger.entries.lock().encode();
+        match self.store.write_file(INDEX_FILE, &data) {
+            Ok(()) => tracing::info!(
+                "saved the cache index ({} copies)",
+                self.ledger.entries.lock().len()
+            ),
+            Err(e) => tracing::warn!("cannot save the cache index: {e}"),
+        }
+    }
+}
+
+/// The index from a clean stop, or else one rebuilt from `CACHE/data`. The file is removed
+/// once read: if this run dies, the next one must not trust a stale index.
+fn load_index(store: &Store) -> io::Result<Entries> {
+    let why = match store.read_file(INDEX_FILE) {
+        Ok(data) => match Entries::decode(&data) {
+            Some(e) => {
+                store.remove_file(INDEX_FILE)?;
+                tracing::info!("cache index loaded: {} copies", e.len());
+                return Ok(e);
+            }
+            None => "the index file is damaged".to_string(),
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            "no index file (first start, or the last run did not stop cleanly)".to_string()
+        }
+        Err(e) => format!("cannot read the index file: {e}"),
+    };
+    let mut found = store.scan()?;
+    found.sort_by_key(|(_, _, mtime)| *mtime);
+    let mut e = Entries::default();
+    for (rel, size, mtime) in found {
+        e.insert(
+            rel,
+            Meta {
+                size,
+                last_open: mtime.max(0) as u64,
+                pinned: false,
+            },
+        );
+    }
+    tracing::info!(
+        "{why}: rebuilt the cache index from the cache directory: {} copies",
+        e.len()
+    );
+    store.remove_file(INDEX_FILE)?;
+    Ok(e)
 }

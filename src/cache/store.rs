@@ -119,6 +119,8 @@ pub enum Lookup {
 }
 
 pub struct Store {
+    /// The cache directory itself (`O_PATH`).
+    root: OwnedFd,
     data: OwnedFd,
     tmp: OwnedFd,
     /// Held (flock) for the life of the store.
@@ -162,6 +164,7 @@ impl Store {
         let data = sys::openat(root.as_fd(), OsStr::new("data"), dir_flags, 0)?;
         let tmp = sys::openat(root.as_fd(), OsStr::new("tmp"), dir_flags, 0)?;
         let store = Store {
+            root,
             data,
             tmp,
             _lock: lock,
@@ -171,7 +174,7 @@ impl Store {
         Ok(store)
     }
 
-    fn clean_tmp(&self) -> io::Result<()> {
+    pub fn clean_tmp(&self) -> io::Result<()> {
         for e in sys::read_dir_fd(self.tmp.as_fd())? {
             if let Err(err) = sys::unlinkat(self.tmp.as_fd(), &e.name, 0) {
                 tracing::warn!("cannot remove unfinished copy tmp/{:?}: {err}", e.name);
@@ -297,8 +300,69 @@ impl Store {
         Ok(())
     }
 
-    /// Every published copy: (path relative to `data/`, size). Used at startup.
-    pub fn scan(&self) -> io::Result<Vec<(std::path::PathBuf, u64)>> {
+    /// The whole of a small file in the cache directory (`index`, `pins`).
+    pub fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        let fd = sys::openat(
+            self.root.as_fd(),
+            OsStr::new(name),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let mut buf = Vec::new();
+        io::Read::read_to_end(&mut File::from(fd), &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Replaces a small file in the cache directory as a whole (temp file, fsync, rename).
+    pub fn write_file(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let tmp = format!("{name}.new");
+        let fd = sys::openat(
+            self.root.as_fd(),
+            OsStr::new(&tmp),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+            0o600,
+        )?;
+        let mut f = File::from(fd);
+        io::Write::write_all(&mut f, data)?;
+        f.sync_all()?;
+        sys::renameat2(
+            self.root.as_fd(),
+            OsStr::new(&tmp),
+            self.root.as_fd(),
+            OsStr::new(name),
+            0,
+        )
+    }
+
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        match sys::unlinkat(self.root.as_fd(), OsStr::new(name), 0) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// (available, total) bytes of the cache's filesystem.
+    pub fn space(&self) -> io::Result<(u64, u64)> {
+        let s = sys::fstatvfs(self.data.as_fd())?;
+        Ok((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize))
+    }
+
+    /// Whether the cache directory is still where it was, with its `data/` in it: false
+    /// once someone removed or replaced it under the running mount.
+    pub fn intact(&self, dir: &Path) -> bool {
+        let (Ok(now), Ok(ours), Ok(data)) = (
+            sys::stat_path(dir),
+            sys::fstat(self.root.as_fd()),
+            sys::fstat(self.data.as_fd()),
+        ) else {
+            return false;
+        };
+        (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino) && data.st_nlink > 0
+    }
+
+    /// Every published copy: (path relative to `data/`, size, mtime). Used at startup
+    /// when there is no index to trust.
+    pub fn scan(&self) -> io::Result<Vec<(std::path::PathBuf, u64, i64)>> {
         let mut out = Vec::new();
         let mut stack = vec![(
             sys::openat(
@@ -324,7 +388,7 @@ impl Store {
                 } else if e.kind == libc::DT_REG
                     && let Ok(st) = sys::fstatat(dir.as_fd(), &e.name, libc::AT_SYMLINK_NOFOLLOW)
                 {
-                    out.push((rel, st.st_size as u64));
+                    out.push((rel, st.st_size as u64, st.st_mtime));
                 }
             }
         }
@@ -393,7 +457,9 @@ mod tests {
         f.sync_all().unwrap();
         store.publish(&f, &name, rel, &Provenance::of(&st)).unwrap();
         assert!(matches!(store.lookup(rel, &st).unwrap(), Lookup::Hit(_)));
-        assert_eq!(store.scan().unwrap(), vec![(rel.to_path_buf(), 5)]);
+        let scanned = store.scan().unwrap();
+        assert_eq!(scanned.len(), 1);
+        assert_eq!((scanned[0].0.as_path(), scanned[0].1), (rel, 5));
 
         // The source changes: the copy is stale and goes.
         let mut changed = st;

@@ -156,7 +156,7 @@ impl Overlay {
         drop(io);
 
         let keep_cache = mode == Mode::Cached && copy.is_some();
-        let generation = self.cache.as_ref().map_or(0, |c| c.index.generation());
+        let generation = self.cache.as_ref().map_or(0, |c| c.ledger.generation());
         let fh = self.files.insert(FileHandle {
             fd,
             nodeid,
@@ -240,7 +240,7 @@ impl Overlay {
             copy: Mutex::new(None),
             read_bytes: AtomicU64::new(0),
             seen_generation: AtomicU64::new(
-                self.cache.as_ref().map_or(0, |c| c.index.generation()),
+                self.cache.as_ref().map_or(0, |c| c.ledger.generation()),
             ),
             promoted: AtomicBool::new(true),
             job: Mutex::new(None),
@@ -264,7 +264,11 @@ impl Overlay {
                 Ok(n) => n,
                 // A cache-side failure never reaches the reader (invariant 8).
                 Err(e) => {
-                    tracing::warn!("reading a cached copy failed, back to the source: {e}");
+                    if let Some(cache) = &self.cache {
+                        cache
+                            .ledger
+                            .mark_unusable(&format!("reading a cached copy: {e}"));
+                    }
                     *h.copy.lock() = None;
                     read_full(h.fd.as_fd(), &mut buf, offset)?
                 }
@@ -331,7 +335,7 @@ impl Overlay {
         if h.writable || *h.mode.lock() != Mode::Cached {
             return;
         }
-        let generation = cache.index.generation();
+        let generation = cache.ledger.generation();
         if h.seen_generation.swap(generation, Ordering::Relaxed) == generation {
             return;
         }
@@ -352,7 +356,7 @@ impl Overlay {
         // A copy published since this handle opened (another open read enough to promote
         // it) is made stale by this write: drop it first.
         if let (Some(cache), Some(rel)) = (&self.cache, &h.rel) {
-            let generation = cache.index.generation();
+            let generation = cache.ledger.generation();
             if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
                 cache.invalidate(rel);
             }

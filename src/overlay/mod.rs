@@ -48,7 +48,7 @@ pub struct Overlay {
     files: Handles<file::FileHandle>,
     dirs: Handles<dir::DirHandle>,
     /// `None` when the cache directory could not be used: SOURCE is served alone.
-    pub cache: Option<Cache>,
+    pub cache: Option<Arc<Cache>>,
     /// Set once the kernel has agreed to FUSE passthrough.
     passthrough: AtomicBool,
     /// How each open inode is being served; see `file.rs`.

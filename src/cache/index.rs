@@ -1,0 +1,275 @@
+//! What the cache holds, in memory: every published copy with its size, the time of its
+//! last open through the mount and whether it is pinned, in least-recently-used order
+//! (the `lru` crate). Eviction takes the least recently used unpinned copy first.
+//!
+//! The index file (`CACHE/index`) only speeds up startup (invariant 5). It is written at
+//! a clean stop and deleted as soon as it has been read, so a daemon that dies leaves no
+//! index behind and the next start rebuilds from `CACHE/data`, which is always the truth.
+//! A missing, truncated or garbage file is a rebuild, never a refusal to mount.
+//!
+//! Format: magic `CACHEFS-INDEX-1\n`, then per entry (least recent first) u32 path length,
+//! path bytes, u64 size, u64 last open (s since the epoch), u8 pinned; then u64 entry count
+//! and u64 FNV-1a of everything before it. Integers are little-endian.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use lru::LruCache;
+
+const MAGIC: &[u8] = b"CACHEFS-INDEX-1\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub size: u64,
+    /// Seconds since the epoch of the last open through the mount (or the publish).
+    pub last_open: u64,
+    pub pinned: bool,
+}
+
+pub struct Entries {
+    lru: LruCache<PathBuf, Meta>,
+    bytes: u64,
+    pinned: u64,
+    pinned_bytes: u64,
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            pinned: 0,
+            pinned_bytes: 0,
+        }
+    }
+}
+
+impl Entries {
+    pub fn len(&self) -> u64 {
+        self.lru.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn pinned(&self) -> u64 {
+        self.pinned
+    }
+
+    pub fn pinned_bytes(&self) -> u64 {
+        self.pinned_bytes
+    }
+
+    /// Adds or replaces an entry as the most recently used.
+    pub fn insert(&mut self, rel: PathBuf, meta: Meta) {
+        if let Some(old) = self.lru.put(rel, meta) {
+            self.forget(&old);
+        }
+        self.bytes += meta.size;
+        if meta.pinned {
+            self.pinned += 1;
+            self.pinned_bytes += meta.size;
+        }
+    }
+
+    fn forget(&mut self, m: &Meta) {
+        self.bytes -= m.size;
+        if m.pinned {
+            self.pinned -= 1;
+            self.pinned_bytes -= m.size;
+        }
+    }
+
+    pub fn remove(&mut self, rel: &Path) -> Option<Meta> {
+        let m = self.lru.pop(rel)?;
+        self.forget(&m);
+        Some(m)
+    }
+
+    /// Marks an open: most recently used now.
+    pub fn touch(&mut self, rel: &Path, now: u64) {
+        if let Some(m) = self.lru.get_mut(rel) {
+            m.last_open = now;
+        }
+    }
+
+    pub fn get(&self, rel: &Path) -> Option<Meta> {
+        self.lru.peek(rel).copied()
+    }
+
+    pub fn set_pinned(&mut self, rel: &Path, pinned: bool) -> bool {
+        match self.lru.peek_mut(rel) {
+            Some(m) => {
+                if m.pinned != pinned {
+                    m.pinned = pinned;
+                    if pinned {
+                        self.pinned += 1;
+                        self.pinned_bytes += m.size;
+                    } else {
+                        self.pinned -= 1;
+                        self.pinned_bytes -= m.size;
+                    }
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Paths at or below `rel`.
+    pub fn below(&self, rel: &Path) -> Vec<PathBuf> {
+        self.lru
+            .iter()
+            .filter(|(p, _)| p.starts_with(rel))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// The least recently used unpinned entry.
+    pub fn victim(&self) -> Option<PathBuf> {
+        self.lru
+            .iter()
+            .rev()
+            .find(|(_, m)| !m.pinned)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Unpinned entries not opened since `before` (seconds since the epoch).
+    pub fn older_than(&self, before: u64) -> Vec<PathBuf> {
+        self.lru
+            .iter()
+            .rev()
+            .take_while(|(_, m)| m.pinned || m.last_open < before)
+            .filter(|(_, m)| !m.pinned)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        for (p, m) in self.lru.iter().rev() {
+            let b = p.as_os_str().as_bytes();
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+            out.extend_from_slice(&m.size.to_le_bytes());
+            out.extend_from_slice(&m.last_open.to_le_bytes());
+            out.push(m.pinned as u8);
+        }
+        out.extend_from_slice(&(self.lru.len() as u64).to_le_bytes());
+        let sum = fnv1a(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Parses an index file; `None` if it is not a whole, well-formed one.
+    pub fn decode(data: &[u8]) -> Option<Entries> {
+        let summed = data.len().checked_sub(8)?;
+        let body_len = summed.checked_sub(8)?;
+        if !data.starts_with(MAGIC)
+            || fnv1a(&data[..summed]) != u64::from_le_bytes(data[summed..].try_into().ok()?)
+        {
+            return None;
+        }
+        let body = &data[..body_len];
+        let count = u64::from_le_bytes(data[body_len..summed].try_into().ok()?);
+        let mut e = Entries::default();
+        let mut rest = &body[MAGIC.len()..];
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
+            let path = PathBuf::from(OsStr::from_bytes(take(&mut rest, len)?));
+            let size = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
+            let last_open = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
+            let pinned = take(&mut rest, 1)?[0] != 0;
+            crate::cache::store::components(&path)?;
+            e.insert(
+                path,
+                Meta {
+                    size,
+                    last_open,
+                    pinned,
+                },
+            );
+        }
+        (e.len() == count).then_some(e)
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if rest.len() < n {
+        return None;
+    }
+    let (a, b) = rest.split_at(n);
+    *rest = b;
+    Some(a)
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= *x as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(size: u64, last_open: u64, pinned: bool) -> Meta {
+        Meta {
+            size,
+            last_open,
+            pinned,
+        }
+    }
+
+    #[test]
+    fn lru_order_pins_and_totals() {
+        let mut e = Entries::default();
+        e.insert("a".into(), m(10, 1, false));
+        e.insert("b".into(), m(20, 2, true));
+        e.insert("c".into(), m(30, 3, false));
+        assert_eq!((e.len(), e.bytes(), e.pinned()), (3, 60, 1));
+        assert_eq!(e.victim(), Some("a".into()));
+        e.touch(Path::new("a"), 4);
+        // b is older but pinned: c goes first.
+        assert_eq!(e.victim(), Some("c".into()));
+        assert_eq!(e.older_than(4), vec![PathBuf::from("c")]);
+        e.set_pinned(Path::new("b"), false);
+        assert_eq!(e.victim(), Some("b".into()));
+        e.insert("a".into(), m(5, 5, false));
+        assert_eq!((e.len(), e.bytes(), e.pinned()), (3, 55, 0));
+        assert_eq!(e.remove(Path::new("b")), Some(m(20, 2, false)));
+        assert_eq!(e.bytes(), 35);
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_garbage() {
+        let mut e = Entries::default();
+        e.insert("Show/S01/E1.mkv".into(), m(1 << 40, 100, true));
+        e.insert("odd\nname\tx".into(), m(7, 200, false));
+        let data = e.encode();
+        let d = Entries::decode(&data).expect("round trip");
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.get(Path::new("odd\nname\tx")), Some(m(7, 200, false)));
+        // LRU order survives: the least recent is still first out.
+        assert_eq!(d.victim(), Some("odd\nname\tx".into()));
+        for cut in [0, 5, data.len() / 2, data.len() - 1] {
+            assert!(
+                Entries::decode(&data[..cut]).is_none(),
+                "truncated at {cut}"
+            );
+        }
+        let mut flipped = data.clone();
+        flipped[MAGIC.len() + 6] ^= 1;
+        assert!(Entries::decode(&flipped).is_none());
+        assert!(Entries::decode(b"garbage garbage garbage garbage").is_none());
+    }
+}
