@@ -104,7 +104,7 @@ fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
     let Some(top) = all.iter().rev().find(|m| m.target == mountpoint) else {
         return Ok(());
     };
-    match sys::stat_path(mountpoint) {
+    match sys::statfs_path(mountpoint) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(
                 "removing a stale {} mount at {} (its daemon is gone)",
@@ -293,9 +293,10 @@ fn spawn_watchdog(mountpoint: &Path) -> io::Result<Watchdog> {
             sys::set_thread_name(c"cachefs-watch");
             sys::wait_eof(std::os::fd::AsFd::as_fd(&rx));
             // The daemon is gone. A clean stop has unmounted already; a dead daemon left
-            // a mount whose stat fails with ENOTCONN. Anything else (a new live mount
-            // there) is not ours to touch.
-            if let Err(e) = sys::stat_path(mountpoint)
+            // a mount whose statfs fails with ENOTCONN (stat could still be answered from
+            // the kernel's attribute cache). Anything else (a new live mount there) is not
+            // ours to touch.
+            if let Err(e) = sys::statfs_path(mountpoint)
                 && e.raw_os_error() == Some(libc::ENOTCONN)
             {
                 lazy_unmount(mountpoint);

@@ -101,6 +101,17 @@ pub fn stat_path(path: &Path) -> io::Result<Stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// statfs(2) of a path. Unlike stat, FUSE never answers it from the kernel's attribute
+/// cache, so on a mount whose daemon is gone it fails with ENOTCONN at once.
+pub fn statfs_path(path: &Path) -> io::Result<libc::statfs> {
+    let p = cpath(path)?;
+    let mut st = MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: p is NUL-terminated and st points to writable memory of the right size.
+    check(unsafe { libc::statfs(p.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs succeeded, so it filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let name = cstr(name)?;
     // SAFETY: name is NUL-terminated.

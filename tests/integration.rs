@@ -10,6 +10,7 @@
 //! - `stale`: with promotion on first read, changes in SOURCE and writes through the mount
 //!   show on the next open (never a stale or partial cached copy).
 //! - `cache`: promotion, reads from the copy, staleness, single flight, prefetch.
+//! - `capacity`: limits, LRU eviction, pins, max_age, restarts, crashes, cache faults.
 //!
 //! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
 //! otherwise prints why it is skipped and returns.
@@ -31,3 +32,6 @@ mod cache;
 
 #[path = "integration/stale.rs"]
 mod stale;
+
+#[path = "integration/capacity.rs"]
+mod capacity;

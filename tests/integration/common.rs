@@ -296,6 +296,8 @@ pub struct TestMount {
     pub cache: PathBuf,
     pub mnt: PathBuf,
     pub log: PathBuf,
+    /// The daemon's arguments, for restarts.
+    argv: Vec<OsString>,
     child: Option<Child>,
     // Last: removed after Drop::drop has unmounted.
     _tmp: TempDir,
@@ -354,23 +356,64 @@ impl TestMount {
             }
         }
         cmd.args(&b.args).arg("-f");
-        let out = fs::File::create(&log).expect("create log");
-        let err = out.try_clone().expect("dup log");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd.spawn().expect("spawn cachefs");
+        let argv: Vec<OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let _ = fs::File::create(&log).expect("create log");
 
-        let m = TestMount {
+        let mut m = TestMount {
             root,
             source,
             cache,
             mnt,
             log,
-            child: Some(child),
+            argv,
+            child: None,
             _tmp: tmp,
         };
-        let mut m = m;
-        m.wait_mounted();
+        m.respawn();
         m
+    }
+
+    /// Starts the daemon with this mount's arguments (its log appended to) and waits for
+    /// the mount; after a stop with `signal_and_wait`, this starts it again.
+    pub fn respawn(&mut self) {
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let err = out.try_clone().expect("dup log");
+        let child = Command::new(BIN)
+            .args(&self.argv)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn cachefs");
+        self.child = Some(child);
+        self.wait_mounted();
+    }
+
+    /// Stops the daemon with SIGTERM (it must exit 0 and unmount) and starts it again on
+    /// the same SOURCE, CACHE and MNT.
+    pub fn restart(&mut self) {
+        let st = self.signal_and_wait(libc::SIGTERM);
+        assert!(st.success(), "cachefs exited with {}", describe_status(&st));
+        assert!(
+            wait_unmounted(&self.mnt, Duration::from_secs(5)),
+            "still mounted after a clean stop"
+        );
+        self.respawn();
+    }
+
+    /// Kills the daemon with SIGKILL, waits for its watchdog to remove the mount, and
+    /// starts it again on the same SOURCE, CACHE and MNT.
+    pub fn kill_and_restart(&mut self) {
+        let st = self.signal_and_wait(libc::SIGKILL);
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+        assert!(
+            wait_unmounted(&self.mnt, Duration::from_secs(5)),
+            "the watchdog did not remove the mount after SIGKILL"
+        );
+        self.respawn();
     }
 
     /// Poll mountinfo until MNT shows `fuse.cachefs`. Panics (and `Drop` cleans up) on a
