@@ -87,7 +87,7 @@ impl Ledger {
     fn min_free_bytes(&self, total: u64) -> u64 {
         match self.min_free {
             MinFree::Bytes(b) => b,
-            MinFree::Percent(p) => total / 100 * p as u64,
+            MinFree::Percent(p) => (total as u128 * p as u128 / 100) as u64,
         }
     }
 

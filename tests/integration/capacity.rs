@@ -381,3 +381,82 @@ fn unwritable_cache_directory_leaves_reads_working() {
         "the failed copy's temp file was removed"
     );
 }
+
+/// A small tmpfs mounted as CACHE for one test, unmounted when dropped (after the
+/// `TestMount` that uses it, which must be declared after it).
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", dir.display());
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn free_bytes(p: &Path) -> u64 {
+    let c = common::cpath(p);
+    // SAFETY: c is NUL-terminated; st is a zeroed statvfs the call fills.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
+        st.f_bavail * st.f_frsize
+    }
+}
+
+#[test]
+fn min_free_is_kept_on_the_cache_filesystem() {
+    if !common::can_mount("min_free_is_kept_on_the_cache_filesystem") {
+        return;
+    }
+    let small: Arc<parking_lot::Mutex<Option<SmallFs>>> = Arc::default();
+    let holder = small.clone();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .option("min_free=25%")
+        .populate(files(4, 4 * MIB))
+        .populate(move |src: &Path| {
+            let cache = src.parent().unwrap().join("cache");
+            *holder.lock() = Some(SmallFs::mount(&cache, "16M"));
+        })
+        .start();
+    let min_free = 4 * MIB as u64;
+    assert_eq!(num(&status(&m), "min_free"), min_free);
+    for i in 0..4 {
+        promote_wait(&m, &format!("f{i}.bin"));
+        assert!(
+            free_bytes(&m.cache) >= min_free,
+            "after f{i}: {} bytes free, min_free {min_free}",
+            free_bytes(&m.cache)
+        );
+    }
+    // 16 MiB holds 3 copies with 4 MiB kept free: f0 went first.
+    assert!(!cached(&m, "f0.bin"));
+    assert!(cached(&m, "f1.bin") && cached(&m, "f2.bin") && cached(&m, "f3.bin"));
+
+    // Something else fills the cache filesystem: the next copy evicts what it needs.
+    fs::write(m.cache.join("junk"), vec![1u8; 3 * MIB]).unwrap();
+    promote_wait(&m, "f0.bin");
+    assert!(free_bytes(&m.cache) >= min_free);
+    assert!(cached(&m, "f0.bin"));
+    assert!(
+        !cached(&m, "f1.bin") && !cached(&m, "f2.bin"),
+        "the two oldest went"
+    );
+    for i in 0..4 {
+        read_ok(&m, i, 4 * MIB);
+    }
+    drop(m);
+    drop(small);
+}
