@@ -40,6 +40,7 @@ fn now() -> u64 {
 
 /// The ledger: what is cached, what is being copied, and the limits. The promoter asks
 /// it for room before every copy.
+/// Lock order: `space`, then `pins`, then `entries`; none is held across an eviction.
 pub struct Ledger {
     store: Arc<Store>,
     dir: PathBuf,
@@ -69,8 +70,9 @@ impl Ledger {
 
     /// (files, bytes, pinned paths).
     pub fn totals(&self) -> (u64, u64, u64) {
+        let pinned = self.pins.lock().len() as u64;
         let e = self.entries.lock();
-        (e.len(), e.bytes(), self.pins.lock().len() as u64)
+        (e.len(), e.bytes(), pinned)
     }
 
     pub fn usable(&self) -> bool {
@@ -215,8 +217,11 @@ impl Events for Ledger {
 
     fn release(&self, size: u64, no_space: bool) {
         self.reserved.fetch_sub(size, Ordering::Relaxed);
-        if no_space && let Some(victim) = self.entries.lock().victim() {
-            self.evict(&victim, "the cache filesystem ran out of space");
+        if no_space {
+            let victim = self.entries.lock().victim();
+            if let Some(victim) = victim {
+                self.evict(&victim, "the cache filesystem ran out of space");
+            }
         }
     }
 
