@@ -12,7 +12,8 @@ Each copy gets the provenance xattr the daemon checks, `user.cachefs.src` =
 "v1 <size> <mtime_sec> <mtime_nsec> <ino>" of its source file (fstat of the source after
 its last write). Work is split over as many processes as there are CPUs, by show.
 
-Prints one line of JSON: entries, path bytes (total, mean, min, max), file bytes.
+Prints one line of JSON: entries, path bytes (total, mean, min, max), file bytes, and
+the path of the first file ("sample").
 """
 
 import json
@@ -34,7 +35,7 @@ TITLES = [
     "Endgame",
     "Old Friends",
     "Exodus",
-    "Point of No Return",
+    "No Way Back",
 ]
 
 
@@ -103,6 +104,7 @@ def main():
                 "path_min": min(p[2] for p in parts),
                 "path_max": max(p[3] for p in parts),
                 "file_bytes": made * size,
+                "sample": rel_path(0)[1],
             }
         )
     )

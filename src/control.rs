@@ -728,8 +728,14 @@ pub fn run_command(cmd: Command) -> u8 {
         Command::Unpin { paths } => run_paths("unpin", &paths, false),
         Command::Evict { paths } => run_paths("evict", &paths, false),
         Command::Unmount { mountpoint } => run_unmount(&mountpoint),
-        Command::Cleanup { .. } | Command::Mount(_) => {
-            eprintln!("cachefs: this command is not handled here (control::run_command)");
+        Command::Cleanup { mountpoints } => {
+            // Absolute without resolving: a stale mountpoint cannot be stat'ed.
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let abs: Vec<PathBuf> = mountpoints.iter().map(|m| cwd.join(m)).collect();
+            crate::mount::cleanup(&abs)
+        }
+        Command::Mount(_) => {
+            eprintln!("cachefs: mounting is not a control command");
             1
         }
     }

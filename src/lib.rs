@@ -19,6 +19,7 @@ pub mod control;
 pub mod daemon;
 pub mod fuse;
 pub mod inodes;
+pub mod logging;
 pub mod mount;
 pub mod options;
 pub mod overlay;

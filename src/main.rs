@@ -4,21 +4,10 @@
 use std::process::ExitCode;
 
 use cachefs::cli::{self, CliError, Command};
+use cachefs::logging;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
-
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CACHEFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().collect()) {
@@ -38,8 +27,17 @@ fn main() -> ExitCode {
                 eprintln!("cachefs: {msg}");
                 return ExitCode::from(EXIT_USAGE);
             }
-            init_logging(cfg.debug);
-            match cachefs::mount::run_foreground(cfg) {
+            let run = if cfg.foreground {
+                if let Err(e) = logging::init(cfg.debug, logging::Target::Stderr) {
+                    eprintln!("cachefs: {e}");
+                }
+                cachefs::mount::run_foreground(cfg)
+            } else {
+                // Returns in the parent once the mount is live (or has failed); the
+                // daemon goes on in a child of its own.
+                cachefs::mount::run_daemon(cfg)
+            };
+            match run {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cachefs: {e}");

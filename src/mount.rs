@@ -4,7 +4,7 @@
 
 use std::ffi::{CString, OsString};
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::control;
 use crate::daemon::Daemon;
 use crate::fuse::CachefsFs;
+use crate::logging;
 use crate::overlay::Overlay;
 use crate::sys;
 
@@ -119,6 +120,18 @@ fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
                 ))
             })
         }
+        _ if top.fstype == "fuse.cachefs" => {
+            let pid = control::request(mountpoint, "status", &[], false, &mut |_| {})
+                .ok()
+                .and_then(|s| s["pid"].as_u64())
+                .map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
+            Err(err(format!(
+                "{} is already mounted by a running cachefs ({pid}, source {}): `cachefs unmount {}` first, or pick another mountpoint",
+                mountpoint.display(),
+                top.source,
+                mountpoint.display()
+            )))
+        }
         _ => Err(err(format!(
             "{} is already mounted ({} from {}): unmount it first, or pick another mountpoint",
             mountpoint.display(),
@@ -126,6 +139,56 @@ fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
             top.source
         ))),
     }
+}
+
+/// `cachefs cleanup [MOUNTPOINT...]`: removes stale cachefs mounts (all of them, or the
+/// ones named) and reports each. Returns the exit code.
+pub fn cleanup(named: &[PathBuf]) -> u8 {
+    let all = match mounts() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("cachefs: cannot read /proc/self/mountinfo: {e}");
+            return 1;
+        }
+    };
+    let mut targets: Vec<PathBuf> = all
+        .iter()
+        .filter(|m| m.fstype == "fuse.cachefs")
+        .map(|m| m.target.clone())
+        .filter(|t| named.is_empty() || named.iter().any(|n| n == t))
+        .collect();
+    targets.dedup();
+    let mut code = 0;
+    for n in named {
+        if !targets.contains(n) {
+            eprintln!("cachefs: {} is not a cachefs mount", n.display());
+            code = 1;
+        }
+    }
+    let mut removed = 0;
+    for t in &targets {
+        match sys::statfs_path(t) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                match sys::cpath(t).and_then(|c| sys::umount2(&c, libc::MNT_DETACH)) {
+                    Ok(()) => {
+                        println!("removed the stale mount at {}", t.display());
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("cachefs: cannot unmount {}: {e}", t.display());
+                        code = 1;
+                    }
+                }
+            }
+            _ => println!("{} is live, left alone", t.display()),
+        }
+    }
+    if targets.is_empty() && named.is_empty() {
+        println!("no cachefs mounts");
+    } else if removed == 0 && code == 0 {
+        println!("no stale cachefs mounts");
+    }
+    code
 }
 
 /// mount(2) of a FUSE filesystem on an open /dev/fuse.
@@ -229,12 +292,27 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         }
     };
 
+    if sys::getpid() == 1 {
+        // A container's entrypoint: orphans are ours to reap.
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(|| {
+                loop {
+                    if sys::reap_any().is_none() {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            })
+            .map_err(|e| err(format!("cannot start the reaper thread: {e}")))?;
+    }
+
     let mountpoint = cfg.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || stop_on_signal(&mountpoint))
         .map_err(|e| err(format!("cannot start the signal thread: {e}")))?;
 
+    notify_ready(Ok(()));
     let r = session.run();
     shutdown();
     release_watchdog();
@@ -290,6 +368,8 @@ fn spawn_watchdog(mountpoint: &Path) -> io::Result<Watchdog> {
         }
         sys::Forked::Child => {
             drop(tx);
+            // Not the watchdog's to hold: a daemon-mode parent waits for it to close.
+            drop(READY.lock().take());
             sys::set_thread_name(c"cachefs-watch");
             sys::wait_eof(std::os::fd::AsFd::as_fd(&rx));
             // The daemon is gone. A clean stop has unmounted already; a dead daemon left
@@ -306,6 +386,69 @@ fn spawn_watchdog(mountpoint: &Path) -> io::Result<Watchdog> {
                 );
             }
             sys::exit_now(0)
+        }
+    }
+}
+
+/// The pipe to a daemon's waiting parent, while it waits.
+static READY: parking_lot::Mutex<Option<OwnedFd>> = parking_lot::Mutex::new(None);
+
+/// Tells the waiting parent (daemon mode) that the mount is live, or why it failed.
+fn notify_ready(r: Result<(), &str>) {
+    if let Some(fd) = READY.lock().take() {
+        let msg = match r {
+            Ok(()) => "ok\n".to_string(),
+            Err(e) => format!("error {e}\n"),
+        };
+        let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
+    }
+}
+
+/// Daemon mode: forks before any thread exists; the child mounts and serves, the parent
+/// returns once the child says the mount is live, or with the child's error.
+pub fn run_daemon(cfg: Config) -> Result<(), MountError> {
+    let (rx, tx) = sys::pipe().map_err(|e| err(format!("cannot make a pipe: {e}")))?;
+    match sys::fork().map_err(|e| err(format!("cannot fork the daemon: {e}")))? {
+        sys::Forked::Parent(pid) => {
+            drop(tx);
+            // One line; the pipe may stay open in the daemon after it.
+            let mut answer = String::new();
+            let _ = io::BufRead::read_line(
+                &mut io::BufReader::new(std::fs::File::from(rx)),
+                &mut answer,
+            );
+            match answer.strip_suffix('\n').unwrap_or(&answer) {
+                "ok" => Ok(()),
+                a if a.starts_with("error ") => Err(err(&a["error ".len()..])),
+                _ => Err(err(format!(
+                    "the daemon (pid {pid}) exited before the mount was live: see its log"
+                ))),
+            }
+        }
+        sys::Forked::Child => {
+            drop(rx);
+            *READY.lock() = Some(tx);
+            let target = match &cfg.log {
+                Some(p) => logging::Target::File(p),
+                None => logging::Target::Syslog,
+            };
+            let r = sys::daemonize_io()
+                .map_err(|e| err(format!("cannot detach: {e}")))
+                .and_then(|()| {
+                    logging::init(cfg.debug, target)
+                        .map_err(|e| err(format!("cannot open the log file: {e}")))
+                })
+                .and_then(|()| run_foreground(cfg));
+            let code = match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    notify_ready(Err(&e.0));
+                    1
+                }
+            };
+            // No destructors: the parent's copies of everything are its own.
+            sys::exit_now(code)
         }
     }
 }

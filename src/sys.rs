@@ -611,6 +611,11 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+pub fn getpid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() as u32 }
+}
+
 pub fn getegid() -> u32 {
     // SAFETY: always succeeds.
     unsafe { libc::getegid() }
@@ -706,6 +711,50 @@ pub fn waitpid(pid: u32) -> io::Result<i32> {
     }
 }
 
+/// Reaps any exited child, waiting if there is none yet; `None` when there are no
+/// children at all.
+pub fn reap_any() -> Option<u32> {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer.
+    let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+    (r > 0).then_some(r as u32)
+}
+
+/// Detaches from the controlling terminal and the caller's session, works from `/`, and
+/// points stdin, stdout and stderr at /dev/null (a daemon's logs go elsewhere).
+pub fn daemonize_io() -> io::Result<()> {
+    // SAFETY: plain syscalls; the fds are checked.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        check(libc::chdir(c"/".as_ptr()))?;
+        let null = check(libc::open(c"/dev/null".as_ptr(), libc::O_RDWR))?;
+        for fd in 0..3 {
+            check(libc::dup2(null, fd))?;
+        }
+        if null > 2 {
+            libc::close(null);
+        }
+    }
+    Ok(())
+}
+
+/// Opens the connection to syslog (journald reads it) under the name `cachefs`.
+pub fn open_syslog() {
+    // SAFETY: the identifier is a static NUL-terminated string, as openlog keeps the pointer.
+    unsafe { libc::openlog(c"cachefs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+}
+
+/// Sends one message to syslog.
+pub fn syslog(priority: i32, msg: &str) {
+    let Ok(m) = CString::new(msg.replace('\0', "")) else {
+        return;
+    };
+    // SAFETY: the format is a literal "%s" and m is NUL-terminated.
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), m.as_ptr()) };
+}
+
 /// Names the calling thread (what `ps -L` and `top` show).
 pub fn set_thread_name(name: &CStr) {
     // SAFETY: name is NUL-terminated; PR_SET_NAME copies at most 16 bytes.
@@ -748,6 +797,20 @@ fn sigset(signals: &[i32]) -> libc::sigset_t {
 /// Blocks `signals` in the calling thread; threads spawned afterwards inherit the mask,
 /// so only a thread calling `wait_signal` receives them.
 pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+    // A handler, even one that does nothing, so the signals are never "ignored by
+    // default": as PID 1 in a container the kernel would drop them before sigwait saw them.
+    extern "C" fn noop(_: libc::c_int) {}
+    for &sig in signals {
+        // SAFETY: sa is zeroed and then filled; noop is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = noop as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
     let set = sigset(signals);
     // SAFETY: set is initialised; the old mask is not needed.
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
