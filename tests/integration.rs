@@ -11,6 +11,7 @@
 //!   show on the next open (never a stale or partial cached copy).
 //! - `cache`: promotion, reads from the copy, staleness, single flight, prefetch.
 //! - `capacity`: limits, LRU eviction, pins, max_age, restarts, crashes, cache faults.
+//! - `lifecycle`: daemon mode, mount -t fuse.cachefs, stale mounts, cleanup, PID 1.
 //!
 //! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
 //! otherwise prints why it is skipped and returns.
@@ -35,3 +36,6 @@ mod stale;
 
 #[path = "integration/capacity.rs"]
 mod capacity;
+
+#[path = "integration/lifecycle.rs"]
+mod lifecycle;

@@ -137,6 +137,16 @@ pub fn mounts_at(path: &Path) -> Vec<MountEntry> {
     found
 }
 
+/// Whether statfs on `path` succeeds (a stale FUSE mount fails with ENOTCONN).
+pub fn statfs_ok(path: &Path) -> bool {
+    let c = cpath(path);
+    // SAFETY: c is NUL-terminated; st is a zeroed statfs the call fills.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0
+    }
+}
+
 /// The fstype of the topmost mount at `path`, if anything is mounted there.
 pub fn fstype_at(path: &Path) -> Option<String> {
     mounts_at(path).pop().map(|m| m.fstype)
@@ -421,7 +431,10 @@ impl TestMount {
     fn wait_mounted(&mut self) {
         let end = Instant::now() + MOUNT_DEADLINE;
         loop {
-            if let Some(fstype) = fstype_at(&self.mnt) {
+            // A stale mount still there (one the new daemon is about to replace) answers
+            // statfs with ENOTCONN; mount ids are reused, so they cannot tell the two apart.
+            let top = mounts_at(&self.mnt).pop().filter(|_| statfs_ok(&self.mnt));
+            if let Some(fstype) = top.map(|m| m.fstype) {
                 if fstype == "fuse.cachefs" {
                     return;
                 }

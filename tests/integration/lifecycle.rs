@@ -1,0 +1,437 @@
+//! Mount lifecycle on real mounts: daemon mode (returns only once the mount is live, or
+//! fails with the reason), `mount -t fuse.cachefs` through mount.fuse3 and `umount`,
+//! stale mounts left by a daemon and watchdog both killed (recovered by the next start and
+//! by `cachefs cleanup`), a second start on a live mount, and `-f` as a container's PID 1.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::common::{
+    self, BIN, TestMount, describe_status, detach, mounts_at, send_signal, wait_deadline,
+    wait_unmounted,
+};
+
+/// Temp SOURCE, CACHE and MNT for a daemon-mode mount, with a file in SOURCE.
+struct Dirs {
+    _tmp: TempDir,
+    source: PathBuf,
+    cache: PathBuf,
+    mnt: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::Builder::new()
+        .prefix("cachefs-life.")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let (source, cache, mnt) = (root.join("source"), root.join("cache"), root.join("mnt"));
+    fs::create_dir(&source).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(source.join("hello.txt"), b"hello\n").unwrap();
+    Dirs {
+        _tmp: tmp,
+        source,
+        cache,
+        mnt,
+    }
+}
+
+/// A daemon-mode mount this test made. Drop stops it (`cachefs unmount`), falling back
+/// to a lazy unmount and SIGKILL of the daemon's own pid, and checks it is gone.
+struct Daemon {
+    mnt: PathBuf,
+    pid: Option<u32>,
+}
+
+impl Daemon {
+    fn attach(mnt: &Path) -> Daemon {
+        let pid = status(mnt)["pid"].as_u64().map(|p| p as u32);
+        Daemon {
+            mnt: mnt.to_path_buf(),
+            pid,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if mounts_at(&self.mnt).is_empty() {
+            return;
+        }
+        let _ = Command::new(BIN)
+            .arg("unmount")
+            .arg(&self.mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !wait_unmounted(&self.mnt, Duration::from_secs(10)) {
+            detach(&self.mnt);
+            if let Some(pid) = self.pid {
+                send_signal(pid, libc::SIGKILL);
+            }
+            if !std::thread::panicking() {
+                panic!(
+                    "daemon at {} did not stop on `cachefs unmount`",
+                    self.mnt.display()
+                );
+            }
+        }
+    }
+}
+
+fn status(mnt: &Path) -> Value {
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg(mnt)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie has exited: only "State: Z" under /proc counts as gone too.
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn wait_gone(pid: u32) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid) {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Runs a command to completion (with a deadline) and returns (success, stdout+stderr).
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn daemon_mount(d: &Dirs, extra: &[&str]) -> (bool, String) {
+    run(Command::new(BIN)
+        .arg(&d.source)
+        .arg(&d.mnt)
+        .arg("--cache")
+        .arg(&d.cache)
+        .args(extra))
+}
+
+#[test]
+fn daemon_mode_returns_once_the_mount_is_live() {
+    if !common::can_mount("daemon_mode_returns_once_the_mount_is_live") {
+        return;
+    }
+    let d = dirs();
+    let (ok, out) = daemon_mount(&d, &[]);
+    assert!(ok, "daemon mode failed: {out}");
+    // No polling: the mount is there the moment the command returns.
+    let at = mounts_at(&d.mnt);
+    assert_eq!(at.len(), 1, "right after the command returned: {at:?}");
+    let daemon = Daemon::attach(&d.mnt);
+    assert_eq!(fs::read(d.mnt.join("hello.txt")).unwrap(), b"hello\n");
+    let pid = daemon.pid.expect("status names the daemon's pid");
+    assert!(pid_alive(pid));
+
+    // A second start on the live mount is refused and names the running daemon.
+    let (ok, out) = daemon_mount(&d, &[]);
+    assert!(!ok, "a second mount on a live one succeeded");
+    assert!(
+        out.contains(&format!("pid {pid}")) && out.contains(&d.mnt.display().to_string()),
+        "the refusal names the mountpoint and the daemon's pid: {out}"
+    );
+
+    // `cachefs unmount` stops it: mount gone, daemon (and its watchdog) gone.
+    let (ok, out) = run(Command::new(BIN).arg("unmount").arg(&d.mnt));
+    assert!(ok, "unmount: {out}");
+    assert!(mounts_at(&d.mnt).is_empty());
+    assert!(wait_gone(pid), "daemon {pid} still running after unmount");
+}
+
+#[test]
+fn daemon_mode_reports_an_impossible_mount() {
+    if !common::can_mount("daemon_mode_reports_an_impossible_mount") {
+        return;
+    }
+    // A cache path under a regular file cannot exist.
+    let d = dirs();
+    let bad = d.source.join("hello.txt").join("cache");
+    let (ok, out) = run(Command::new(BIN)
+        .arg(&d.source)
+        .arg(&d.mnt)
+        .arg("--cache")
+        .arg(&bad));
+    assert!(!ok, "mount with cache {} succeeded", bad.display());
+    assert!(out.contains("cache"), "the reason names the cache: {out}");
+    assert!(mounts_at(&d.mnt).is_empty());
+
+    // A failure that only the daemon can see (the cache is owned by a running mount)
+    // comes back through the readiness pipe, with exit 1.
+    let first = TestMount::start();
+    let (ok, out) = run(Command::new(BIN)
+        .arg(&d.source)
+        .arg(&d.mnt)
+        .arg("--cache")
+        .arg(&first.cache));
+    assert!(!ok, "a second mount on a cache in use succeeded");
+    assert!(
+        out.contains("in use"),
+        "the daemon's reason reaches the caller: {out}"
+    );
+    assert!(
+        mounts_at(&d.mnt).is_empty(),
+        "nothing is mounted after a failure"
+    );
+}
+
+/// Makes `/usr/local/bin/cachefs` this build (mount.fuse3 runs helpers with no PATH, so
+/// the binary must be there) for the life of the guard.
+struct Installed(bool);
+
+impl Installed {
+    fn ensure() -> Option<Installed> {
+        let link = Path::new("/usr/local/bin/cachefs");
+        let ours = Path::new(BIN).canonicalize().unwrap();
+        match fs::canonicalize(link) {
+            Ok(p) if p == ours => Some(Installed(false)),
+            Ok(p) => {
+                let msg = format!(
+                    "/usr/local/bin/cachefs is another build ({}): cannot test mount -t fuse.cachefs",
+                    p.display()
+                );
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("{msg}");
+                }
+                eprintln!("SKIPPED: {msg}");
+                None
+            }
+            Err(_) => {
+                std::os::unix::fs::symlink(&ours, link).expect("symlink into /usr/local/bin");
+                Some(Installed(true))
+            }
+        }
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = fs::remove_file("/usr/local/bin/cachefs");
+        }
+    }
+}
+
+#[test]
+fn mount_t_fuse_cachefs_and_umount() {
+    if !common::can_mount("mount_t_fuse_cachefs_and_umount") {
+        return;
+    }
+    if Command::new("mount.fuse3").arg("-h").output().is_err() {
+        panic!("mount.fuse3 is missing: install fuse3 (scripts/prereqs.sh does)");
+    }
+    let Some(_installed) = Installed::ensure() else {
+        return;
+    };
+    let d = dirs();
+    assert!(mounts_at(&d.mnt).is_empty());
+    let opts = format!(
+        "cache={},allow_other,nofail,_netdev,x-systemd.automount,x-systemd.requires=local-fs.target,noatime",
+        d.cache.display()
+    );
+    let (ok, out) = run(Command::new("mount")
+        .args(["-t", "fuse.cachefs"])
+        .arg(&d.source)
+        .arg(&d.mnt)
+        .arg("-o")
+        .arg(&opts));
+    assert!(ok, "mount -t fuse.cachefs: {out}");
+    let at = mounts_at(&d.mnt);
+    assert_eq!(at.len(), 1, "{at:?}");
+    let daemon = Daemon::attach(&d.mnt);
+    let pid = daemon.pid.unwrap();
+    let findmnt = run(Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE,SOURCE,OPTIONS"])
+        .arg(&d.mnt))
+    .1;
+    assert!(
+        findmnt.starts_with("fuse.cachefs ") && findmnt.contains(&d.source.display().to_string()),
+        "{findmnt}"
+    );
+    assert!(
+        findmnt.contains("noatime") && findmnt.contains("allow_other"),
+        "{findmnt}"
+    );
+    assert_eq!(fs::read(d.mnt.join("hello.txt")).unwrap(), b"hello\n");
+
+    let (ok, out) = run(Command::new("umount").arg(&d.mnt));
+    assert!(ok, "umount: {out}");
+    assert!(mounts_at(&d.mnt).is_empty());
+    assert!(wait_gone(pid), "daemon {pid} still running after umount");
+
+    // The fstab form of the same line, through mount(8) with a private fstab.
+    let fstab = d.cache.parent().unwrap().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "{} {} fuse.cachefs cache={},nofail,_netdev 0 0\n",
+            d.source.display(),
+            d.mnt.display(),
+            d.cache.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new("mount").arg("-T").arg(&fstab).arg(&d.mnt));
+    assert!(ok, "mount -T fstab: {out}");
+    let _daemon = Daemon::attach(&d.mnt);
+    assert_eq!(fs::read(d.mnt.join("hello.txt")).unwrap(), b"hello\n");
+    let (ok, out) = run(Command::new("umount").arg(&d.mnt));
+    assert!(ok, "umount: {out}");
+}
+
+/// The pid of the daemon's watchdog: its child named `cachefs-watch`.
+fn watchdog_of(pid: u32) -> u32 {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .find(|c| {
+            fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "cachefs-watch")
+        })
+        .expect("the daemon has a watchdog child")
+}
+
+/// Kills the watchdog, then the daemon: the mount stays behind, stale.
+fn leave_stale_mount(m: &mut TestMount) {
+    let watchdog = watchdog_of(m.pid());
+    send_signal(watchdog, libc::SIGKILL);
+    assert!(wait_gone(watchdog));
+    let st = m.signal_and_wait(libc::SIGKILL);
+    assert_eq!(st.code(), None, "{}", describe_status(&st));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(mounts_at(&m.mnt).len(), 1, "the mount is left behind");
+    let err = fs::metadata(m.mnt.join("x")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "stale: {err}");
+}
+
+#[test]
+fn stale_mount_is_recovered_by_the_next_start_and_by_cleanup() {
+    if !common::can_mount("stale_mount_is_recovered_by_the_next_start_and_by_cleanup") {
+        return;
+    }
+    let mut m = TestMount::builder()
+        .populate(|s: &Path| fs::write(s.join("f"), b"data").unwrap())
+        .start();
+    leave_stale_mount(&mut m);
+    m.respawn();
+    assert!(
+        m.log_contents()
+            .contains("removing a stale fuse.cachefs mount"),
+        "{}",
+        m.log_contents()
+    );
+    assert_eq!(mounts_at(&m.mnt).len(), 1, "exactly one mount, the new one");
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"data");
+
+    leave_stale_mount(&mut m);
+    let (ok, out) = run(Command::new(BIN).arg("cleanup").arg(&m.mnt));
+    assert!(ok, "cleanup: {out}");
+    assert!(
+        out.contains(&format!("removed the stale mount at {}", m.mnt.display())),
+        "{out}"
+    );
+    assert!(mounts_at(&m.mnt).is_empty());
+    // Named again, it is no cachefs mount any more: an error that says so.
+    let (ok, out) = run(Command::new(BIN).arg("cleanup").arg(&m.mnt));
+    assert!(!ok && out.contains("is not a cachefs mount"), "{out}");
+    // And the mountpoint is usable again.
+    m.respawn();
+}
+
+#[test]
+fn foreground_as_container_pid_1_stops_cleanly_on_sigterm() {
+    if !common::can_mount("foreground_as_container_pid_1_stops_cleanly_on_sigterm") {
+        return;
+    }
+    let d = dirs();
+    // A new PID namespace: cachefs is its PID 1, as a container's entrypoint is.
+    let mut outer = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(BIN)
+        .arg(&d.source)
+        .arg(&d.mnt)
+        .arg("--cache")
+        .arg(&d.cache)
+        .arg("-f")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let end = Instant::now() + Duration::from_secs(10);
+    while mounts_at(&d.mnt).is_empty() {
+        if Instant::now() > end || outer.try_wait().unwrap().is_some() {
+            let _ = outer.kill();
+            let mut err = String::new();
+            if let Some(mut e) = outer.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("no mount from cachefs as PID 1: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let inner: u32 = fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.id()))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("unshare's child");
+    let nspid = fs::read_to_string(format!("/proc/{inner}/status")).unwrap();
+    assert!(
+        nspid
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1")),
+        "cachefs is PID 1 in its namespace: {nspid}"
+    );
+    // Hold a file open, as a player would, then stop the container.
+    let held = fs::File::open(d.mnt.join("hello.txt")).unwrap();
+    send_signal(inner, libc::SIGTERM);
+    let st = match wait_deadline(&mut outer, Duration::from_secs(10)) {
+        Some(st) => st,
+        None => {
+            detach(&d.mnt);
+            send_signal(inner, libc::SIGKILL);
+            let _ = outer.wait();
+            panic!("cachefs as PID 1 ignored SIGTERM for 10 s");
+        }
+    };
+    drop(held);
+    assert!(st.success(), "exit status {}", describe_status(&st));
+    assert!(
+        wait_unmounted(&d.mnt, Duration::from_secs(2)),
+        "still mounted after SIGTERM"
+    );
+}
