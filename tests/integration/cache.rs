@@ -8,66 +8,15 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
 
-use crate::common::{self, BIN, TestMount, digest, pattern};
+use crate::common::{self, BIN, TestMount, digest, eventually, num, pattern, promote_wait, status};
 
 const MIB: usize = 1 << 20;
 
-fn status(m: &TestMount) -> Value {
-    let out = Command::new(BIN)
-        .arg("status")
-        .arg(&m.mnt)
-        .arg("--json")
-        .output()
-        .expect("run cachefs status");
-    assert!(
-        out.status.success(),
-        "status failed: {}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log_contents()
-    );
-    serde_json::from_slice(&out.stdout).expect("status prints one JSON object")
-}
-
-fn num(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("status key {key} is not an integer: {v}"))
-}
-
-fn promote_wait(m: &TestMount, rel: &str) {
-    let out = Command::new(BIN)
-        .arg("promote")
-        .arg("--wait")
-        .arg(m.path(rel))
-        .output()
-        .expect("run cachefs promote");
-    assert!(
-        out.status.success(),
-        "promote --wait {rel} failed: {}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log_contents()
-    );
-}
-
 fn copy_path(m: &TestMount, rel: &str) -> PathBuf {
     m.cache.join("data").join(rel)
-}
-
-/// Polls `cond` for up to 20 s (promotion runs in the background).
-fn eventually(what: &str, m: &TestMount, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {what}; log:\n{}",
-            m.log_contents()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 fn read_all(p: &Path) -> Vec<u8> {

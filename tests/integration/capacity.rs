@@ -9,35 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{self, BIN, TestMount, digest, pattern};
+use crate::common::{self, BIN, TestMount, digest, eventually, num, pattern, promote_wait, status};
 
 const MIB: usize = 1 << 20;
-
-fn status(m: &TestMount) -> Value {
-    let out = Command::new(BIN)
-        .arg("status")
-        .arg(&m.mnt)
-        .arg("--json")
-        .output()
-        .expect("run cachefs status");
-    assert!(
-        out.status.success(),
-        "status: {}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log_contents()
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn num(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("status key {key} is not an integer: {v}"))
-}
 
 fn cli(m: &TestMount, args: &[&str], rel: &str) -> std::process::Output {
     Command::new(BIN)
@@ -45,16 +23,6 @@ fn cli(m: &TestMount, args: &[&str], rel: &str) -> std::process::Output {
         .arg(m.path(rel))
         .output()
         .expect("run cachefs")
-}
-
-fn promote_wait(m: &TestMount, rel: &str) {
-    let out = cli(m, &["promote", "--wait"], rel);
-    assert!(
-        out.status.success(),
-        "promote --wait {rel}: {}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log_contents()
-    );
 }
 
 fn cached(m: &TestMount, rel: &str) -> bool {
@@ -88,18 +56,6 @@ fn cache_bytes(cache: &Path) -> u64 {
 fn read_ok(m: &TestMount, i: usize, len: usize) {
     let got = fs::read(m.path(format!("f{i}.bin"))).unwrap();
     assert_eq!(digest(&got), digest(&pattern(len, i as u64)), "f{i}.bin");
-}
-
-fn eventually(what: &str, m: &TestMount, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {what}; log:\n{}",
-            m.log_contents()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 #[test]

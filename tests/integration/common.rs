@@ -920,3 +920,75 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// the running daemon, through its command line
+
+/// `cachefs status MNT --json`, parsed.
+pub fn status_at(mnt: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg(mnt)
+        .arg("--json")
+        .output()
+        .expect("run cachefs status");
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status prints one JSON object")
+}
+
+/// The mount's status; on failure the daemon's log is in the panic message.
+pub fn status(m: &TestMount) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg(&m.mnt)
+        .arg("--json")
+        .output()
+        .expect("run cachefs status");
+    assert!(
+        out.status.success(),
+        "status failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_contents()
+    );
+    serde_json::from_slice(&out.stdout).expect("status prints one JSON object")
+}
+
+/// An integer field of a status object.
+pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status key {key} is not an integer: {v}"))
+}
+
+/// `cachefs promote --wait MNT/rel`, which must succeed.
+pub fn promote_wait(m: &TestMount, rel: &str) {
+    let out = Command::new(BIN)
+        .arg("promote")
+        .arg("--wait")
+        .arg(m.path(rel))
+        .output()
+        .expect("run cachefs promote");
+    assert!(
+        out.status.success(),
+        "promote --wait {rel} failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_contents()
+    );
+}
+
+/// Polls `cond` for up to 20 s (promotion and maintenance run in the background).
+pub fn eventually(what: &str, m: &TestMount, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; log:\n{}",
+            m.log_contents()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::common::{
-    self, BIN, TestMount, describe_status, detach, mounts_at, send_signal, wait_deadline,
-    wait_unmounted,
+    self, BIN, TestMount, describe_status, detach, mounts_at, send_signal, status_at,
+    wait_deadline, wait_unmounted,
 };
 
 /// Temp SOURCE, CACHE and MNT for a daemon-mode mount, with a file in SOURCE.
@@ -51,7 +50,7 @@ struct Daemon {
 
 impl Daemon {
     fn attach(mnt: &Path) -> Daemon {
-        let pid = status(mnt)["pid"].as_u64().map(|p| p as u32);
+        let pid = status_at(mnt)["pid"].as_u64().map(|p| p as u32);
         Daemon {
             mnt: mnt.to_path_buf(),
             pid,
@@ -83,21 +82,6 @@ impl Drop for Daemon {
             }
         }
     }
-}
-
-fn status(mnt: &Path) -> Value {
-    let out = Command::new(BIN)
-        .arg("status")
-        .arg(mnt)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn pid_alive(pid: u32) -> bool {
