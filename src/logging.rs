@@ -1,5 +1,6 @@
 //! Where log lines go: stderr in the foreground; when daemonized, the `log=FILE` file if
-//! given, else syslog (which journald collects: `journalctl -t cachefs`).
+//! given, else syslog (which journald collects: `journalctl -t cachefs`), or
+//! /var/log/cachefs.log where there is no syslog socket.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
@@ -21,8 +22,16 @@ fn filter(debug: bool) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }))
 }
 
+/// Where a daemon logs when syslog has no socket (a container, a minimal system).
+pub const FALLBACK_LOG: &str = "/var/log/cachefs.log";
+
 /// Installs the global subscriber. Fails only for a log file that cannot be opened.
 pub fn init(debug: bool, target: Target<'_>) -> io::Result<()> {
+    // Without a syslog socket, syslog(3) drops every line silently: use a file instead.
+    let target = match target {
+        Target::Syslog if !Path::new("/dev/log").exists() => Target::File(Path::new(FALLBACK_LOG)),
+        t => t,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(debug))
         .with_target(false);

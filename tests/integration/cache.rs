@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-
 use crate::common::{self, BIN, TestMount, digest, eventually, num, pattern, promote_wait, status};
 
 const MIB: usize = 1 << 20;
