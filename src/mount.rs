@@ -237,8 +237,9 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     let watchdog = spawn_watchdog(&cfg.mountpoint)
         .map_err(|e| err(format!("cannot start the watchdog: {e}")))?;
     *WATCHDOG.lock() = Some(watchdog);
-    if let Err(e) = sys::raise_nofile_limit() {
-        tracing::warn!("cannot raise the open-file limit: {e}");
+    match sys::raise_nofile_limit() {
+        Ok(n) => tracing::debug!("open-file limit {n}"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
     prepare_mountpoint(&cfg.mountpoint)?;
 

@@ -626,14 +626,30 @@ pub fn set_umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask) }
 }
 
-/// Raises RLIMIT_NOFILE to its hard limit: the overlay holds one O_PATH fd per inode the
-/// kernel knows.
+/// Raises RLIMIT_NOFILE as far as allowed: to the kernel's `nr_open` where the process
+/// may raise its hard limit (root), else to the hard limit. The overlay holds one O_PATH
+/// fd per inode the kernel knows, and a scanned media library has hundreds of thousands.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = MaybeUninit::<libc::rlimit>::zeroed();
     // SAFETY: lim points to writable memory of the right size.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
     // SAFETY: getrlimit succeeded.
     let mut lim = unsafe { lim.assume_init() };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    if let Some(n) = nr_open
+        && n > lim.rlim_max
+    {
+        let want = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: want is a valid rlimit. Failing (not privileged) is fine: fall back.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return Ok(n);
+        }
+    }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: lim is a valid rlimit.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
