@@ -569,12 +569,12 @@ impl Filesystem for CachefsFs {
         reply: ReplyCreate,
     ) {
         match self.core.create(&caller(req), parent.0, name, mode, flags) {
-            Ok((e, fh)) => reply.created(
+            Ok((e, o)) => reply.created(
                 &self.entry_ttl,
                 &attr(e.nodeid, &e.stat),
                 Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
+                FileHandle(o.fh),
+                fopen_flags(&o),
             ),
             Err(e) => reply.error(errno(&e)),
         }

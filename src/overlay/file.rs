@@ -208,7 +208,7 @@ impl Overlay {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> io::Result<(Entry, u64)> {
+    ) -> io::Result<(Entry, Opened)> {
         check_writable(&self.cfg)?;
         let parent = self.inode(parent)?;
         let fd = {
@@ -230,12 +230,24 @@ impl Overlay {
             // O_CREAT on an existing file, possibly with O_TRUNC.
             cache.invalidate(rel);
         }
-        self.io.lock().entry(inode.nodeid).or_default().cached += 1;
+        // O_CREAT can open an existing file that readers have open by passthrough: then
+        // this open must be direct I/O to coexist with them, as in `open`.
+        let mode = {
+            let mut io = self.io.lock();
+            let state = io.entry(inode.nodeid).or_default();
+            if state.passthrough > 0 {
+                state.direct += 1;
+                Mode::Direct
+            } else {
+                state.cached += 1;
+                Mode::Cached
+            }
+        };
         let fh = self.files.insert(FileHandle {
             fd,
             nodeid: inode.nodeid,
             writable: true,
-            mode: Mutex::new(Mode::Cached),
+            mode: Mutex::new(mode),
             rel,
             copy: Mutex::new(None),
             read_bytes: AtomicU64::new(0),
@@ -250,7 +262,12 @@ impl Overlay {
                 nodeid: inode.nodeid,
                 stat,
             },
-            fh,
+            Opened {
+                fh,
+                passthrough: None,
+                direct_io: mode == Mode::Direct,
+                keep_cache: false,
+            },
         ))
     }
 
