@@ -172,13 +172,4 @@ impl InodeTable {
             }
         }
     }
-
-    /// How many inodes the kernel holds (the root included).
-    pub fn len(&self) -> usize {
-        self.by_id.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

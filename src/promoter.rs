@@ -211,11 +211,6 @@ impl Promoter {
         job
     }
 
-    /// The job for `rel` if one is queued or running.
-    pub fn job(&self, rel: &Path) -> Option<Arc<Job>> {
-        self.shared.inflight.lock().get(rel).cloned()
-    }
-
     /// Cancels the job for `rel`, if any: the source is being changed through the mount.
     pub fn cancel(&self, rel: &Path) {
         if let Some(job) = self.shared.inflight.lock().get(rel) {

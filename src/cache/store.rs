@@ -185,10 +185,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn data_dir(&self) -> BorrowedFd<'_> {
-        self.data.as_fd()
-    }
-
     /// The copy of `rel` if it still matches the source's `current` attributes. A copy
     /// that does not match is removed (it can never become valid again).
     pub fn lookup(&self, rel: &Path, current: &sys::Stat) -> io::Result<Lookup> {

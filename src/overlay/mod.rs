@@ -161,11 +161,6 @@ impl Overlay {
         self.inodes.forget(nodeid, n);
     }
 
-    /// How many inodes the kernel currently holds.
-    pub fn inode_count(&self) -> usize {
-        self.inodes.len()
-    }
-
     fn lookup_inode(&self, parent: &Inode, name: &OsStr) -> io::Result<Entry> {
         let (inode, stat) = self.inodes.lookup(parent, name)?;
         Ok(Entry {
