@@ -46,11 +46,9 @@ N=${BENCH_ENTRIES:-100000}
 REPS=${BENCH_REPS:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 
-die() {
-    echo "bench-index: $*" >&2
-    exit 1
-}
-say() { echo "bench-index: $*" >&2; }
+BENCH_NAME=bench-index
+# shellcheck source=scripts/bench-lib.sh
+. "$repo/scripts/bench-lib.sh"
 
 [[ $N =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] || die "BENCH_ENTRIES must be a positive integer"
 [[ $REPS =~ ^[0-9]+$ ]] && [ "$REPS" -ge 1 ] || die "BENCH_REPS must be a positive integer"
@@ -137,14 +135,7 @@ trap 'exit 143' TERM
 
 # ---- the binary ---------------------------------------------------------------------------
 
-if [ -z "${CACHEFS_BIN:-}" ]; then
-    say "building target/release/cachefs"
-    cargo build --quiet --release
-    CACHEFS_BIN=$repo/target/release/cachefs
-fi
-# A private copy: a concurrent `cargo build` must not swap the binary mid-run.
-cp "$CACHEFS_BIN" "$WORK/cachefs"
-BIN=$WORK/cachefs
+private_binary
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -155,16 +146,6 @@ nap() { read -r -t "$1" -u "$TICK" _ || true; }
 
 # Seconds between two $EPOCHREALTIME readings.
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
-
-median() {
-    printf '%s\n' "$@" | sort -g |
-        awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
 
 # A fuse.cachefs mount at MNT in /proc/self/mountinfo (root "/", then the mount point;
 # the fs type follows the " - " separator). Builtins only: this runs every 5 ms.

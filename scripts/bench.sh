@@ -43,11 +43,9 @@ TTFB_SAMPLES=${BENCH_TTFB_SAMPLES:-5}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 THROTTLE_BPS=$((THROTTLE_MBPS * 1000 * 1000))
 
-die() {
-    echo "bench: $*" >&2
-    exit 1
-}
-say() { echo "bench: $*" >&2; }
+BENCH_NAME=bench
+# shellcheck source=scripts/bench-lib.sh
+. "$repo/scripts/bench-lib.sh"
 
 [ "$SIZE_MB" -ge 64 ] && [ "$STREAM_MB" -ge 32 ] ||
     die "BENCH_SIZE_MB must be at least 64 and BENCH_STREAM_MB at least 32 (promotion starts after 16 MiB)"
@@ -132,28 +130,11 @@ trap 'exit 143' TERM
 
 # ---- the binary ---------------------------------------------------------------------------
 
-if [ -z "${CACHEFS_BIN:-}" ]; then
-    say "building target/release/cachefs"
-    cargo build --quiet --release
-    CACHEFS_BIN=$repo/target/release/cachefs
-fi
-# A private copy: a concurrent `cargo build` must not swap the binary mid-run.
-cp "$CACHEFS_BIN" "$WORK/cachefs"
-BIN=$WORK/cachefs
+private_binary
 
 # ---- helpers ------------------------------------------------------------------------------
 
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
-
 now() { echo "$EPOCHREALTIME"; }
-
-median() {
-    printf '%s\n' "$@" | sort -g |
-        awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 
 # bytes/s from dd's summary line on stdin ("N bytes (...) copied, S s, R unit/s").
 parse_dd() {

@@ -1919,9 +1919,10 @@ fn s_copy_range(c: &mut Ctx) {
     );
 }
 
-/// In a child process (another lock owner), F_GETLK on `range`: 0 when it reports a write
-/// lock held by our pid, 100 + l_type for anything else, 200 for a foreign pid.
-fn child_getlk(path: &Path, start: i64, len: i64) -> i32 {
+/// In a child process (another lock owner), `fcntl(cmd)` with a write lock on `range`.
+/// F_SETLK: 0 or the errno. F_GETLK: 0 when it reports a write lock held by our pid,
+/// 100 + l_type for anything else, 200 for a foreign pid, or the errno.
+fn child_lock(path: &Path, cmd: i32, start: i64, len: i64) -> i32 {
     let c = cpath(path);
     in_child(None, move || {
         // SAFETY: async-signal-safe calls; fl is a local.
@@ -1935,8 +1936,11 @@ fn child_getlk(path: &Path, start: i64, len: i64) -> i32 {
             fl.l_whence = libc::SEEK_SET as libc::c_short;
             fl.l_start = start;
             fl.l_len = len;
-            if libc::fcntl(fd, libc::F_GETLK, &mut fl) != 0 {
+            if libc::fcntl(fd, cmd, &mut fl) != 0 {
                 return errno();
+            }
+            if cmd != libc::F_GETLK {
+                return 0;
             }
             if fl.l_type as i32 != libc::F_WRLCK {
                 return 100 + fl.l_type as i32;
@@ -1949,6 +1953,14 @@ fn child_getlk(path: &Path, start: i64, len: i64) -> i32 {
     })
 }
 
+fn child_getlk(path: &Path, start: i64, len: i64) -> i32 {
+    child_lock(path, libc::F_GETLK, start, len)
+}
+
+fn child_setlk(path: &Path, start: i64, len: i64) -> i32 {
+    child_lock(path, libc::F_SETLK, start, len)
+}
+
 /// What `child_getlk` saw, in words.
 fn getlk_desc(code: i32) -> String {
     match code {
@@ -1958,29 +1970,6 @@ fn getlk_desc(code: i32) -> String {
         c if c == 100 + libc::F_UNLCK => "unlocked".into(),
         c => format!("ERR {}", crate::common::errno_name(c)),
     }
-}
-
-/// In a child process, F_SETLK (write) on `range`: 0 or the errno.
-fn child_setlk(path: &Path, start: i64, len: i64) -> i32 {
-    let c = cpath(path);
-    in_child(None, move || {
-        // SAFETY: as above.
-        unsafe {
-            let fd = libc::open(c.as_ptr(), libc::O_RDWR);
-            if fd < 0 {
-                return errno();
-            }
-            let mut fl: libc::flock = std::mem::zeroed();
-            fl.l_type = libc::F_WRLCK as libc::c_short;
-            fl.l_whence = libc::SEEK_SET as libc::c_short;
-            fl.l_start = start;
-            fl.l_len = len;
-            if libc::fcntl(fd, libc::F_SETLK, &mut fl) != 0 {
-                return errno();
-            }
-            0
-        }
-    })
 }
 
 fn child_flock(path: &Path) -> i32 {

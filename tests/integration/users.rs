@@ -53,6 +53,23 @@ where
     out.code(name, code);
 }
 
+/// utimensat(2) with explicit atime and mtime (whole seconds): 0 or the errno.
+/// Async-signal-safe, for use in the user's child process.
+fn set_times(path: &CString, atime: i64, mtime: i64) -> i32 {
+    let t = [
+        libc::timespec {
+            tv_sec: atime,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: path is NUL-terminated and t holds the two timespecs utimensat reads.
+    rc(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), t.as_ptr(), 0) })
+}
+
 /// The user script. Returns the outcomes, including root's view of what the user made.
 fn script(root: &Path) -> Outcomes {
     let mut o = Outcomes::default();
@@ -127,24 +144,7 @@ fn script(root: &Path) -> Outcomes {
         "utimensat explicit on root file",
         root,
         &["readable"],
-        |p| unsafe {
-            let t = [
-                libc::timespec {
-                    tv_sec: 1,
-                    tv_nsec: 0,
-                },
-                libc::timespec {
-                    tv_sec: 2,
-                    tv_nsec: 0,
-                },
-            ];
-            rc(libc::utimensat(
-                libc::AT_FDCWD,
-                p[0].as_ptr(),
-                t.as_ptr(),
-                0,
-            ))
-        },
+        |p| set_times(&p[0], 1, 2),
     );
     step(
         o_,
@@ -418,24 +418,7 @@ fn script(root: &Path) -> Outcomes {
         "utimensat explicit own file",
         root,
         &["pub/mine"],
-        |p| unsafe {
-            let t = [
-                libc::timespec {
-                    tv_sec: 100,
-                    tv_nsec: 0,
-                },
-                libc::timespec {
-                    tv_sec: 200,
-                    tv_nsec: 0,
-                },
-            ];
-            rc(libc::utimensat(
-                libc::AT_FDCWD,
-                p[0].as_ptr(),
-                t.as_ptr(),
-                0,
-            ))
-        },
+        |p| set_times(&p[0], 100, 200),
     );
     step(
         o_,

@@ -1,0 +1,32 @@
+# Helpers shared by scripts/bench.sh and scripts/bench-index.sh (sourced, not run).
+# The sourcing script sets BENCH_NAME (its log prefix) first; private_binary needs
+# `repo` and `WORK`.
+
+say() { echo "$BENCH_NAME: $*" >&2; }
+
+die() {
+    say "$*"
+    exit 1
+}
+
+median() {
+    printf '%s\n' "$@" | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+drop_caches() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+}
+
+# Sets BIN to a private copy of the release binary (built unless CACHEFS_BIN names one):
+# a concurrent `cargo build` must not swap the binary mid-run.
+private_binary() {
+    if [ -z "${CACHEFS_BIN:-}" ]; then
+        say "building target/release/cachefs"
+        cargo build --quiet --release
+        CACHEFS_BIN=$repo/target/release/cachefs
+    fi
+    cp "$CACHEFS_BIN" "$WORK/cachefs"
+    BIN=$WORK/cachefs
+}
