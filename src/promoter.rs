@@ -42,23 +42,26 @@ pub struct Job {
     pub rel: PathBuf,
     pub bytes_done: AtomicU64,
     pub bytes_total: AtomicU64,
-    /// Where a foreground reader is; the copy starts there.
-    pub start_hint: AtomicU64,
+    /// Where a foreground reader was when it asked; the copy starts there.
+    start_hint: AtomicU64,
     /// A foreground reader is using the file: keep its source pages cached.
     pub reader_active: AtomicBool,
+    /// How many next files of the same directory to queue (prefetch) when the job starts.
+    prefetch: usize,
     cancelled: AtomicBool,
     outcome: Mutex<Option<Result<(), String>>>,
     finished: Condvar,
 }
 
 impl Job {
-    fn new(rel: PathBuf) -> Job {
+    fn new(rel: PathBuf, prefetch: usize, start: u64, reader: bool) -> Job {
         Job {
             rel,
+            prefetch,
             bytes_done: AtomicU64::new(0),
             bytes_total: AtomicU64::new(0),
-            start_hint: AtomicU64::new(0),
-            reader_active: AtomicBool::new(false),
+            start_hint: AtomicU64::new(start),
+            reader_active: AtomicBool::new(reader),
             cancelled: AtomicBool::new(false),
             outcome: Mutex::new(None),
             finished: Condvar::new(),
@@ -141,6 +144,7 @@ impl RateLimit {
 }
 
 struct Shared {
+    senders: [Sender<Arc<Job>>; 3],
     source: OwnedFd,
     store: Arc<Store>,
     events: Arc<dyn Events>,
@@ -152,8 +156,9 @@ struct Shared {
     limit: RateLimit,
 }
 
+/// The workers hold the senders too (they queue prefetches), so they run for the life
+/// of the process; a clean stop cancels their jobs instead.
 pub struct Promoter {
-    senders: [Sender<Arc<Job>>; 3],
     shared: Arc<Shared>,
 }
 
@@ -169,6 +174,7 @@ impl Promoter {
     ) -> io::Result<Promoter> {
         let chans = [(); 3].map(|()| crossbeam_channel::unbounded::<Arc<Job>>());
         let shared = Arc::new(Shared {
+            senders: [chans[0].0.clone(), chans[1].0.clone(), chans[2].0.clone()],
             source,
             store,
             events,
@@ -186,29 +192,21 @@ impl Promoter {
                 .name(format!("promote-{i}"))
                 .spawn(move || worker(&shared, &rx))?;
         }
-        let [a, b, c] = chans;
-        Ok(Promoter {
-            senders: [a.0, b.0, c.0],
-            shared,
-        })
+        Ok(Promoter { shared })
     }
 
     /// Asks for `rel` to be promoted; joins the job in flight if there is one.
     pub fn request(&self, rel: &Path, priority: Priority) -> Arc<Job> {
-        let mut inflight = self.shared.inflight.lock();
-        if let Some(job) = inflight.get(rel) {
-            return job.clone();
-        }
-        let job = Arc::new(Job::new(rel.to_path_buf()));
-        inflight.insert(rel.to_path_buf(), job.clone());
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        if self.senders[priority as usize].send(job.clone()).is_err() {
-            // No worker left (shutting down).
-            inflight.remove(rel);
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            job.finish(Err("the promoter has stopped".into()));
-        }
-        job
+        self.shared.request_with(rel, priority, 0, 0, false)
+    }
+
+    /// The policy's request for a file a reader is playing, at `offset`: the copy starts
+    /// there (set before any worker can see the job), the reader's pages are left cached,
+    /// and when the copy starts the worker queues the next `prefetch` files of the same
+    /// directory, so that directory listing never runs on the reader's thread.
+    pub fn request_for_reader(&self, rel: &Path, offset: u64, prefetch: usize) -> Arc<Job> {
+        self.shared
+            .request_with(rel, Priority::Policy, prefetch, offset, true)
     }
 
     /// Cancels the job for `rel`, if any: the source is being changed through the mount.
@@ -261,6 +259,59 @@ impl Promoter {
     }
 }
 
+impl Shared {
+    fn request_with(
+        &self,
+        rel: &Path,
+        priority: Priority,
+        prefetch: usize,
+        start: u64,
+        reader: bool,
+    ) -> Arc<Job> {
+        let mut inflight = self.inflight.lock();
+        if let Some(job) = inflight.get(rel) {
+            if reader {
+                job.reader_active.store(true, Ordering::Relaxed);
+            }
+            return job.clone();
+        }
+        let job = Arc::new(Job::new(rel.to_path_buf(), prefetch, start, reader));
+        inflight.insert(rel.to_path_buf(), job.clone());
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.senders[priority as usize].send(job.clone()).is_err() {
+            // No worker left.
+            inflight.remove(rel);
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            job.finish(Err("the promoter has stopped".into()));
+        }
+        job
+    }
+
+    /// Queues the `n` files that follow `rel` in its directory (same extension, natural
+    /// order) as prefetches.
+    fn prefetch_after(&self, rel: &Path, n: usize) {
+        let Some(name) = rel.file_name() else { return };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let entries = match store::open_dir_below(self.source.as_fd(), parent)
+            .and_then(|d| sys::read_dir_fd(d.as_fd()))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!("no prefetch after {}: {e}", rel.display());
+                return;
+            }
+        };
+        let names: Vec<&std::ffi::OsStr> = entries
+            .iter()
+            .filter(|e| e.kind == libc::DT_REG)
+            .map(|e| e.name.as_os_str())
+            .collect();
+        for next in crate::policy::next_files(name, &names, n) {
+            self.request_with(&parent.join(next), Priority::Prefetch, 0, 0, false);
+        }
+    }
+}
+
 fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
     loop {
         let job = select_biased! {
@@ -270,6 +321,9 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
         };
         let Ok(job) = job else { return };
         shared.queued.fetch_sub(1, Ordering::Relaxed);
+        if job.prefetch > 0 && !job.cancelled.load(Ordering::Relaxed) {
+            shared.prefetch_after(&job.rel, job.prefetch);
+        }
         let r = if job.cancelled.load(Ordering::Relaxed) || shared.stopping.load(Ordering::Relaxed)
         {
             job.cancelled.store(true, Ordering::Relaxed);

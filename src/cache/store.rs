@@ -111,6 +111,17 @@ pub fn open_below(root: BorrowedFd<'_>, rel: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Opens the directory `rel` below `root` for reading (the empty path is `root`
+/// itself), following no symlink on the way.
+pub fn open_dir_below(root: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    if rel.as_os_str().is_empty() {
+        return sys::openat(root, OsStr::new("."), flags, 0);
+    }
+    let (dir, name) = walk_parent(root, rel, false)?;
+    sys::openat(dir.as_fd(), name, flags | libc::O_NOFOLLOW, 0)
+}
+
 /// The result of looking a copy up for an open.
 pub enum Lookup {
     /// A copy that matches the source; open for reading.

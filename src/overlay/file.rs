@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use super::{Caller, Entry, Overlay, check_writable};
 use crate::config::PromoteMode;
-use crate::promoter::{Job, Priority};
+use crate::promoter::Job;
 use crate::sys;
 
 /// How an open inode is being served.
@@ -311,36 +311,10 @@ impl Overlay {
             return;
         }
         let Some(rel) = &h.rel else { return };
-        let job = cache.promote(rel, Priority::Policy);
-        job.start_hint.store(offset, Ordering::Relaxed);
-        job.reader_active.store(true, Ordering::Relaxed);
+        let job = cache
+            .promoter
+            .request_for_reader(rel, offset, self.cfg.prefetch as usize);
         *h.job.lock() = Some(job);
-        if self.cfg.prefetch > 0 {
-            self.prefetch_after(rel);
-        }
-    }
-
-    fn prefetch_after(&self, rel: &std::path::Path) {
-        let (Some(cache), Some(name)) = (&self.cache, rel.file_name()) else {
-            return;
-        };
-        let parent = rel.parent().unwrap_or(std::path::Path::new(""));
-        let dir = self.open_source_dir(parent);
-        let entries = match dir.and_then(|d| sys::read_dir_fd(d.as_fd())) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::debug!("no prefetch for {}: {e}", rel.display());
-                return;
-            }
-        };
-        let names: Vec<&OsStr> = entries
-            .iter()
-            .filter(|e| e.kind == libc::DT_REG)
-            .map(|e| e.name.as_os_str())
-            .collect();
-        for next in crate::policy::next_files(name, &names, self.cfg.prefetch as usize) {
-            cache.promote(&parent.join(next), Priority::Prefetch);
-        }
     }
 
     /// A handle reading from SOURCE moves to the copy once one is published and still

@@ -183,7 +183,7 @@ impl Overlay {
     /// Every regular file at or below `rel` in SOURCE (relative paths), walked by
     /// descriptor without following symlinks. The empty path is the root.
     pub fn regular_files_below(&self, rel: &Path) -> io::Result<Vec<PathBuf>> {
-        let start = match self.open_source_dir(rel) {
+        let start = match crate::cache::store::open_dir_below(self.inodes.root().fd(), rel) {
             Ok(d) => d,
             // Not a directory: a regular file is its own list.
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
@@ -213,18 +213,6 @@ impl Overlay {
         }
         out.sort();
         Ok(out)
-    }
-
-    /// Opens SOURCE's directory `rel` for reading (the empty path is the root), one name
-    /// at a time, following no symlink.
-    fn open_source_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
-        let root = self.inodes.root();
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        if rel.as_os_str().is_empty() {
-            return sys::openat(root.fd(), OsStr::new("."), flags, 0);
-        }
-        let (dir, name) = crate::cache::store::walk_parent(root.fd(), rel, false)?;
-        sys::openat(dir.as_fd(), name, flags | libc::O_NOFOLLOW, 0)
     }
 
     /// Whether `rel` has a valid cached copy now.
