@@ -18,6 +18,9 @@ need=()
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v setfattr >/dev/null 2>&1 || need+=(attr)
 command -v findmnt >/dev/null 2>&1 || need+=(util-linux)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v mount >/dev/null 2>&1 || need+=(mount)
+command -v chattr >/dev/null 2>&1 || need+=(e2fsprogs)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages ${need[*]}: run as root or install them" >&2
