@@ -120,18 +120,12 @@ cleanup() {
         umount "$m" 2>/dev/null || umount -l "$m"
     done
     [ -n "$TICK" ] && exec {TICK}>&-
-    if [ "${KEEP:-}" = 1 ]; then
-        say "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    remove_work
     if findmnt -rn -t fuse.cachefs -o TARGET | grep -q "^$WORK/"; then
         say "WARNING: a fuse.cachefs mount below $WORK is still there"
     fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---- the binary ---------------------------------------------------------------------------
 

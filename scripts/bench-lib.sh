@@ -30,3 +30,19 @@ private_binary() {
     cp "$CACHEFS_BIN" "$WORK/cachefs"
     BIN=$WORK/cachefs
 }
+
+# Removes the work dir, or keeps it with KEEP=1 (for a cleanup function).
+remove_work() {
+    if [ "${KEEP:-}" = 1 ]; then
+        say "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+
+# Runs the sourcing script's `cleanup` on exit, also after SIGINT or SIGTERM.
+trap_cleanup() {
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}

@@ -118,15 +118,9 @@ cleanup() {
         done
         rmdir "$CG" 2>/dev/null || say "cannot remove cgroup $CG"
     fi
-    if [ "${KEEP:-}" = 1 ]; then
-        say "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    remove_work
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---- the binary ---------------------------------------------------------------------------
 

@@ -58,6 +58,8 @@ pub struct Config {
     /// `ADDR:PORT` as given; resolved when the listener starts.
     pub metrics: Option<String>,
     pub passthrough: Passthrough,
+    /// Reopen inodes by file handle where SOURCE allows it (else by parent and name).
+    pub inode_handles: bool,
     pub allow_other: bool,
     pub read_only: bool,
     pub debug: bool,
@@ -91,6 +93,7 @@ impl Config {
             log: None,
             metrics: None,
             passthrough: Passthrough::Auto,
+            inode_handles: true,
             allow_other: false,
             read_only: false,
             debug: false,

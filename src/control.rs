@@ -1035,6 +1035,22 @@ fn status_text(mp: &Path, s: &Value) -> String {
     if let Some(e) = num("evictions") {
         line(&mut out, "evictions", e.to_string());
     }
+    if let Some(n) = num("inodes") {
+        let how = match s.get("inode_handles").and_then(Value::as_bool) {
+            Some(true) => " (reopened by file handle)",
+            Some(false) => " (reopened by parent and name)",
+            None => "",
+        };
+        line(&mut out, "inodes", format!("{n} known to the kernel{how}"));
+    }
+    if let (Some(c), Some(b), Some(l)) = (num("fds_cached"), num("fds_bound"), num("fd_limit")) {
+        let pinned = num("fds_pinned").unwrap_or(0);
+        line(
+            &mut out,
+            "descriptors",
+            format!("{c} cached of {b}, {pinned} held by open files (limit {l})"),
+        );
+    }
     if let Some(Value::Array(items)) = s.get("in_flight")
         && !items.is_empty()
     {

@@ -74,6 +74,7 @@ impl Handler for Daemon {
             ),
             None => (0, 0, 0, 0, 0, Vec::new()),
         };
+        let (inodes, by_handle, fds) = core.inode_stats();
         json!({
             "mountpoint": cfg.mountpoint.to_string_lossy(),
             "source": cfg.source.to_string_lossy(),
@@ -94,6 +95,16 @@ impl Handler for Daemon {
             "queued": queued,
             "in_flight": Value::Array(in_flight),
             "evictions": evictions,
+            // Inodes the kernel remembers, and how they are reopened.
+            "inodes": inodes,
+            "inode_handles": by_handle,
+            // The daemon's descriptor limit and its bounded cache of SOURCE descriptors.
+            "fd_limit": fds.limit,
+            "fds_bound": fds.bound,
+            "fds_cached": fds.cached,
+            "fds_pinned": fds.pinned,
+            "fds_reopened": fds.reopened,
+            "fds_shed": fds.shed,
         })
     }
 

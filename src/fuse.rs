@@ -199,8 +199,8 @@ impl Filesystem for CachefsFs {
         self.core.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.core.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.attr_ttl, &attr(ino.0, &st)),
             Err(e) => reply.error(errno(&e)),
         }

@@ -1,9 +1,18 @@
 //! The inode table: FUSE node ids to source objects, with the kernel's lookup counts.
 //!
-//! Each inode the kernel knows holds an `O_PATH | O_NOFOLLOW` descriptor of its source
-//! object, so every later operation reaches the object itself, whatever renames happen
-//! around it and however long its path is (invariant 7), and the source's inode number
-//! cannot be reused while the kernel can still name it.
+//! An inode keeps its identity without holding a descriptor, so a library of a million
+//! files needs no more descriptors than a small one (`source.rs` bounds them). Each
+//! inode records its source object's (st_dev, st_ino), the parent node and name it was
+//! last seen under, and, where SOURCE's filesystem gives one and the daemon may open by
+//! it, a file handle. A descriptor is made again when an operation needs one:
+//! - by handle (`open_by_handle_at`): the object itself, wherever it was renamed to;
+//! - else by `openat(parent, name, O_PATH | O_NOFOLLOW)`, the parent resolved the same
+//!   way. No path is ever joined, nothing is followed (invariant 7).
+//!
+//! Either way the result is checked against the recorded (st_dev, st_ino): an object
+//! removed or replaced behind the mount answers ESTALE, never another object. The
+//! kernel then walks the path again with LOOKUP_REVAL, and the fresh lookup finds what
+//! is there now (a renamed object under its new name, with its old node id).
 //!
 //! Node ids are derived from the source's (st_dev, st_ino), so a hard link is the same
 //! node and a node keeps its number for the life of the mount (and across restarts) even
@@ -15,39 +24,55 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::source::Fds;
 use crate::sys;
 
 pub const ROOT: u64 = 1;
+
+/// Deeper than any path of PATH_MAX bytes can be: a parent chain this long is a cycle
+/// (directories moved into each other behind the mount), answered ESTALE.
+const MAX_DEPTH: usize = libc::PATH_MAX as usize / 2 + 1;
+
+/// Where an object was last seen: under which node, by which name.
+#[derive(Debug)]
+struct Loc {
+    parent: Arc<Inode>,
+    name: Box<OsStr>,
+}
 
 /// One source object the kernel holds a reference to.
 #[derive(Debug)]
 pub struct Inode {
     pub nodeid: u64,
-    /// `O_PATH | O_NOFOLLOW` descriptor of the source object.
-    pub fd: OwnedFd,
     pub dev: u64,
     pub ino: u64,
     /// `st_mode & S_IFMT` at lookup; an object's type never changes.
     pub kind: u32,
     nlookup: AtomicU64,
+    /// `None` for the root only.
+    loc: Mutex<Option<Loc>>,
+    handle: Option<sys::FileHandle>,
 }
 
 impl Inode {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }
 
     pub fn is_symlink(&self) -> bool {
         self.kind == libc::S_IFLNK
+    }
+
+    /// The parent node this object was last seen under (`None` for the root).
+    pub fn parent(&self) -> Option<Arc<Inode>> {
+        self.loc.lock().as_ref().map(|l| l.parent.clone())
     }
 }
 
@@ -60,36 +85,65 @@ struct Numbering {
 pub struct InodeTable {
     by_id: RwLock<HashMap<u64, Arc<Inode>>>,
     numbering: Mutex<Numbering>,
-    root_dev: u64,
-    root_ino: u64,
+    root: Arc<Inode>,
+    /// SOURCE's root, held for the life of the mount; also the mount fd for handles.
+    root_fd: Arc<OwnedFd>,
+    pub fds: Fds,
+    /// SOURCE's root opened for reading: `open_by_handle_at` refuses `O_PATH` mount fds.
+    /// `None` when handles are not used.
+    mount_fd: Option<OwnedFd>,
 }
 
 impl InodeTable {
     /// A table holding SOURCE's root as node 1. `root` must be an `O_PATH` descriptor.
-    pub fn new(root: OwnedFd) -> io::Result<InodeTable> {
+    /// `use_handles` asks for file handles; they are used only if a probe on the root
+    /// shows they work here.
+    pub fn new(root: OwnedFd, fds: Fds, use_handles: bool) -> io::Result<InodeTable> {
         let st = sys::fstat(root.as_fd())?;
+        let mount_fd = if use_handles {
+            probe_handles(root.as_fd())
+        } else {
+            None
+        };
         let inode = Arc::new(Inode {
             nodeid: ROOT,
-            fd: root,
             dev: st.st_dev,
             ino: st.st_ino,
             kind: st.st_mode & libc::S_IFMT,
             // The root is never forgotten.
             nlookup: AtomicU64::new(1 << 62),
+            loc: Mutex::new(None),
+            handle: None,
         });
         let mut map = HashMap::new();
-        map.insert(ROOT, inode);
+        map.insert(ROOT, inode.clone());
         Ok(InodeTable {
             by_id: RwLock::new(map),
             numbering: Mutex::new(Numbering::default()),
-            root_dev: st.st_dev,
-            root_ino: st.st_ino,
+            root: inode,
+            root_fd: Arc::new(root),
+            fds,
+            mount_fd,
         })
+    }
+
+    /// Whether inodes are reopened by file handle (else by parent and name).
+    pub fn uses_handles(&self) -> bool {
+        self.mount_fd.is_some()
+    }
+
+    /// Inodes the kernel holds references to (the root included).
+    pub fn len(&self) -> usize {
+        self.by_id.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// The node id of a source object.
     pub fn nodeid_of(&self, dev: u64, ino: u64) -> u64 {
-        let base = if dev == self.root_dev {
+        let base = if dev == self.root.dev {
             ino
         } else {
             let mut n = self.numbering.lock();
@@ -102,10 +156,10 @@ impl InodeTable {
             };
             ino ^ (((idx as u64 + 1) & 0xff) << 56)
         };
-        if dev == self.root_dev && ino == self.root_ino {
+        if dev == self.root.dev && ino == self.root.ino {
             ROOT
         } else if base == ROOT {
-            self.root_ino
+            self.root.ino
         } else {
             base
         }
@@ -121,42 +175,216 @@ impl InodeTable {
     }
 
     pub fn root(&self) -> Arc<Inode> {
-        // Node 1 is inserted at construction and never removed.
-        self.by_id.read()[&ROOT].clone()
+        self.root.clone()
     }
 
-    /// Looks `name` up under `parent` and takes one kernel reference on the result.
-    pub fn lookup(&self, parent: &Inode, name: &OsStr) -> io::Result<(Arc<Inode>, sys::Stat)> {
-        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let st = sys::fstat(fd.as_fd())?;
-        Ok((self.insert(fd, &st), st))
+    /// SOURCE's root directory (an `O_PATH` descriptor).
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root_fd.as_fd()
     }
 
-    /// Registers an object by its open `O_PATH` descriptor and takes one kernel reference.
-    /// If the object is known already (a hard link, a second lookup), the known inode
-    /// is used and `fd` closed.
-    pub fn insert(&self, fd: OwnedFd, st: &sys::Stat) -> Arc<Inode> {
-        let nodeid = self.nodeid_of(st.st_dev, st.st_ino);
-        if let Some(inode) = self.by_id.read().get(&nodeid) {
-            inode.nlookup.fetch_add(1, Ordering::Relaxed);
-            return inode.clone();
+    /// A descriptor of the inode's source object (`O_PATH`, or an open handle's own),
+    /// made again if none is cached. ESTALE if the object is gone or was replaced.
+    ///
+    /// Must run with the daemon's own identity, not a caller's: reopening by handle needs
+    /// CAP_DAC_READ_SEARCH, and walking a parent chain must not depend on the caller's
+    /// search permissions (the operation itself then runs as the caller).
+    pub fn fd(&self, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
+        self.fd_at_depth(inode, 0)
+    }
+
+    fn fd_at_depth(&self, inode: &Inode, depth: usize) -> io::Result<Arc<OwnedFd>> {
+        if inode.nodeid == ROOT {
+            return Ok(self.root_fd.clone());
         }
-        let mut map = self.by_id.write();
-        let inode = map.entry(nodeid).or_insert_with(|| {
-            Arc::new(Inode {
-                nodeid,
-                fd,
-                dev: st.st_dev,
-                ino: st.st_ino,
-                kind: st.st_mode & libc::S_IFMT,
-                nlookup: AtomicU64::new(0),
-            })
-        });
-        inode.nlookup.fetch_add(1, Ordering::Relaxed);
-        inode.clone()
+        if let Some(fd) = self.fds.get(inode.nodeid) {
+            return Ok(fd);
+        }
+        if depth > MAX_DEPTH {
+            return Err(stale());
+        }
+        let fd = match self.reopen_by_handle(inode)? {
+            Some(fd) => fd,
+            None => self.reopen_by_name(inode, depth)?,
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        // By name, an inode number the filesystem reused for an object of the same type
+        // at the same name passes: a fresh lookup would give it this node id anyway (node
+        // ids are inode numbers). A handle also carries the generation, so it never does.
+        if st.st_dev != inode.dev
+            || st.st_ino != inode.ino
+            || st.st_mode & libc::S_IFMT != inode.kind
+        {
+            return Err(stale());
+        }
+        self.fds.count_reopen();
+        let fd = Arc::new(fd);
+        self.fds.put(inode.nodeid, fd.clone());
+        Ok(fd)
     }
 
-    /// Drops `n` kernel references; the inode (and its descriptor) goes at zero.
+    /// `None` when the inode has no handle or handles cannot be used for it.
+    fn reopen_by_handle(&self, inode: &Inode) -> io::Result<Option<OwnedFd>> {
+        let (Some(handle), Some(mount_fd)) = (&inode.handle, &self.mount_fd) else {
+            return Ok(None);
+        };
+        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        match self
+            .fds
+            .retry(|| sys::open_by_handle(mount_fd.as_fd(), handle, flags))
+        {
+            Ok(fd) => Ok(Some(fd)),
+            // Removed (and its inode freed) behind the mount.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => Err(stale()),
+            // Not allowed after all (capabilities dropped): go by name.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reopen_by_name(&self, inode: &Inode, depth: usize) -> io::Result<OwnedFd> {
+        loop {
+            let parent = inode.parent().ok_or_else(stale)?;
+            let pfd = self.fd_at_depth(&parent, depth + 1)?;
+            let loc = inode.loc.lock();
+            // Seen under another parent meanwhile: resolve that one instead.
+            match loc.as_ref() {
+                Some(l) if Arc::ptr_eq(&l.parent, &parent) => {
+                    let flags = libc::O_PATH | libc::O_NOFOLLOW;
+                    return match self
+                        .fds
+                        .retry(|| sys::openat(pfd.as_fd(), &l.name, flags, 0))
+                    {
+                        Err(e)
+                            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+                        {
+                            Err(stale())
+                        }
+                        r => r,
+                    };
+                }
+                Some(_) => continue,
+                None => return Err(stale()),
+            }
+        }
+    }
+
+    /// Looks `name` up under `parent`, whose descriptor is `pfd`, and takes one kernel
+    /// reference on the result. Runs as the caller (the lookup is theirs).
+    pub fn lookup(
+        &self,
+        parent: &Arc<Inode>,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<(Arc<Inode>, sys::Stat)> {
+        let fd = self
+            .fds
+            .retry(|| sys::openat(pfd, name, libc::O_PATH | libc::O_NOFOLLOW, 0))?;
+        let st = sys::fstat(fd.as_fd())?;
+        Ok((self.insert(parent, name, fd, &st), st))
+    }
+
+    /// Registers the object `fd` refers to, seen as `parent/name`, and takes one kernel
+    /// reference. A known object (a hard link, a second lookup) keeps its inode, which
+    /// now records this name.
+    pub fn insert(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        fd: OwnedFd,
+        st: &sys::Stat,
+    ) -> Arc<Inode> {
+        let nodeid = self.nodeid_of(st.st_dev, st.st_ino);
+        let known = self.by_id.read().get(&nodeid).cloned();
+        let inode = match known {
+            Some(inode) => {
+                inode.nlookup.fetch_add(1, Ordering::Relaxed);
+                self.moved(&inode, parent, name);
+                inode
+            }
+            None => {
+                let handle = if self.mount_fd.is_some() && st.st_dev == self.root.dev {
+                    sys::name_to_handle(fd.as_fd()).ok()
+                } else {
+                    None
+                };
+                let fresh = Arc::new(Inode {
+                    nodeid,
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    kind: st.st_mode & libc::S_IFMT,
+                    nlookup: AtomicU64::new(0),
+                    loc: Mutex::new(Some(Loc {
+                        parent: parent.clone(),
+                        name: name.into(),
+                    })),
+                    handle,
+                });
+                let mut map = self.by_id.write();
+                let inode = map.entry(nodeid).or_insert(fresh).clone();
+                drop(map);
+                inode.nlookup.fetch_add(1, Ordering::Relaxed);
+                inode
+            }
+        };
+        if self.fds.get(nodeid).is_none() {
+            self.fds.put(nodeid, Arc::new(fd));
+        }
+        inode
+    }
+
+    /// Records that an object is now `parent/name` (a lookup found it there, or a rename
+    /// through the mount moved it).
+    pub fn moved(&self, inode: &Inode, parent: &Arc<Inode>, name: &OsStr) {
+        if inode.nodeid == ROOT || inode.nodeid == parent.nodeid {
+            return;
+        }
+        let mut loc = inode.loc.lock();
+        if let Some(l) = loc.as_ref()
+            && Arc::ptr_eq(&l.parent, parent)
+            && &*l.name == name
+        {
+            return;
+        }
+        *loc = Some(Loc {
+            parent: parent.clone(),
+            name: name.into(),
+        });
+    }
+
+    /// The path of an inode relative to SOURCE, from the names it was last seen under.
+    /// `None` for the root, or a chain that does not reach it.
+    pub fn path_of(&self, inode: &Inode) -> Option<PathBuf> {
+        let mut names: Vec<Box<OsStr>> = Vec::new();
+        let mut cur = {
+            let loc = inode.loc.lock();
+            let l = loc.as_ref()?;
+            names.push(l.name.clone());
+            l.parent.clone()
+        };
+        while cur.nodeid != ROOT {
+            if names.len() > MAX_DEPTH {
+                return None;
+            }
+            let next = {
+                let loc = cur.loc.lock();
+                let l = loc.as_ref()?;
+                names.push(l.name.clone());
+                l.parent.clone()
+            };
+            cur = next;
+        }
+        let mut path = Vec::new();
+        for (i, n) in names.iter().rev().enumerate() {
+            if i > 0 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(n.as_bytes());
+        }
+        Some(PathBuf::from(OsStr::from_bytes(&path)))
+    }
+
+    /// Drops `n` kernel references; the inode (and its cached descriptor) goes at zero.
     pub fn forget(&self, nodeid: u64, n: u64) {
         if nodeid == ROOT {
             return;
@@ -169,7 +397,215 @@ impl InodeTable {
             );
             if prev <= n {
                 map.remove(&nodeid);
+                drop(map);
+                self.fds.forget(nodeid);
             }
         }
+    }
+}
+
+fn stale() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESTALE)
+}
+
+/// The mount fd for handles, if handles work on this filesystem for this process: one is
+/// made for the root and opened again.
+fn probe_handles(root: BorrowedFd<'_>) -> Option<OwnedFd> {
+    let probe = || -> io::Result<OwnedFd> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let mount_fd = sys::open_path(&sys::proc_path(root), flags, 0)?;
+        let h = sys::name_to_handle(root)?;
+        let again = sys::open_by_handle(mount_fd.as_fd(), &h, libc::O_PATH)?;
+        let (a, b) = (sys::fstat(again.as_fd())?, sys::fstat(root)?);
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+            return Err(io::Error::other("the root's handle opens another object"));
+        }
+        Ok(mount_fd)
+    };
+    match probe() {
+        Ok(fd) => {
+            tracing::debug!("inodes are reopened by file handle");
+            Some(fd)
+        }
+        Err(e) => {
+            tracing::info!("inodes are reopened by parent and name: no file handles here ({e})");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The table on a real directory, in process: no FUSE, no root needed (the handle
+    //! cases run only where this process may open by handle).
+    use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn table(dir: &Path, handles: bool, limit: u64) -> InodeTable {
+        let root = sys::open_path(&sys::cpath(dir).unwrap(), libc::O_PATH, 0).unwrap();
+        InodeTable::new(root, Fds::new(limit), handles).unwrap()
+    }
+
+    fn lookup(t: &InodeTable, parent: &Arc<Inode>, name: &str) -> io::Result<Arc<Inode>> {
+        let pfd = t.fd(parent)?;
+        t.lookup(parent, pfd.as_fd(), OsStr::new(name))
+            .map(|(i, _)| i)
+    }
+
+    fn errno<T>(r: io::Result<T>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    /// Both ways of reopening, or only by name where handles are not allowed here.
+    fn modes(dir: &Path) -> Vec<bool> {
+        if table(dir, true, 1024).uses_handles() {
+            vec![false, true]
+        } else {
+            vec![false]
+        }
+    }
+
+    #[test]
+    fn inodes_hold_no_descriptor_beyond_the_bound() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..300 {
+            fs::write(d.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        for handles in modes(d.path()) {
+            // Bound 8: 300 inodes, at most 8 cached descriptors.
+            let t = table(d.path(), handles, RESERVED_FOR_TEST + 16);
+            let root = t.root();
+            let inodes: Vec<_> = (0..300)
+                .map(|i| lookup(&t, &root, &format!("f{i}")).unwrap())
+                .collect();
+            assert_eq!(t.len(), 301);
+            assert_eq!(t.fds.stats().cached, 8);
+            // Every one still resolves to its own object.
+            for (i, inode) in inodes.iter().enumerate() {
+                let fd = t.fd(inode).unwrap();
+                let st = sys::fstat(fd.as_fd()).unwrap();
+                let want = fs::symlink_metadata(d.path().join(format!("f{i}"))).unwrap();
+                assert_eq!(st.st_ino, std::os::unix::fs::MetadataExt::ino(&want));
+            }
+            assert!(t.fds.stats().cached <= 8);
+        }
+    }
+
+    const RESERVED_FOR_TEST: u64 = crate::source::RESERVED;
+
+    #[test]
+    fn replaced_object_answers_estale_never_the_new_one() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("dir")).unwrap();
+        fs::write(d.path().join("dir/f"), b"old").unwrap();
+        for handles in modes(d.path()) {
+            let t = table(d.path(), handles, RESERVED_FOR_TEST + 16);
+            let root = t.root();
+            let dir = lookup(&t, &root, "dir").unwrap();
+            let f = lookup(&t, &dir, "f").unwrap();
+            // Replace f behind the table's back, and push its descriptor out of the cache.
+            fs::remove_file(d.path().join("dir/f")).unwrap();
+            fs::write(d.path().join("dir/f"), b"new").unwrap();
+            t.fds.forget(f.nodeid);
+            assert_eq!(errno(t.fd(&f)), Some(libc::ESTALE));
+            // A fresh lookup finds the new object, under a new node id.
+            let g = lookup(&t, &dir, "f").unwrap();
+            assert_ne!(g.nodeid, f.nodeid);
+            fs::write(d.path().join("dir/f"), b"old").unwrap();
+        }
+    }
+
+    #[test]
+    fn renamed_object_estale_by_name_found_by_handle_and_under_its_new_name() {
+        let d = tempfile::tempdir().unwrap();
+        for handles in modes(d.path()) {
+            fs::create_dir_all(d.path().join("a")).unwrap();
+            fs::write(d.path().join("a/f"), b"x").unwrap();
+            let t = table(d.path(), handles, RESERVED_FOR_TEST + 16);
+            let root = t.root();
+            let a = lookup(&t, &root, "a").unwrap();
+            let f = lookup(&t, &a, "f").unwrap();
+            fs::rename(d.path().join("a/f"), d.path().join("a/g")).unwrap();
+            t.fds.forget(f.nodeid);
+            if handles {
+                // The handle names the object itself, wherever it went.
+                assert!(t.fd(&f).is_ok());
+            } else {
+                assert_eq!(errno(t.fd(&f)), Some(libc::ESTALE));
+            }
+            // A lookup of the new name gives the same node, which now resolves there.
+            let g = lookup(&t, &a, "g").unwrap();
+            assert_eq!(g.nodeid, f.nodeid);
+            t.fds.forget(f.nodeid);
+            assert!(t.fd(&f).is_ok());
+            assert_eq!(t.path_of(&f), Some(PathBuf::from("a/g")));
+            fs::remove_dir_all(d.path().join("a")).unwrap();
+        }
+    }
+
+    #[test]
+    fn directory_swapped_for_a_symlink_is_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let outside = d.path().join("outside");
+        fs::create_dir_all(src.join("dir")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(src.join("dir/f"), b"inside").unwrap();
+        fs::write(outside.join("f"), b"outside").unwrap();
+        // By name only: the handle case never looks at names.
+        let t = table(&src, false, RESERVED_FOR_TEST + 16);
+        let root = t.root();
+        let dir = lookup(&t, &root, "dir").unwrap();
+        let f = lookup(&t, &dir, "f").unwrap();
+        fs::rename(src.join("dir"), src.join("dir.real")).unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("dir")).unwrap();
+        t.fds.forget(dir.nodeid);
+        t.fds.forget(f.nodeid);
+        // The parent now names a symlink: not followed, not mistaken for the directory.
+        assert_eq!(errno(t.fd(&f)), Some(libc::ESTALE));
+        assert_eq!(errno(t.fd(&dir)), Some(libc::ESTALE));
+        // A lookup under the symlink's node cannot reach outside either: it is no
+        // directory to the daemon.
+        let link = lookup(&t, &root, "dir").unwrap();
+        assert!(link.is_symlink());
+        assert_eq!(errno(lookup(&t, &link, "f")), Some(libc::ENOTDIR));
+    }
+
+    #[test]
+    fn path_of_follows_renames_through_the_table() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("Show/Season 01")).unwrap();
+        fs::create_dir_all(d.path().join("Other")).unwrap();
+        fs::write(d.path().join("Show/Season 01/E01.mkv"), b"x").unwrap();
+        let t = table(d.path(), false, 1024);
+        let root = t.root();
+        let show = lookup(&t, &root, "Show").unwrap();
+        let season = lookup(&t, &show, "Season 01").unwrap();
+        let ep = lookup(&t, &season, "E01.mkv").unwrap();
+        assert_eq!(
+            t.path_of(&ep),
+            Some(PathBuf::from("Show/Season 01/E01.mkv"))
+        );
+        assert_eq!(t.path_of(&root), None);
+        let other = lookup(&t, &root, "Other").unwrap();
+        t.moved(&season, &other, OsStr::new("S1"));
+        assert_eq!(t.path_of(&ep), Some(PathBuf::from("Other/S1/E01.mkv")));
+    }
+
+    #[test]
+    fn forget_drops_the_inode_and_its_descriptor() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), b"x").unwrap();
+        let t = table(d.path(), false, 1024);
+        let root = t.root();
+        let f = lookup(&t, &root, "f").unwrap();
+        let again = lookup(&t, &root, "f").unwrap();
+        assert_eq!(f.nodeid, again.nodeid);
+        t.forget(f.nodeid, 1);
+        assert!(t.get(f.nodeid).is_ok());
+        t.forget(f.nodeid, 1);
+        assert_eq!(errno(t.get(f.nodeid)), Some(libc::ESTALE));
+        assert_eq!(t.fds.stats().cached, 0);
     }
 }

@@ -6,7 +6,9 @@
 //! - `fuse`: the one `fuser::Filesystem` impl, a thin adapter over `overlay`.
 //! - `overlay`: the core; every operation passed through to SOURCE with the caller's
 //!   identity, through directory descriptors and single names (never joined paths).
-//! - `inodes`: node ids <-> source objects (an `O_PATH` descriptor each), lookup counts.
+//! - `inodes`: node ids <-> source objects (a file handle, or parent and name, each;
+//!   no descriptor held), lookup counts.
+//! - `source`: the bounded cache of SOURCE descriptors; shedding it when they run short.
 //! - `sys`: the only `unsafe`, thin libc wrappers.
 //!
 //! Invariants (ARCHITECTURE.md): the source is the truth; no stale bytes; reads never
@@ -25,4 +27,5 @@ pub mod options;
 pub mod overlay;
 pub mod policy;
 pub mod promoter;
+pub mod source;
 pub mod sys;

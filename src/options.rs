@@ -207,6 +207,19 @@ pub const OPTIONS: &[OptionSpec] = &[
                refuses (default: auto)",
     },
     OptionSpec {
+        name: "inode_handles",
+        kind: Kind::Value("auto|off", |c, v| {
+            c.inode_handles = match v.to_ascii_lowercase().as_str() {
+                "auto" => true,
+                "off" => false,
+                _ => return Err(bad_choice("inode_handles", v, "auto or off")),
+            };
+            Ok(())
+        }),
+        help: "reopen inodes by file handle where SOURCE's filesystem allows it; off: by \
+               parent and name (default: auto)",
+    },
+    OptionSpec {
         name: "allow_other",
         kind: Kind::Flag(|c| c.allow_other = true),
         help: "let other users use the mount, with kernel permission checks (default: off)",
@@ -739,6 +752,8 @@ mod tests {
             ("passthrough", "auto", |c| {
                 c.passthrough == Passthrough::Auto
             }),
+            ("inode_handles", "off", |c| !c.inode_handles),
+            ("inode_handles", "auto", |c| c.inode_handles),
         ];
         for (key, value, check) in table {
             for spelling in [key.to_string(), key.replace('_', "-")] {

@@ -626,34 +626,115 @@ pub fn set_umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask) }
 }
 
-/// Raises RLIMIT_NOFILE as far as allowed: to the kernel's `nr_open` where the process
-/// may raise its hard limit (root), else to the hard limit. The overlay holds one O_PATH
-/// fd per inode the kernel knows, and a scanned media library has hundreds of thousands.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+/// The soft and hard RLIMIT_NOFILE.
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = MaybeUninit::<libc::rlimit>::zeroed();
     // SAFETY: lim points to writable memory of the right size.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
     // SAFETY: getrlimit succeeded.
-    let mut lim = unsafe { lim.assume_init() };
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
-    if let Some(n) = nr_open
-        && n > lim.rlim_max
-    {
-        let want = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: n,
-        };
-        // SAFETY: want is a valid rlimit. Failing (not privileged) is fine: fall back.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            return Ok(n);
-        }
-    }
-    lim.rlim_cur = lim.rlim_max;
+    let lim = unsafe { lim.assume_init() };
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard one and returns it. The hard limit is the
+/// administrator's (systemd's `LimitNOFILE=`, `prlimit`) and is never raised: the daemon
+/// sizes its descriptor cache from whatever it gets (see `source.rs`).
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let (_, hard) = nofile_limit()?;
+    let lim = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
     // SAFETY: lim is a valid rlimit.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    Ok(lim.rlim_cur)
+    Ok(hard)
+}
+
+// ---- file handles ----
+
+/// The most bytes of a file handle kept inline in an inode. ext4 and xfs give 8 or 16,
+/// tmpfs 12, btrfs 20; a filesystem with longer handles is resolved by parent and name.
+pub const HANDLE_MAX: usize = 24;
+
+/// A filesystem's handle for an object (`name_to_handle_at`), enough to reopen it with
+/// `open_by_handle_at` wherever it has been renamed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHandle {
+    kind: i32,
+    len: u8,
+    bytes: [u8; HANDLE_MAX],
+}
+
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; libc::MAX_HANDLE_SZ as usize],
+}
+
+impl RawHandle {
+    fn empty() -> RawHandle {
+        RawHandle {
+            handle_bytes: libc::MAX_HANDLE_SZ as libc::c_uint,
+            handle_type: 0,
+            f_handle: [0; libc::MAX_HANDLE_SZ as usize],
+        }
+    }
+}
+
+/// The handle of the object `fd` refers to (any fd, `O_PATH` included). EOVERFLOW when
+/// the filesystem's handle is longer than `HANDLE_MAX`, EOPNOTSUPP when it has none.
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<FileHandle> {
+    let mut raw = RawHandle::empty();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: raw is a file_handle with room for MAX_HANDLE_SZ bytes, as handle_bytes
+    // says; the empty path is NUL-terminated; mount_id is a live local.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut raw as *mut RawHandle,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        ) as libc::c_int
+    })?;
+    let len = raw.handle_bytes as usize;
+    if len > HANDLE_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+    }
+    let mut bytes = [0u8; HANDLE_MAX];
+    bytes[..len].copy_from_slice(&raw.f_handle[..len]);
+    Ok(FileHandle {
+        kind: raw.handle_type,
+        len: len as u8,
+        bytes,
+    })
+}
+
+/// Opens the object a handle names, on the filesystem `mount_fd` is on. Needs
+/// CAP_DAC_READ_SEARCH (so never while the thread runs with a caller's fsuid); ESTALE
+/// when the object no longer exists.
+pub fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle: &FileHandle,
+    flags: i32,
+) -> io::Result<OwnedFd> {
+    let mut raw = RawHandle::empty();
+    raw.handle_bytes = handle.len as libc::c_uint;
+    raw.handle_type = handle.kind;
+    raw.f_handle[..handle.len as usize].copy_from_slice(&handle.bytes[..handle.len as usize]);
+    // SAFETY: raw is a valid file_handle of handle_bytes bytes; the fd returned is ours.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            &mut raw as *mut RawHandle,
+            flags | libc::O_CLOEXEC,
+        ) as libc::c_int
+    })?;
+    // SAFETY: fd was just returned by open_by_handle_at and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 // ---- mounting ----

@@ -12,6 +12,8 @@
 //! - `cache`: promotion, reads from the copy, staleness, single flight, prefetch.
 //! - `capacity`: limits, LRU eviction, pins, max_age, restarts, crashes, cache faults.
 //! - `lifecycle`: daemon mode, mount -t fuse.cachefs, stale mounts, cleanup, PID 1.
+//! - `scale`: libraries past the descriptor limit, objects renamed, removed or swapped for
+//!   symlinks behind the mount.
 //!
 //! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
 //! otherwise prints why it is skipped and returns.
@@ -39,3 +41,6 @@ mod capacity;
 
 #[path = "integration/lifecycle.rs"]
 mod lifecycle;
+
+#[path = "integration/scale.rs"]
+mod scale;

@@ -343,6 +343,11 @@ impl Cache {
                 self.ledger.forget(rel);
                 None
             }
+            // The daemon short of descriptors is no fault of the cache: serve SOURCE.
+            Err(e) if crate::source::is_exhaustion(&e) => {
+                tracing::debug!("lookup of {}: {e}", rel.display());
+                None
+            }
             Err(e) => {
                 self.ledger
                     .mark_unusable(&format!("lookup of {}: {e}", rel.display()));

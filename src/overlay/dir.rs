@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -15,7 +16,9 @@ use super::{Caller, Entry, Overlay};
 use crate::sys;
 
 pub(super) struct DirHandle {
-    fd: OwnedFd,
+    /// The directory, opened as the caller; also its inode's descriptor while open.
+    fd: Arc<OwnedFd>,
+    nodeid: u64,
     listing: Mutex<Vec<sys::DirEntry>>,
 }
 
@@ -34,22 +37,29 @@ const DOTDOT: &[u8] = b"..";
 
 impl Overlay {
     pub fn opendir(&self, caller: &Caller, nodeid: u64) -> io::Result<u64> {
-        let inode = self.inode(nodeid)?;
-        let _as = self.creds.enter(caller)?;
-        let fd = sys::openat(
-            inode.fd(),
-            OsStr::new("."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
-        Ok(self.dirs.insert(DirHandle {
-            fd,
+        let (_, path_fd) = self.node(nodeid)?;
+        let fd = {
+            let _as = self.creds.enter(caller)?;
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+            Arc::new(
+                self.inodes
+                    .fds
+                    .retry(|| sys::openat(path_fd.as_fd(), OsStr::new("."), flags, 0))?,
+            )
+        };
+        let fh = self.dirs.insert(DirHandle {
+            fd: fd.clone(),
+            nodeid,
             listing: Mutex::new(Vec::new()),
-        }))
+        });
+        self.inodes.fds.pin(nodeid, fh, fd);
+        Ok(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(fh);
+        if let Some(d) = self.dirs.remove(fh) {
+            self.inodes.fds.unpin(d.nodeid, fh);
+        }
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
@@ -123,7 +133,7 @@ impl Overlay {
         if i < 2 {
             let this = Entry {
                 nodeid,
-                stat: sys::fstat(inode.fd())?,
+                stat: sys::fstat(dir.fd.as_fd())?,
             };
             while i < 2 {
                 let name = OsStr::from_bytes(if i == 0 { DOT } else { DOTDOT });
@@ -134,7 +144,7 @@ impl Overlay {
             }
         }
         for (j, e) in listing.iter().enumerate().skip(i - 2) {
-            let entry = match self.lookup_inode(&inode, &e.name) {
+            let entry = match self.lookup_inode(&inode, dir.fd.as_fd(), &e.name) {
                 Ok(entry) => entry,
                 // Gone since the listing was read: leave it out, as a fresh listing would.
                 Err(_) => continue,

@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 
 use super::{Caller, Entry, Overlay, check_writable};
 use crate::sys::{self, TimeSpec};
@@ -39,13 +40,18 @@ fn timespec(t: Option<Timestamp>) -> TimeSpec {
 
 impl Overlay {
     pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Entry> {
-        let parent = self.inode(parent)?;
+        let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        self.lookup_inode(&parent, name)
+        self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
-    pub fn getattr(&self, nodeid: u64) -> io::Result<sys::Stat> {
-        sys::fstat(self.inode(nodeid)?.fd())
+    /// Attributes of a node; with `fh`, of that open file (which may be unlinked).
+    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> io::Result<sys::Stat> {
+        if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
+            return sys::fstat(h.fd.as_fd());
+        }
+        let (_, fd) = self.node(nodeid)?;
+        sys::fstat(fd.as_fd())
     }
 
     pub fn setattr(&self, caller: &Caller, nodeid: u64, set: &SetAttr) -> io::Result<sys::Stat> {
@@ -56,8 +62,9 @@ impl Overlay {
             // New content or a new mtime: the copy no longer matches; drop it first.
             self.invalidate_inode(&inode);
         }
+        let fd = self.fd(&inode)?;
         let _as = self.creds.enter(caller)?;
-        let proc = sys::proc_path(inode.fd());
+        let proc = sys::proc_path(fd.as_fd());
 
         if let Some(mode) = set.mode {
             match &handle {
@@ -70,7 +77,7 @@ impl Overlay {
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::fchownat_fd(inode.fd(), set.uid, set.gid)?;
+            sys::fchownat_fd(fd.as_fd(), set.uid, set.gid)?;
         }
         if let Some(size) = set.size {
             match &handle {
@@ -82,7 +89,7 @@ impl Overlay {
             let (a, m) = (timespec(set.atime), timespec(set.mtime));
             if inode.is_symlink() {
                 sys::utimensat(
-                    inode.fd.as_raw_fd(),
+                    fd.as_raw_fd(),
                     c"",
                     a,
                     m,
@@ -92,15 +99,15 @@ impl Overlay {
                 sys::utimensat(libc::AT_FDCWD, &proc, a, m, 0)?;
             }
         }
-        sys::fstat(inode.fd())
+        sys::fstat(fd.as_fd())
     }
 
     pub fn readlink(&self, nodeid: u64) -> io::Result<std::ffi::OsString> {
-        let inode = self.inode(nodeid)?;
+        let (inode, fd) = self.node(nodeid)?;
         if !inode.is_symlink() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        sys::readlink_fd(inode.fd())
+        sys::readlink_fd(fd.as_fd())
     }
 
     pub fn mknod(
@@ -112,10 +119,10 @@ impl Overlay {
         rdev: u32,
     ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
-        let parent = self.inode(parent)?;
+        let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::mknodat(parent.fd(), name, mode, rdev as u64)?;
-        self.lookup_inode(&parent, name)
+        sys::mknodat(pfd.as_fd(), name, mode, rdev as u64)?;
+        self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
     pub fn mkdir(
@@ -126,10 +133,10 @@ impl Overlay {
         mode: u32,
     ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
-        let parent = self.inode(parent)?;
+        let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::mkdirat(parent.fd(), name, mode)?;
-        self.lookup_inode(&parent, name)
+        sys::mkdirat(pfd.as_fd(), name, mode)?;
+        self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
     pub fn symlink(
@@ -140,10 +147,10 @@ impl Overlay {
         target: &OsStr,
     ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
-        let parent = self.inode(parent)?;
+        let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::symlinkat(target, parent.fd(), name)?;
-        self.lookup_inode(&parent, name)
+        sys::symlinkat(target, pfd.as_fd(), name)?;
+        self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
     pub fn link(
@@ -154,11 +161,11 @@ impl Overlay {
         newname: &OsStr,
     ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
-        let inode = self.inode(nodeid)?;
-        let newparent = self.inode(newparent)?;
+        let (_, fd) = self.node(nodeid)?;
+        let (newparent, npfd) = self.node(newparent)?;
         let _as = self.creds.enter(caller)?;
-        sys::link_fd(inode.fd(), newparent.fd(), newname)?;
-        self.lookup_inode(&newparent, newname)
+        sys::link_fd(fd.as_fd(), npfd.as_fd(), newname)?;
+        self.lookup_inode(&newparent, npfd.as_fd(), newname)
     }
 
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
@@ -171,10 +178,10 @@ impl Overlay {
 
     fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
         check_writable(&self.cfg)?;
-        let parent = self.inode(parent)?;
+        let (parent, pfd) = self.node(parent)?;
         {
             let _as = self.creds.enter(caller)?;
-            sys::unlinkat(parent.fd(), name, flags)?;
+            sys::unlinkat(pfd.as_fd(), name, flags)?;
         }
         if let (Some(cache), Some(rel)) = (&self.cache, self.rel_child(&parent, name)) {
             cache.invalidate_below(&rel);
@@ -192,8 +199,15 @@ impl Overlay {
         flags: u32,
     ) -> io::Result<()> {
         check_writable(&self.cfg)?;
-        let parent = self.inode(parent)?;
-        let newparent = self.inode(newparent)?;
+        let (parent, pfd) = self.node(parent)?;
+        let (newparent, npfd) = self.node(newparent)?;
+        // The nodes the rename moves, so their recorded names can follow.
+        let moving = self.known_child(pfd.as_fd(), name);
+        let exchanged = if flags & libc::RENAME_EXCHANGE != 0 {
+            self.known_child(npfd.as_fd(), newname)
+        } else {
+            None
+        };
         let from = self.rel_child(&parent, name);
         let to = self.rel_child(&newparent, newname);
         if let Some(cache) = &self.cache {
@@ -204,7 +218,13 @@ impl Overlay {
         }
         {
             let _as = self.creds.enter(caller)?;
-            sys::renameat2(parent.fd(), name, newparent.fd(), newname, flags)?;
+            sys::renameat2(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
+        }
+        if let Some(inode) = moving {
+            self.inodes.moved(&inode, &newparent, newname);
+        }
+        if let Some(inode) = exchanged {
+            self.inodes.moved(&inode, &parent, name);
         }
         if let Some(cache) = &self.cache {
             match (&from, &to) {
@@ -221,6 +241,18 @@ impl Overlay {
         Ok(())
     }
 
+    /// The node of `dir/name`, if the kernel knows it.
+    fn known_child(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Option<Arc<crate::inodes::Inode>> {
+        let st = sys::fstatat(dir, name, libc::AT_SYMLINK_NOFOLLOW).ok()?;
+        self.inodes
+            .get(self.inodes.nodeid_of(st.st_dev, st.st_ino))
+            .ok()
+    }
+
     /// Drops the cached copy of an inode's file, if it has a path and a copy.
     fn invalidate_inode(&self, inode: &crate::inodes::Inode) {
         if inode.kind != libc::S_IFREG {
@@ -232,17 +264,19 @@ impl Overlay {
     }
 
     pub fn statfs(&self, nodeid: u64) -> io::Result<libc::statvfs> {
-        let inode = self.inode(nodeid).unwrap_or_else(|_| self.inodes.root());
-        sys::fstatvfs(inode.fd())
+        match self.node(nodeid) {
+            Ok((_, fd)) => sys::fstatvfs(fd.as_fd()),
+            Err(_) => sys::fstatvfs(self.inodes.root_fd()),
+        }
     }
 
     pub fn access(&self, caller: &Caller, nodeid: u64, mask: i32) -> io::Result<()> {
-        let inode = self.inode(nodeid)?;
+        let (inode, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         if inode.is_symlink() {
             // access(2) follows symlinks; the kernel resolves them before asking us.
             return Ok(());
         }
-        sys::faccess(&sys::proc_path(inode.fd()), mask)
+        sys::faccess(&sys::proc_path(fd.as_fd()), mask)
     }
 }

@@ -55,8 +55,8 @@ enum Mode {
 }
 
 pub(super) struct FileHandle {
-    /// The source file, opened as the caller.
-    pub(super) fd: OwnedFd,
+    /// The source file, opened as the caller; also its inode's descriptor while open.
+    pub(super) fd: Arc<OwnedFd>,
     nodeid: u64,
     /// Opened for writing: never reads a copy, and drops any copy published meanwhile.
     writable: bool,
@@ -95,11 +95,17 @@ impl Overlay {
         if write {
             check_writable(&self.cfg)?;
         }
-        let inode = self.inode(nodeid)?;
+        let (inode, path_fd) = self.node(nodeid)?;
         let fd = {
             let _as = self.creds.enter(caller)?;
-            sys::open_path(&sys::proc_path(inode.fd()), flags & !STRIP, 0)?
+            let proc = sys::proc_path(path_fd.as_fd());
+            Arc::new(
+                self.inodes
+                    .fds
+                    .retry(|| sys::open_path(&proc, flags & !STRIP, 0))?,
+            )
         };
+        drop(path_fd);
         let regular = inode.kind == libc::S_IFREG;
         let rel = if regular && self.cache.is_some() {
             self.rel_of(&inode)
@@ -158,7 +164,7 @@ impl Overlay {
         let keep_cache = mode == Mode::Cached && copy.is_some();
         let generation = self.cache.as_ref().map_or(0, |c| c.ledger.generation());
         let fh = self.files.insert(FileHandle {
-            fd,
+            fd: fd.clone(),
             nodeid,
             writable: write,
             mode: Mutex::new(mode),
@@ -173,6 +179,7 @@ impl Overlay {
             promoted: AtomicBool::new(write),
             job: Mutex::new(None),
         });
+        self.inodes.fds.pin(nodeid, fh, fd);
         Ok(Opened {
             fh,
             passthrough,
@@ -210,21 +217,25 @@ impl Overlay {
         flags: i32,
     ) -> io::Result<(Entry, Opened)> {
         check_writable(&self.cfg)?;
-        let parent = self.inode(parent)?;
+        let (parent, pfd) = self.node(parent)?;
         let fd = {
             let _as = self.creds.enter(caller)?;
-            sys::openat(
-                parent.fd(),
-                name,
-                (flags & !(libc::O_NOCTTY)) | libc::O_CREAT | libc::O_NOFOLLOW,
-                mode,
-            )?
+            let flags = (flags & !(libc::O_NOCTTY)) | libc::O_CREAT | libc::O_NOFOLLOW;
+            Arc::new(
+                self.inodes
+                    .fds
+                    .retry(|| sys::openat(pfd.as_fd(), name, flags, mode))?,
+            )
         };
         // The inode's O_PATH descriptor comes from the open file itself, not from the name,
         // which another process could already have replaced.
-        let path_fd = sys::open_path(&sys::proc_path(fd.as_fd()), libc::O_PATH, 0)?;
+        let proc = sys::proc_path(fd.as_fd());
+        let path_fd = self
+            .inodes
+            .fds
+            .retry(|| sys::open_path(&proc, libc::O_PATH, 0))?;
         let stat = sys::fstat(path_fd.as_fd())?;
-        let inode = self.inodes.insert(path_fd, &stat);
+        let inode = self.inodes.insert(&parent, name, path_fd, &stat);
         let rel = self.rel_child(&parent, name);
         if let (Some(cache), Some(rel)) = (&self.cache, &rel) {
             // O_CREAT on an existing file, possibly with O_TRUNC.
@@ -244,7 +255,7 @@ impl Overlay {
             }
         };
         let fh = self.files.insert(FileHandle {
-            fd,
+            fd: fd.clone(),
             nodeid: inode.nodeid,
             writable: true,
             mode: Mutex::new(mode),
@@ -257,6 +268,7 @@ impl Overlay {
             promoted: AtomicBool::new(true),
             job: Mutex::new(None),
         });
+        self.inodes.fds.pin(inode.nodeid, fh, fd);
         Ok((
             Entry {
                 nodeid: inode.nodeid,
@@ -375,6 +387,7 @@ impl Overlay {
     /// open, so the kernel-side backing file can be let go.
     pub fn release(&self, fh: u64) -> Option<u64> {
         let h = self.files.remove(fh)?;
+        self.inodes.fds.unpin(h.nodeid, fh);
         if let Some(job) = h.job.lock().take() {
             job.reader_active.store(false, Ordering::Relaxed);
         }

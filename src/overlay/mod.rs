@@ -15,8 +15,7 @@ mod xattr;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +31,7 @@ pub use xattr::XattrReply;
 use crate::cache::Cache;
 use crate::config::{Config, Passthrough};
 use crate::inodes::{Inode, InodeTable};
+use crate::source::{FdStats, Fds};
 use crate::sys;
 
 /// A looked-up object: its node id and the source's attributes.
@@ -95,6 +95,8 @@ impl Overlay {
         let root_path = sys::cpath(&cfg.source)?;
         let root: OwnedFd = sys::open_path(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         sys::set_umask(0);
+        let (limit, _) = sys::nofile_limit()?;
+        let fds = Fds::new(limit);
         let cache = match Cache::open(&cfg, root.try_clone()?) {
             Ok(c) => Some(c),
             // Another instance owns this cache: refuse, never share (invariant 5).
@@ -107,9 +109,10 @@ impl Overlay {
                 None
             }
         };
+        let inodes = InodeTable::new(root, fds, cfg.inode_handles)?;
         Ok(Overlay {
             cfg,
-            inodes: InodeTable::new(root)?,
+            inodes,
             creds: creds::Creds::new(),
             files: Handles::new(),
             dirs: Handles::new(),
@@ -133,16 +136,10 @@ impl Overlay {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    /// The path of a source object relative to SOURCE, as the kernel tracks it for the
-    /// inode's descriptor (so renames made behind our back are followed). `None` for the
-    /// root, a deleted file, or a path too long to name.
+    /// The path of a source object relative to SOURCE, from the names it was last seen
+    /// under. `None` for the root.
     fn rel_of(&self, inode: &Inode) -> Option<PathBuf> {
-        let target = sys::readlink_path(&sys::proc_path(inode.fd())).ok()?;
-        let rel = Path::new(&target).strip_prefix(&self.cfg.source).ok()?;
-        if rel.as_os_str().is_empty() || target.as_bytes().ends_with(b" (deleted)") {
-            return None;
-        }
-        Some(rel.to_path_buf())
+        self.inodes.path_of(inode)
     }
 
     /// The path of `parent/name` relative to SOURCE.
@@ -157,16 +154,43 @@ impl Overlay {
         self.inodes.get(nodeid)
     }
 
+    /// A descriptor of an inode's source object. Call it before taking on a caller's
+    /// identity (see `InodeTable::fd`).
+    fn fd(&self, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
+        self.inodes.fd(inode)
+    }
+
+    /// A node and a descriptor of it, for an operation on the object itself.
+    fn node(&self, nodeid: u64) -> io::Result<(Arc<Inode>, Arc<OwnedFd>)> {
+        let inode = self.inode(nodeid)?;
+        let fd = self.fd(&inode)?;
+        Ok((inode, fd))
+    }
+
     pub fn forget(&self, nodeid: u64, n: u64) {
         self.inodes.forget(nodeid, n);
     }
 
-    fn lookup_inode(&self, parent: &Inode, name: &OsStr) -> io::Result<Entry> {
-        let (inode, stat) = self.inodes.lookup(parent, name)?;
+    fn lookup_inode(
+        &self,
+        parent: &Arc<Inode>,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<Entry> {
+        let (inode, stat) = self.inodes.lookup(parent, pfd, name)?;
         Ok(Entry {
             nodeid: inode.nodeid,
             stat,
         })
+    }
+
+    /// Inodes the kernel remembers, and the descriptor cache's state.
+    pub fn inode_stats(&self) -> (u64, bool, FdStats) {
+        (
+            self.inodes.len() as u64,
+            self.inodes.uses_handles(),
+            self.inodes.fds.stats(),
+        )
     }
 }
 
@@ -183,11 +207,11 @@ impl Overlay {
     /// Every regular file at or below `rel` in SOURCE (relative paths), walked by
     /// descriptor without following symlinks. The empty path is the root.
     pub fn regular_files_below(&self, rel: &Path) -> io::Result<Vec<PathBuf>> {
-        let start = match crate::cache::store::open_dir_below(self.inodes.root().fd(), rel) {
+        let start = match crate::cache::store::open_dir_below(self.inodes.root_fd(), rel) {
             Ok(d) => d,
             // Not a directory: a regular file is its own list.
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                let f = crate::cache::store::open_below(self.inodes.root().fd(), rel)?;
+                let f = crate::cache::store::open_below(self.inodes.root_fd(), rel)?;
                 return match sys::fstat(f.as_fd())?.st_mode & libc::S_IFMT {
                     libc::S_IFREG => Ok(vec![rel.to_path_buf()]),
                     _ => Err(io::Error::other("not a regular file or directory")),
@@ -220,8 +244,7 @@ impl Overlay {
         let Some(cache) = &self.cache else {
             return false;
         };
-        let root = self.inodes.root();
-        let Ok(src) = crate::cache::store::open_below(root.fd(), rel) else {
+        let Ok(src) = crate::cache::store::open_below(self.inodes.root_fd(), rel) else {
             return false;
         };
         sys::fstat(src.as_fd()).is_ok_and(|st| cache.lookup(rel, &st).is_some())

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::AsFd;
 
 use super::{Caller, Overlay, check_writable};
 use crate::sys;
@@ -35,18 +36,18 @@ impl Overlay {
         name: &OsStr,
         size: u32,
     ) -> io::Result<XattrReply> {
-        let inode = self.inode(nodeid)?;
+        let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::getxattr(&sys::proc_path(inode.fd()), name, &mut buf)?;
+        let n = sys::getxattr(&sys::proc_path(fd.as_fd()), name, &mut buf)?;
         reply(buf, n, size)
     }
 
     pub fn listxattr(&self, caller: &Caller, nodeid: u64, size: u32) -> io::Result<XattrReply> {
-        let inode = self.inode(nodeid)?;
+        let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::listxattr(&sys::proc_path(inode.fd()), &mut buf)?;
+        let n = sys::listxattr(&sys::proc_path(fd.as_fd()), &mut buf)?;
         reply(buf, n, size)
     }
 
@@ -59,15 +60,15 @@ impl Overlay {
         flags: i32,
     ) -> io::Result<()> {
         check_writable(&self.cfg)?;
-        let inode = self.inode(nodeid)?;
+        let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
-        sys::setxattr(&sys::proc_path(inode.fd()), name, value, flags)
+        sys::setxattr(&sys::proc_path(fd.as_fd()), name, value, flags)
     }
 
     pub fn removexattr(&self, caller: &Caller, nodeid: u64, name: &OsStr) -> io::Result<()> {
         check_writable(&self.cfg)?;
-        let inode = self.inode(nodeid)?;
+        let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
-        sys::removexattr(&sys::proc_path(inode.fd()), name)
+        sys::removexattr(&sys::proc_path(fd.as_fd()), name)
     }
 }

@@ -258,6 +258,7 @@ pub struct Builder {
     options: Vec<String>,
     args: Vec<OsString>,
     populate: Vec<Populate>,
+    nofile: Option<u64>,
 }
 
 impl Builder {
@@ -286,6 +287,12 @@ impl Builder {
         self
     }
 
+    /// Start the daemon with RLIMIT_NOFILE `n:n` (soft and hard), as `prlimit` would.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+
     /// Run `f(SOURCE)` before mounting.
     pub fn populate(mut self, f: impl FnOnce(&Path) + 'static) -> Self {
         self.populate.push(Box::new(f));
@@ -308,6 +315,7 @@ pub struct TestMount {
     pub log: PathBuf,
     /// The daemon's arguments, for restarts.
     argv: Vec<OsString>,
+    nofile: Option<u64>,
     child: Option<Child>,
     // Last: removed after Drop::drop has unmounted.
     _tmp: TempDir,
@@ -376,6 +384,7 @@ impl TestMount {
             mnt,
             log,
             argv,
+            nofile: b.nofile,
             child: None,
             _tmp: tmp,
         };
@@ -391,13 +400,28 @@ impl TestMount {
             .open(&self.log)
             .expect("open log");
         let err = out.try_clone().expect("dup log");
-        let child = Command::new(BIN)
-            .args(&self.argv)
+        let mut cmd = Command::new(BIN);
+        cmd.args(&self.argv)
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn cachefs");
+            .stderr(err);
+        if let Some(n) = self.nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; lim lives in this closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn cachefs");
         self.child = Some(child);
         self.wait_mounted();
     }
