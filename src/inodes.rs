@@ -204,26 +204,36 @@ impl InodeTable {
             return Err(stale());
         }
         let fd = match self.reopen_by_handle(inode)? {
-            Some(fd) => fd,
-            None => self.reopen_by_name(inode, depth)?,
+            Some(fd) if self.is_same(inode, fd.as_fd())? => fd,
+            // No handle, or a handle that no longer opens its object (gone, or never its
+            // own: see `insert`): by name, which answers ESTALE if it is not there either.
+            _ => {
+                let fd = self.reopen_by_name(inode, depth)?;
+                if !self.is_same(inode, fd.as_fd())? {
+                    return Err(stale());
+                }
+                fd
+            }
         };
-        let st = sys::fstat(fd.as_fd())?;
-        // By name, an inode number the filesystem reused for an object of the same type
-        // at the same name passes: a fresh lookup would give it this node id anyway (node
-        // ids are inode numbers). A handle also carries the generation, so it never does.
-        if st.st_dev != inode.dev
-            || st.st_ino != inode.ino
-            || st.st_mode & libc::S_IFMT != inode.kind
-        {
-            return Err(stale());
-        }
         self.fds.count_reopen();
         let fd = Arc::new(fd);
         self.fds.put(inode.nodeid, fd.clone());
         Ok(fd)
     }
 
-    /// `None` when the inode has no handle or handles cannot be used for it.
+    /// Whether `fd` is the inode's object. By name, an inode number the filesystem reused
+    /// for an object of the same type at the same name passes: a fresh lookup would give
+    /// it this node id anyway (node ids are inode numbers). A handle also carries the
+    /// generation, so it never opens a reused number's new object.
+    fn is_same(&self, inode: &Inode, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        let st = sys::fstat(fd)?;
+        Ok(st.st_dev == inode.dev
+            && st.st_ino == inode.ino
+            && st.st_mode & libc::S_IFMT == inode.kind)
+    }
+
+    /// `None` when the inode has no handle, handles cannot be used for it, or it opens
+    /// no object any more.
     fn reopen_by_handle(&self, inode: &Inode) -> io::Result<Option<OwnedFd>> {
         let (Some(handle), Some(mount_fd)) = (&inode.handle, &self.mount_fd) else {
             return Ok(None);
@@ -234,10 +244,16 @@ impl InodeTable {
             .retry(|| sys::open_by_handle(mount_fd.as_fd(), handle, flags))
         {
             Ok(fd) => Ok(Some(fd)),
-            // Removed (and its inode freed) behind the mount.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => Err(stale()),
-            // Not allowed after all (capabilities dropped): go by name.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => Ok(None),
+            // Removed (and its inode freed) behind the mount; or not allowed after all
+            // (capabilities dropped): go by name.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ESTALE | libc::ENOENT | libc::EPERM | libc::EOPNOTSUPP)
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -270,33 +286,50 @@ impl InodeTable {
     }
 
     /// Looks `name` up under `parent`, whose descriptor is `pfd`, and takes one kernel
-    /// reference on the result. Runs as the caller (the lookup is theirs).
+    /// reference on the result. Runs as the caller (the lookup is theirs). Opens
+    /// nothing: a stat, and for an object not seen before its handle; a descriptor is
+    /// made when an operation needs one.
     pub fn lookup(
         &self,
         parent: &Arc<Inode>,
         pfd: BorrowedFd<'_>,
         name: &OsStr,
     ) -> io::Result<(Arc<Inode>, sys::Stat)> {
-        let fd = self
-            .fds
-            .retry(|| sys::openat(pfd, name, libc::O_PATH | libc::O_NOFOLLOW, 0))?;
-        let st = sys::fstat(fd.as_fd())?;
-        Ok((self.insert(parent, name, fd, &st), st))
+        let st = sys::fstatat(pfd, name, libc::AT_SYMLINK_NOFOLLOW)?;
+        let inode = self.insert(parent, name, &st, || sys::name_to_handle_at(pfd, name));
+        Ok((inode, st))
     }
 
-    /// Registers the object `fd` refers to, seen as `parent/name`, and takes one kernel
-    /// reference. A known object (a hard link, a second lookup) keeps its inode, which
-    /// now records this name.
-    pub fn insert(
+    /// Registers an object just created and open as `fd` (whose name another process
+    /// could already have replaced), seen as `parent/name`, with one kernel reference.
+    pub fn insert_open(
         &self,
         parent: &Arc<Inode>,
         name: &OsStr,
-        fd: OwnedFd,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<(Arc<Inode>, sys::Stat)> {
+        let st = sys::fstat(fd)?;
+        let inode = self.insert(parent, name, &st, || sys::name_to_handle(fd));
+        Ok((inode, st))
+    }
+
+    /// Registers the object of `st`, seen as `parent/name`, and takes one kernel
+    /// reference. A known object (a hard link, a second lookup) keeps its inode, which
+    /// now records this name; a new one gets its handle from `handle`.
+    ///
+    /// The stat and the handle come from two calls, so a name replaced between them can
+    /// leave a new inode with another object's handle: reopening by it then fails the
+    /// identity check and falls back to the name, never serving the other object.
+    fn insert(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
         st: &sys::Stat,
+        handle: impl FnOnce() -> io::Result<sys::FileHandle>,
     ) -> Arc<Inode> {
         let nodeid = self.nodeid_of(st.st_dev, st.st_ino);
         let known = self.by_id.read().get(&nodeid).cloned();
-        let inode = match known {
+        match known {
             Some(inode) => {
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
                 self.moved(&inode, parent, name);
@@ -304,7 +337,7 @@ impl InodeTable {
             }
             None => {
                 let handle = if self.mount_fd.is_some() && st.st_dev == self.root.dev {
-                    sys::name_to_handle(fd.as_fd()).ok()
+                    handle().ok()
                 } else {
                     None
                 };
@@ -326,11 +359,7 @@ impl InodeTable {
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
                 inode
             }
-        };
-        if self.fds.get(nodeid).is_none() {
-            self.fds.put(nodeid, Arc::new(fd));
         }
-        inode
     }
 
     /// Records that an object is now `parent/name` (a lookup found it there, or a rename
@@ -480,7 +509,8 @@ mod tests {
                 .map(|i| lookup(&t, &root, &format!("f{i}")).unwrap())
                 .collect();
             assert_eq!(t.len(), 301);
-            assert_eq!(t.fds.stats().cached, 8);
+            // A lookup opens nothing.
+            assert_eq!(t.fds.stats().cached, 0);
             // Every one still resolves to its own object.
             for (i, inode) in inodes.iter().enumerate() {
                 let fd = t.fd(inode).unwrap();
@@ -488,7 +518,7 @@ mod tests {
                 let want = fs::symlink_metadata(d.path().join(format!("f{i}"))).unwrap();
                 assert_eq!(st.st_ino, std::os::unix::fs::MetadataExt::ino(&want));
             }
-            assert!(t.fds.stats().cached <= 8);
+            assert_eq!(t.fds.stats().cached, 8);
         }
     }
 
@@ -504,14 +534,21 @@ mod tests {
             let root = t.root();
             let dir = lookup(&t, &root, "dir").unwrap();
             let f = lookup(&t, &dir, "f").unwrap();
-            // Replace f behind the table's back, and push its descriptor out of the cache.
-            fs::remove_file(d.path().join("dir/f")).unwrap();
-            fs::write(d.path().join("dir/f"), b"new").unwrap();
+            // Replace f behind the table's back (the new file exists before the old one
+            // goes, so its inode number differs), with its descriptor out of the cache.
+            t.fd(&f).unwrap();
             t.fds.forget(f.nodeid);
+            fs::write(d.path().join("dir/f.new"), b"new").unwrap();
+            fs::rename(d.path().join("dir/f.new"), d.path().join("dir/f")).unwrap();
             assert_eq!(errno(t.fd(&f)), Some(libc::ESTALE));
             // A fresh lookup finds the new object, under a new node id.
             let g = lookup(&t, &dir, "f").unwrap();
             assert_ne!(g.nodeid, f.nodeid);
+            // Replaced by an object of another type, even one that reuses the number.
+            fs::remove_file(d.path().join("dir/f")).unwrap();
+            fs::create_dir(d.path().join("dir/f")).unwrap();
+            assert_eq!(errno(t.fd(&g)), Some(libc::ESTALE));
+            fs::remove_dir(d.path().join("dir/f")).unwrap();
             fs::write(d.path().join("dir/f"), b"old").unwrap();
         }
     }

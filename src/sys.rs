@@ -682,21 +682,30 @@ impl RawHandle {
     }
 }
 
-/// The handle of the object `fd` refers to (any fd, `O_PATH` included). EOVERFLOW when
-/// the filesystem's handle is longer than `HANDLE_MAX`, EOPNOTSUPP when it has none.
+/// The handle of the object `fd` refers to (any fd, `O_PATH` included).
 pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<FileHandle> {
+    handle_at(fd, c"", libc::AT_EMPTY_PATH)
+}
+
+/// The handle of `dir/name`, not following a symlink there. EOVERFLOW when the
+/// filesystem's handle is longer than `HANDLE_MAX`, EOPNOTSUPP when it has none.
+pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<FileHandle> {
+    handle_at(dir, &cstr(name)?, 0)
+}
+
+fn handle_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<FileHandle> {
     let mut raw = RawHandle::empty();
     let mut mount_id: libc::c_int = 0;
     // SAFETY: raw is a file_handle with room for MAX_HANDLE_SZ bytes, as handle_bytes
-    // says; the empty path is NUL-terminated; mount_id is a live local.
+    // says; name is NUL-terminated; mount_id is a live local.
     check(unsafe {
         libc::syscall(
             libc::SYS_name_to_handle_at,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             &mut raw as *mut RawHandle,
             &mut mount_id as *mut libc::c_int,
-            libc::AT_EMPTY_PATH,
+            flags,
         ) as libc::c_int
     })?;
     let len = raw.handle_bytes as usize;

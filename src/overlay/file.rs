@@ -227,15 +227,9 @@ impl Overlay {
                     .retry(|| sys::openat(pfd.as_fd(), name, flags, mode))?,
             )
         };
-        // The inode's O_PATH descriptor comes from the open file itself, not from the name,
-        // which another process could already have replaced.
-        let proc = sys::proc_path(fd.as_fd());
-        let path_fd = self
-            .inodes
-            .fds
-            .retry(|| sys::open_path(&proc, libc::O_PATH, 0))?;
-        let stat = sys::fstat(path_fd.as_fd())?;
-        let inode = self.inodes.insert(&parent, name, path_fd, &stat);
+        // The inode's identity comes from the open file itself, not from the name, which
+        // another process could already have replaced.
+        let (inode, stat) = self.inodes.insert_open(&parent, name, fd.as_fd())?;
         let rel = self.rel_child(&parent, name);
         if let (Some(cache), Some(rel)) = (&self.cache, &rel) {
             // O_CREAT on an existing file, possibly with O_TRUNC.

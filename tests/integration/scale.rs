@@ -194,8 +194,14 @@ fn daemon_descriptors_never_surface_as_emfile(handles: bool) {
         b = b.option("inode_handles=off");
     }
     let m = b.start();
-    // Fill the descriptor cache to its bound.
-    scan(&m.mnt);
+    // Fill the descriptor cache to its bound: a lookup opens nothing, an open resolves
+    // the node's descriptor and keeps it cached after the close.
+    for season in 1..=10 {
+        for ep in 1..=50 {
+            let p = format!("Show 0001/Season {season:02}/Show 0001 - S{season:02}E{ep:02}.mkv");
+            drop(fs::File::open(m.path(p)).unwrap());
+        }
+    }
     let st = status(&m);
     assert_eq!(num(&st, "fds_cached"), num(&st, "fds_bound"), "{st}");
     // Open files beyond what the limit leaves beside a full cache: the daemon sheds its
@@ -255,10 +261,19 @@ fn emfile_never_reaches_callers_while_the_daemon_can_shed_by_name() {
     daemon_descriptors_never_surface_as_emfile(false);
 }
 
-/// Pushes every cached descriptor out (the bound is 96 under a limit of 256).
+/// Pushes every cached descriptor out (the bound is 96 under a limit of 256): opens
+/// resolve nodes' descriptors, lookups alone do not.
 fn churn(m: &TestMount) {
-    scan(&m.mnt.join("Show 0001"));
-    scan(&m.mnt.join("Show 0002"));
+    for show in 1..=2 {
+        for season in 1..=2 {
+            for ep in 1..=50 {
+                let p = format!(
+                    "Show {show:04}/Season {season:02}/Show {show:04} - S{season:02}E{ep:02}.mkv"
+                );
+                drop(fs::File::open(m.path(p)).unwrap());
+            }
+        }
+    }
 }
 
 fn eventually_enoent(m: &TestMount, p: &Path) {
@@ -369,7 +384,8 @@ fn renamed_or_removed_behind_the_mount_then_found_under_new_names_by_name() {
 /// directory's own filesystem, not the mount); the daemon must never: nothing read
 /// through the mount's own device may be the outside file.
 fn symlink_swap_race(handles: bool) {
-    let mut b = TestMount::builder().nofile(256).option("promote=manual");
+    // The smallest descriptor cache (8), so that nodes are reopened all the time.
+    let mut b = TestMount::builder().nofile(80).option("promote=manual");
     if !handles {
         b = b.option("inode_handles=off");
     }
@@ -436,8 +452,13 @@ fn symlink_swap_race(handles: bool) {
                 }
                 if r == 0 {
                     // Push cached descriptors out, so nodes are reopened by name mid-race.
-                    let _ = fs::read_dir(mnt.join("Show 0001/Season 01"))
-                        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).count());
+                    for season in ["Season 01"] {
+                        if let Ok(d) = fs::read_dir(mnt.join("Show 0001").join(season)) {
+                            for e in d.flatten() {
+                                drop(fs::File::open(e.path()));
+                            }
+                        }
+                    }
                 }
             }
         }));
