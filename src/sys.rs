@@ -391,7 +391,22 @@ pub struct DirEntry {
     pub name: OsString,
 }
 
-/// Reads every entry of an open directory fd from its start (skipping `.` and `..`).
+/// The `DT_*` directory-entry type of an `st_mode`.
+pub fn dtype_of(mode: u32) -> u8 {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => libc::DT_REG,
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFCHR => libc::DT_CHR,
+        libc::S_IFBLK => libc::DT_BLK,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
+
+/// Reads every entry of an open directory fd from its start (skipping `.` and `..`),
+/// with each entry's type (a stat where the filesystem reports `DT_UNKNOWN`).
 pub fn read_dir_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
     lseek(fd, 0, libc::SEEK_SET)?;
     let mut out = Vec::new();
@@ -429,11 +444,17 @@ pub fn read_dir_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
                 .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
             if name != b"." && name != b".." {
-                out.push(DirEntry {
-                    ino,
-                    kind,
-                    name: OsString::from_vec(name.to_vec()),
-                });
+                let name = OsString::from_vec(name.to_vec());
+                // Some filesystems (XFS v4, ext4 without filetype, NFS, CIFS, FUSE) do not
+                // report types: ask the object, so walks that look for regular files and
+                // directories still find them.
+                let kind = if kind == libc::DT_UNKNOWN {
+                    fstatat(fd, &name, libc::AT_SYMLINK_NOFOLLOW)
+                        .map_or(libc::DT_UNKNOWN, |st| dtype_of(st.st_mode))
+                } else {
+                    kind
+                };
+                out.push(DirEntry { ino, kind, name });
             }
             pos += reclen;
         }

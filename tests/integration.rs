@@ -14,6 +14,7 @@
 //! - `lifecycle`: daemon mode, mount -t fuse.cachefs, stale mounts, cleanup, PID 1.
 //! - `scale`: libraries past the descriptor limit, objects renamed, removed or swapped for
 //!   symlinks behind the mount.
+//! - `regress`: regression tests for defects outside suites found, named after them.
 //!
 //! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
 //! otherwise prints why it is skipped and returns.
@@ -44,3 +45,6 @@ mod lifecycle;
 
 #[path = "integration/scale.rs"]
 mod scale;
+
+#[path = "integration/regress.rs"]
+mod regress;

@@ -40,12 +40,11 @@ impl Overlay {
         let (_, path_fd) = self.node(nodeid)?;
         let fd = {
             let _as = self.creds.enter(caller)?;
+            // Through /proc/self/fd, as a file is opened: reading a directory needs read
+            // permission only, where openat(dir, ".") would also need search permission.
+            let proc = sys::proc_path(path_fd.as_fd());
             let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-            Arc::new(
-                self.inodes
-                    .fds
-                    .retry(|| sys::openat(path_fd.as_fd(), OsStr::new("."), flags, 0))?,
-            )
+            Arc::new(self.inodes.fds.retry(|| sys::open_path(&proc, flags, 0))?)
         };
         let fh = self.dirs.insert(DirHandle {
             fd: fd.clone(),

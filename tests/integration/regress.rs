@@ -1,0 +1,189 @@
+//! Regression tests for defects found by outside suites, each named after what it guards:
+//! a case where a program saw on the mount what a plain directory would never show it.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::common::{
+    Creds, OTHER_GID, OTHER_UID, TestMount, as_user, cpath, errno, num, pattern, plain_dir,
+    promote_wait, status,
+};
+
+/// Opens `path` as a directory and reads one batch of entries: 0, or the errno.
+/// Async-signal-safe (for `as_user`).
+fn open_and_list(path: &CString) -> i32 {
+    // SAFETY: path is NUL-terminated; buf is a live local of the size passed.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        if fd < 0 {
+            return errno();
+        }
+        let mut buf = [0u8; 4096];
+        let n = libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len());
+        let e = errno();
+        libc::close(fd);
+        if n < 0 {
+            return e;
+        }
+        if n == 0 { libc::ENODATA } else { 0 }
+    }
+}
+
+/// pjdfstest open/06.t: a directory its owner may read but not search (0600) opens and
+/// lists, as on a plain directory; one it may search but not read (0300) does not.
+#[test]
+fn opendir_needs_read_permission_not_search() {
+    crate::require_mount!();
+    let setup = |root: &Path| {
+        for (name, mode) in [("d600", 0o600), ("d300", 0o300), ("d700", 0o700)] {
+            let d = root.join(name);
+            fs::create_dir(&d).unwrap();
+            fs::write(d.join("f"), b"x").unwrap();
+            chown(&d, Some(OTHER_UID), Some(OTHER_GID)).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    let m = TestMount::builder().allow_other().populate(setup).start();
+    let plain = plain_dir(true);
+    setup(plain.path());
+    for (name, want) in [("d600", 0), ("d300", libc::EACCES), ("d700", 0)] {
+        for root in [&m.mnt, &plain.path().to_path_buf()] {
+            let p = cpath(&root.join(name));
+            let got = as_user(&Creds::other(), move || open_and_list(&p));
+            assert_eq!(got, want, "opendir {name} in {}", root.display());
+        }
+    }
+}
+
+/// A file whose name really ends in " (deleted)" is cached and served from its copy
+/// like any other (the daemon once took the name for the kernel's mark of an unlinked
+/// file).
+#[test]
+fn name_ending_in_deleted_is_cached() {
+    crate::require_mount!();
+    let data = pattern(1 << 20, 9);
+    let d2 = data.clone();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| fs::write(src.join("Film (deleted)"), &d2).unwrap())
+        .start();
+    promote_wait(&m, "Film (deleted)");
+    let hits = num(&status(&m), "hits");
+    assert_eq!(fs::read(m.path("Film (deleted)")).unwrap(), data);
+    assert_eq!(
+        num(&status(&m), "hits"),
+        hits + 1,
+        "not served from the copy"
+    );
+}
+
+/// An ext4 image without the `filetype` feature, loop-mounted: its getdents reports
+/// DT_UNKNOWN for every entry, as XFS v4, NFS, CIFS and FUSE sources can. Unmounted (and
+/// its directory removed) on drop, after the cachefs mount above it is gone.
+struct UntypedFs {
+    dir: TempDir,
+}
+
+impl UntypedFs {
+    fn new() -> UntypedFs {
+        let dir = tempfile::Builder::new()
+            .prefix("cachefs-untyped.")
+            .tempdir()
+            .unwrap();
+        let img = dir.path().join("img");
+        fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^filetype,^has_journal"])
+            .arg(&img)
+            .output()
+            .expect("run mkfs.ext4 (e2fsprogs; scripts/prereqs.sh installs it)");
+        assert!(mkfs.status.success(), "mkfs.ext4: {:?}", mkfs);
+        fs::create_dir(dir.path().join("fs")).unwrap();
+        let mount = Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&img)
+            .arg(dir.path().join("fs"))
+            .output()
+            .expect("run mount");
+        assert!(mount.status.success(), "mount -o loop: {:?}", mount);
+        UntypedFs { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("fs")
+    }
+}
+
+impl Drop for UntypedFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.root()).status();
+    }
+}
+
+/// getdents64's type of every entry in `dir` but `.` and `..`.
+fn dtypes(dir: &Path) -> Vec<u8> {
+    let c = cpath(dir);
+    let mut out = Vec::new();
+    // SAFETY: c is NUL-terminated; buf is a live local of the size passed.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        assert!(fd >= 0);
+        let mut buf = [0u8; 8192];
+        let n = libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len());
+        libc::close(fd);
+        let mut pos = 0;
+        while pos + 19 <= n as usize {
+            let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+            let name = &buf[pos + 19..pos + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                out.push(buf[pos + 18]);
+            }
+            pos += reclen;
+        }
+    }
+    out
+}
+
+/// `promote DIR` finds the files of a source whose directory entries carry no type.
+#[test]
+fn promote_dir_finds_files_where_source_reports_dt_unknown() {
+    crate::require_mount!();
+    // Declared first: dropped after the mount.
+    let untyped = UntypedFs::new();
+    let show = untyped.root().join("Show/Season 01");
+    fs::create_dir_all(&show).unwrap();
+    for ep in 1..=3 {
+        fs::write(show.join(format!("E0{ep}.mkv")), pattern(64 << 10, ep)).unwrap();
+    }
+    assert!(
+        dtypes(&show).iter().all(|&t| t == libc::DT_UNKNOWN),
+        "the image reports entry types after all"
+    );
+    let real = untyped.root();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| {
+            // SOURCE becomes the untyped filesystem (the daemon follows SOURCE's path).
+            fs::remove_dir(src).unwrap();
+            std::os::unix::fs::symlink(&real, src).unwrap();
+        })
+        .start();
+    promote_wait(&m, "Show");
+    assert_eq!(num(&status(&m), "cached_files"), 3);
+    let hits = num(&status(&m), "hits");
+    for ep in 1..=3 {
+        let rel = format!("Show/Season 01/E0{ep}.mkv");
+        assert_eq!(fs::read(m.path(&rel)).unwrap(), pattern(64 << 10, ep));
+    }
+    assert_eq!(num(&status(&m), "hits"), hits + 3);
+    // The kernel gets real types too.
+    assert_eq!(dtypes(&m.path("Show/Season 01")), vec![libc::DT_REG; 3]);
+    drop(m);
+}
