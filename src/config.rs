@@ -54,6 +54,8 @@ pub struct Config {
     pub negative_timeout: Duration,
     /// Zero is off.
     pub meta_ttl: Duration,
+    /// Daemon mode: how long the parent waits for the mount to be live; zero is forever.
+    pub mount_timeout: Duration,
     pub log: Option<PathBuf>,
     /// `ADDR:PORT` as given; resolved when the listener starts.
     pub metrics: Option<String>,
@@ -90,6 +92,8 @@ impl Config {
             entry_timeout: Duration::from_secs(1),
             negative_timeout: Duration::from_secs(1),
             meta_ttl: Duration::ZERO,
+            // A SOURCE that hangs (a dead NFS server) must not hang `mount -a` at boot.
+            mount_timeout: Duration::from_secs(30),
             log: None,
             metrics: None,
             passthrough: Passthrough::Auto,

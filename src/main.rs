@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use cachefs::cli::{self, CliError, Command};
 use cachefs::logging;
+use cachefs::mount::DaemonError;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -22,22 +23,15 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Mount(mut cfg) => {
+        Command::Mount(mut cfg) if cfg.foreground => {
             if let Err(msg) = cli::check_paths(&mut cfg) {
                 eprintln!("cachefs: {msg}");
                 return ExitCode::from(EXIT_USAGE);
             }
-            let run = if cfg.foreground {
-                if let Err(e) = logging::init(cfg.debug, logging::Target::Stderr) {
-                    eprintln!("cachefs: {e}");
-                }
-                cachefs::mount::run_foreground(cfg)
-            } else {
-                // Returns in the parent once the mount is live (or has failed); the
-                // daemon goes on in a child of its own.
-                cachefs::mount::run_daemon(cfg)
-            };
-            match run {
+            if let Err(e) = logging::init(cfg.debug, logging::Target::Stderr) {
+                eprintln!("cachefs: {e}");
+            }
+            match cachefs::mount::run_foreground(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cachefs: {e}");
@@ -45,6 +39,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // Returns in the parent once the mount is live (or has failed, or timed out); the
+        // daemon goes on in a child of its own, which checks the paths first.
+        Command::Mount(cfg) => match cachefs::mount::run_daemon(cfg, cli::check_paths) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(DaemonError::Usage(msg)) => {
+                eprintln!("cachefs: {msg}");
+                ExitCode::from(EXIT_USAGE)
+            }
+            Err(DaemonError::Failed(e)) => {
+                eprintln!("cachefs: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         other => ExitCode::from(cachefs::control::run_command(other)),
     }
 }

@@ -399,35 +399,99 @@ fn notify_ready(r: Result<(), &str>) {
     if let Some(fd) = READY.lock().take() {
         let msg = match r {
             Ok(()) => "ok\n".to_string(),
-            Err(e) => format!("error {e}\n"),
+            Err(e) => format!("error {}\n", e.replace('\n', " ")),
         };
         let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
     }
 }
 
-/// Daemon mode: forks before any thread exists; the child mounts and serves, the parent
-/// returns once the child says the mount is live, or with the child's error.
-pub fn run_daemon(cfg: Config) -> Result<(), MountError> {
-    let (rx, tx) = sys::pipe().map_err(|e| err(format!("cannot make a pipe: {e}")))?;
-    match sys::fork().map_err(|e| err(format!("cannot fork the daemon: {e}")))? {
+/// How a daemon-mode mount failed.
+pub enum DaemonError {
+    /// Bad usage found once SOURCE could be looked at (exit 2).
+    Usage(String),
+    Failed(MountError),
+}
+
+/// Reads the child's one line from the readiness pipe, giving up after `timeout` (zero:
+/// never). `None` on timeout.
+fn read_ready_line(rx: OwnedFd, timeout: Duration) -> Option<String> {
+    let deadline = (!timeout.is_zero()).then(|| std::time::Instant::now() + timeout);
+    let mut f = std::fs::File::from(rx);
+    let mut line = Vec::new();
+    loop {
+        let wait_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                left.as_millis().clamp(1, i32::MAX as u128) as i32
+            }
+        };
+        match sys::wait_readable(std::os::fd::AsFd::as_fd(&f), wait_ms) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => break,
+        }
+        let mut b = [0u8; 256];
+        match io::Read::read(&mut f, &mut b) {
+            Ok(0) => break,
+            Ok(n) => {
+                line.extend_from_slice(&b[..n]);
+                // One line; the pipe may stay open in the daemon after it.
+                if line.contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let s = String::from_utf8_lossy(&line).into_owned();
+    Some(s.lines().next().unwrap_or("").to_string())
+}
+
+/// Daemon mode: forks before any thread exists and before SOURCE is looked at (a SOURCE
+/// that hangs must not hang the caller); the child checks the paths with `check`, mounts
+/// and serves, the parent returns once the child says the mount is live, with the
+/// child's error, or after `mount_timeout`, having stopped the child.
+pub fn run_daemon(
+    mut cfg: Config,
+    check: fn(&mut Config) -> Result<(), String>,
+) -> Result<(), DaemonError> {
+    let failed = |m: String| DaemonError::Failed(err(m));
+    let (rx, tx) = sys::pipe().map_err(|e| failed(format!("cannot make a pipe: {e}")))?;
+    match sys::fork().map_err(|e| failed(format!("cannot fork the daemon: {e}")))? {
         sys::Forked::Parent(pid) => {
             drop(tx);
-            // One line; the pipe may stay open in the daemon after it.
-            let mut answer = String::new();
-            let _ = io::BufRead::read_line(
-                &mut io::BufReader::new(std::fs::File::from(rx)),
-                &mut answer,
-            );
-            match answer.strip_suffix('\n').unwrap_or(&answer) {
+            let Some(answer) = read_ready_line(rx, cfg.mount_timeout) else {
+                // The child is stuck (on SOURCE, most likely): stop it, so that a mount
+                // reported as failed never appears later.
+                let _ = sys::kill(pid, libc::SIGKILL);
+                return Err(failed(format!(
+                    "the mount was not live after {} s (is SOURCE {} responding?); the daemon \
+                     (pid {pid}) was stopped. mount_timeout=SECS sets how long to wait",
+                    cfg.mount_timeout.as_secs(),
+                    cfg.source.display()
+                )));
+            };
+            match answer.as_str() {
                 "ok" => Ok(()),
-                a if a.starts_with("error ") => Err(err(&a["error ".len()..])),
-                _ => Err(err(format!(
+                a if a.starts_with("usage ") => Err(DaemonError::Usage(a["usage ".len()..].into())),
+                a if a.starts_with("error ") => Err(failed(a["error ".len()..].into())),
+                _ => Err(failed(format!(
                     "the daemon (pid {pid}) exited before the mount was live: see its log"
                 ))),
             }
         }
         sys::Forked::Child => {
             drop(rx);
+            if let Err(msg) = check(&mut cfg) {
+                let mut f = std::fs::File::from(tx);
+                let _ = f.write_all(format!("usage {}\n", msg.replace('\n', " ")).as_bytes());
+                sys::exit_now(2)
+            }
             *READY.lock() = Some(tx);
             let target = match &cfg.log {
                 Some(p) => logging::Target::File(p),

@@ -177,6 +177,15 @@ pub const OPTIONS: &[OptionSpec] = &[
                than this; 0 is off (default: 0)",
     },
     OptionSpec {
+        name: "mount_timeout",
+        kind: Kind::Value("SECS", |c, v| {
+            c.mount_timeout = parse_duration(v).map_err(|e| in_option("mount_timeout", e))?;
+            Ok(())
+        }),
+        help: "without -f, how long to wait for the mount to be live before giving up (a \
+               SOURCE that hangs); 0 waits forever (default: 30)",
+    },
+    OptionSpec {
         name: "log",
         kind: Kind::Value("FILE", |c, v| {
             c.log = Some(nonempty_path("log", v, "log=/var/log/cachefs.log")?);
@@ -753,6 +762,10 @@ mod tests {
                 c.passthrough == Passthrough::Auto
             }),
             ("inode_handles", "off", |c| !c.inode_handles),
+            ("mount_timeout", "5", |c| {
+                c.mount_timeout == Duration::from_secs(5)
+            }),
+            ("mount_timeout", "0", |c| c.mount_timeout.is_zero()),
             ("inode_handles", "auto", |c| c.inode_handles),
         ];
         for (key, value, check) in table {

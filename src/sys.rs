@@ -947,6 +947,32 @@ pub fn block_signals(signals: &[i32]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `sig` to a process this one started.
+pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::kill(pid as libc::pid_t, sig) }).map(drop)
+}
+
+/// Waits up to `timeout_ms` (negative: forever) for `fd` to be readable or closed.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: p is one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Sends `sig` to this process (a stop request reaches the signal thread this way).
 pub fn signal_self(sig: i32) -> io::Result<()> {
     // SAFETY: plain syscall.

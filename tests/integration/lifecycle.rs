@@ -192,6 +192,72 @@ fn daemon_mode_reports_an_impossible_mount() {
     );
 }
 
+/// Resumes a stopped daemon on drop, so its mount's teardown works even if the test
+/// fails first.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        send_signal(self.0, libc::SIGCONT);
+    }
+}
+
+/// A SOURCE that hangs (here a cachefs mount whose daemon is stopped, as a dead NFS
+/// server would) must not hang `mount -a`: daemon mode gives up after `mount_timeout`,
+/// exit 1 with a line naming SOURCE and the option, stops its child, and mounts nothing.
+#[test]
+fn daemon_mode_times_out_on_a_source_that_hangs() {
+    if !common::can_mount("daemon_mode_times_out_on_a_source_that_hangs") {
+        return;
+    }
+    let hung = TestMount::start();
+    let d = dirs();
+    send_signal(hung.pid(), libc::SIGSTOP);
+    let _resume = Resume(hung.pid());
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .arg(&hung.mnt)
+        .arg(&d.mnt)
+        .arg("--cache")
+        .arg(&d.cache)
+        .arg("-o")
+        .arg("mount_timeout=2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_deadline(&mut child, Duration::from_secs(20));
+    let Some(st) = st else {
+        send_signal(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+        panic!("daemon mode still waiting 20 s after mount_timeout=2");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.code(), Some(1), "{}: {err}", describe_status(&st));
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "gave up early: {err}"
+    );
+    assert!(err.contains("mount_timeout"), "{err}");
+    assert!(err.contains(&hung.mnt.display().to_string()), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The stopped daemon's child was killed; nothing was mounted.
+    let pid: u32 = err
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in: {err}"));
+    send_signal(hung.pid(), libc::SIGCONT);
+    assert!(
+        wait_gone(pid),
+        "the timed-out daemon {pid} is still running"
+    );
+    assert!(mounts_at(&d.mnt).is_empty());
+}
+
 /// Makes `/usr/local/bin/cachefs` this build (mount.fuse3 runs helpers with no PATH, so
 /// the binary must be there) for the life of the guard.
 struct Installed(bool);
