@@ -162,7 +162,11 @@ impl Filesystem for CachefsFs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_ASYNC_READ
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            // The daemon clears setuid/setgid on a non-owner's write itself, as the source
+            // filesystem would; without it the kernel asks for a chmod as the writer, which
+            // a non-owner may not do, and the write fails.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let offered = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!("kernel lacks FUSE capabilities {missing:?}");
@@ -380,17 +384,21 @@ impl Filesystem for CachefsFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.write(fh.0, offset, data) {
+        let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self
+            .core
+            .write(&caller(req), fh.0, offset, data, kill_suidgid)
+        {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }

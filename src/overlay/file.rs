@@ -348,8 +348,25 @@ impl Overlay {
         }
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+    /// Writes to the source. `kill_suidgid`: the kernel says the writer may not keep the
+    /// file's setuid/setgid bits (FUSE_HANDLE_KILLPRIV_V2). The write then runs with the
+    /// writer's identity, so the source filesystem clears the bits exactly as it would for
+    /// that writer (setgid too where the writer is not in the file's group). Truncates
+    /// always run with the caller's identity, so the same holds for them.
+    pub fn write(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> io::Result<u32> {
         let h = self.files.get(fh)?;
+        let _as = if kill_suidgid {
+            Some(self.creds.enter(caller)?)
+        } else {
+            None
+        };
         // A copy published since this handle opened (another open read enough to promote
         // it) is made stale by this write: drop it first.
         if let (Some(cache), Some(rel)) = (&self.cache, &h.rel) {

@@ -187,3 +187,85 @@ fn promote_dir_finds_files_where_source_reports_dt_unknown() {
     assert_eq!(dtypes(&m.path("Show/Season 01")), vec![libc::DT_REG; 3]);
     drop(m);
 }
+
+/// pjdfstest chmod/12.t: a write or truncate by a user who does not own a setuid or
+/// setgid file succeeds and clears the bits (setgid only with group execute), as on a
+/// plain directory; the kernel once asked the daemon to chmod as the writer, which
+/// failed, and the write with it.
+#[test]
+fn write_or_truncate_by_non_owner_clears_setuid_setgid() {
+    crate::require_mount!();
+    type Op = fn(&CString) -> i32;
+    fn write_one(p: &CString) -> i32 {
+        // SAFETY: p is NUL-terminated; the buffer is a static byte.
+        unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return errno();
+            }
+            let n = libc::write(fd, b"x".as_ptr().cast(), 1);
+            let e = errno();
+            libc::close(fd);
+            if n == 1 { 0 } else { e }
+        }
+    }
+    fn truncate(p: &CString) -> i32 {
+        // SAFETY: p is NUL-terminated.
+        if unsafe { libc::truncate(p.as_ptr(), 1) } == 0 {
+            0
+        } else {
+            errno()
+        }
+    }
+    fn ftruncate(p: &CString) -> i32 {
+        // SAFETY: p is NUL-terminated.
+        unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return errno();
+            }
+            let r = libc::ftruncate(fd, 2);
+            let e = errno();
+            libc::close(fd);
+            if r == 0 { 0 } else { e }
+        }
+    }
+    let ops: [(&str, Op); 3] = [
+        ("write", write_one),
+        ("truncate", truncate),
+        ("ftruncate", ftruncate),
+    ];
+    let modes = [0o6777, 0o6766, 0o4777, 0o2777];
+    let setup = move |root: &Path| {
+        for (op, _) in ops {
+            for mode in modes {
+                let f = root.join(format!("{op}-{mode:o}"));
+                fs::write(&f, b"data").unwrap();
+                fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
+    };
+    let m = TestMount::builder().allow_other().populate(setup).start();
+    let plain = plain_dir(true);
+    setup(plain.path());
+    for (op, f) in ops {
+        for mode in modes {
+            let name = format!("{op}-{mode:o}");
+            let mut seen = Vec::new();
+            for (root, check) in [
+                (&m.mnt, &m.source),
+                (&plain.path().to_path_buf(), &plain.path().to_path_buf()),
+            ] {
+                let p = cpath(&root.join(&name));
+                let code = as_user(&Creds::other(), move || f(&p));
+                let md = fs::metadata(check.join(&name)).unwrap();
+                seen.push((code, md.permissions().mode() & 0o7777, md.len()));
+            }
+            assert_eq!(
+                seen[0], seen[1],
+                "{name}: (errno, mode, size) on the mount vs plain"
+            );
+            assert_eq!(seen[0].0, 0, "{name} failed on the plain directory too");
+        }
+    }
+}
