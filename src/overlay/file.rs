@@ -60,6 +60,9 @@ pub(super) struct FileHandle {
     nodeid: u64,
     /// Opened for writing: never reads a copy, and drops any copy published meanwhile.
     writable: bool,
+    /// Opened with O_DIRECT: the source's pages are written back and dropped after each
+    /// transfer, so nothing of it stays in the page cache.
+    o_direct: bool,
     mode: Mutex<Mode>,
     /// Path relative to SOURCE, for the cache; `None` when it has none.
     rel: Option<PathBuf>,
@@ -82,8 +85,12 @@ pub struct Opened {
 }
 
 /// Flags that only make sense to the kernel's own open path, or that would make the
-/// open through `/proc/self/fd` fail (O_NOFOLLOW: that path is a magic link).
-const STRIP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW;
+/// open through `/proc/self/fd` fail (O_NOFOLLOW: that path is a magic link). O_DIRECT
+/// is honoured as direct I/O between the caller and the daemon (no page cache in the
+/// mount) and by dropping the source's pages after each transfer; passed to the source
+/// it would impose its alignment on the daemon's own buffers (EINVAL).
+const STRIP: i32 =
+    libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_DIRECT;
 
 fn is_write(flags: i32) -> bool {
     matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR) || flags & libc::O_TRUNC != 0
@@ -146,6 +153,8 @@ impl Overlay {
                 (Some(_), Some(b)) => (Mode::Passthrough, Some(b.clone())),
                 _ => (Mode::Direct, None),
             }
+        } else if flags & libc::O_DIRECT != 0 {
+            (Mode::Direct, None)
         } else if state.cached > 0 || state.direct > 0 {
             (Mode::Cached, None)
         } else if copy.is_some() && self.passthrough_enabled() {
@@ -167,6 +176,7 @@ impl Overlay {
             fd: fd.clone(),
             nodeid,
             writable: write,
+            o_direct: flags & libc::O_DIRECT != 0,
             mode: Mutex::new(mode),
             rel,
             copy: Mutex::new(if mode == Mode::Passthrough {
@@ -220,7 +230,8 @@ impl Overlay {
         let (parent, pfd) = self.node(parent)?;
         let fd = {
             let _as = self.creds.enter(caller)?;
-            let flags = (flags & !(libc::O_NOCTTY)) | libc::O_CREAT | libc::O_NOFOLLOW;
+            let flags =
+                (flags & !(libc::O_NOCTTY | libc::O_DIRECT)) | libc::O_CREAT | libc::O_NOFOLLOW;
             Arc::new(
                 self.inodes
                     .fds
@@ -240,7 +251,7 @@ impl Overlay {
         let mode = {
             let mut io = self.io.lock();
             let state = io.entry(inode.nodeid).or_default();
-            if state.passthrough > 0 {
+            if state.passthrough > 0 || flags & libc::O_DIRECT != 0 {
                 state.direct += 1;
                 Mode::Direct
             } else {
@@ -252,6 +263,7 @@ impl Overlay {
             fd: fd.clone(),
             nodeid: inode.nodeid,
             writable: true,
+            o_direct: flags & libc::O_DIRECT != 0,
             mode: Mutex::new(mode),
             rel,
             copy: Mutex::new(None),
@@ -298,6 +310,9 @@ impl Overlay {
             },
             None => read_full(h.fd.as_fd(), &mut buf, offset)?,
         };
+        if h.o_direct && copy.is_none() {
+            drop_pages(&h, offset, n as u64, false);
+        }
         buf.truncate(n);
         if copy.is_none() {
             self.count_read(&h, offset, n as u64);
@@ -383,6 +398,9 @@ impl Overlay {
             }
             done += n;
         }
+        if h.o_direct {
+            drop_pages(&h, offset, done as u64, true);
+        }
         Ok(done as u32)
     }
 
@@ -445,6 +463,18 @@ impl Overlay {
         sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)
             .map(|n| n as u32)
     }
+}
+
+/// O_DIRECT's meaning on the source: the range's pages written back (`written`) and
+/// dropped. Advice only: a failure changes nothing the caller sees.
+fn drop_pages(h: &FileHandle, offset: u64, len: u64, written: bool) {
+    if len == 0 {
+        return;
+    }
+    if written {
+        let _ = sys::sync_range(h.fd.as_fd(), offset, len);
+    }
+    let _ = sys::fadvise(h.fd.as_fd(), offset, len, libc::POSIX_FADV_DONTNEED);
 }
 
 /// Reads until `buf` is full or the file ends: a short read means end of file to the

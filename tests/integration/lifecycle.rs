@@ -233,6 +233,9 @@ fn daemon_mode_times_out_on_a_source_that_hangs() {
         let _ = child.wait();
         panic!("daemon mode still waiting 20 s after mount_timeout=2");
     };
+    // The timed-out daemon may hold our stderr pipe while it waits, unkillable, on the
+    // request the stopped daemon had read: resume that one before reading to the end.
+    send_signal(hung.pid(), libc::SIGCONT);
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(st.code(), Some(1), "{}: {err}", describe_status(&st));
@@ -250,7 +253,6 @@ fn daemon_mode_times_out_on_a_source_that_hangs() {
         .and_then(|r| r.split(')').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in: {err}"));
-    send_signal(hung.pid(), libc::SIGCONT);
     assert!(
         wait_gone(pid),
         "the timed-out daemon {pid} is still running"
