@@ -14,21 +14,16 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use std::collections::HashMap;
-
 use fuser::BackingId;
-use parking_lot::Mutex;
 
 use crate::config::Passthrough;
-use crate::overlay::{Caller, Entry, Opened, Overlay, SetAttr, Timestamp, XattrReply};
+use crate::overlay::{
+    Backing, BackingToken, Caller, Entry, Opened, Overlay, SetAttr, Timestamp, XattrReply,
+};
 use crate::sys;
 
 pub struct CachefsFs {
     core: Arc<Overlay>,
-    /// The kernel's backing-file registration of each inode open by passthrough, shared by
-    /// all its passthrough opens (the kernel requires one backing file per inode) and
-    /// dropped at the last one's release.
-    backings: Mutex<HashMap<u64, Arc<BackingId>>>,
     attr_ttl: Duration,
     entry_ttl: Duration,
     negative_ttl: Duration,
@@ -39,7 +34,6 @@ impl CachefsFs {
         let cfg = core.cfg.clone();
         CachefsFs {
             core,
-            backings: Mutex::new(HashMap::new()),
             attr_ttl: cfg.attr_timeout,
             entry_ttl: cfg.entry_timeout,
             negative_ttl: cfg.negative_timeout,
@@ -339,18 +333,19 @@ impl Filesystem for CachefsFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let fh = FileHandle(o.fh);
-        if let Some(file) = &o.passthrough {
-            let id = {
-                let mut b = self.backings.lock();
-                match b.get(&ino.0) {
-                    Some(id) => Ok(id.clone()),
-                    None => reply.open_backing(file.as_ref()).map(|id| {
-                        let id = Arc::new(id);
-                        b.insert(ino.0, id.clone());
-                        id
-                    }),
-                }
+        if let Some(backing) = o.passthrough {
+            // The core owns the registration (one per inode, shared by its passthrough
+            // opens); a new one is registered here and handed to it.
+            let token: io::Result<BackingToken> = match backing {
+                Backing::Registered(t) => Ok(t),
+                Backing::Unregistered(file) => reply
+                    .open_backing(file.as_ref())
+                    .map(|id| self.core.backing_registered(ino.0, Arc::new(id))),
             };
+            let id = token.and_then(|t| {
+                t.downcast::<BackingId>()
+                    .map_err(|_| io::Error::other("backing token of another type"))
+            });
             match id {
                 Ok(id) => return reply.opened_passthrough(fh, FopenFlags::empty(), &id),
                 Err(e) => {
@@ -425,9 +420,7 @@ impl Filesystem for CachefsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(nodeid) = self.core.release(fh.0) {
-            self.backings.lock().remove(&nodeid);
-        }
+        self.core.release(fh.0);
         reply.ok();
     }
 

@@ -63,7 +63,7 @@ impl Overlay {
             self.invalidate_inode(&inode);
         }
         let fd = self.fd(&inode)?;
-        let _as = self.creds.enter(caller)?;
+        let mut as_caller = Some(self.creds.enter(caller)?);
         let proc = sys::proc_path(fd.as_fd());
 
         if let Some(mode) = set.mode {
@@ -84,6 +84,10 @@ impl Overlay {
                 Some(h) => sys::ftruncate(h.fd.as_fd(), size)?,
                 None => sys::truncate_path(&proc, size)?,
             }
+            // Readers already open follow the new size; their copies are the daemon's own.
+            drop(as_caller.take());
+            self.truncated(nodeid, size);
+            as_caller = Some(self.creds.enter(caller)?);
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let (a, m) = (timespec(set.atime), timespec(set.mtime));
@@ -99,6 +103,7 @@ impl Overlay {
                 sys::utimensat(libc::AT_FDCWD, &proc, a, m, 0)?;
             }
         }
+        drop(as_caller);
         sys::fstat(fd.as_fd())
     }
 

@@ -39,6 +39,22 @@ pub(super) struct InodeIo {
     /// Direct-I/O opens (beside passthrough ones).
     direct: u32,
     backing: Option<Arc<File>>,
+    /// The kernel's registration of `backing`, shared by all passthrough opens and
+    /// dropped (closing it) with the last of them, under the same lock that counts them:
+    /// an open can never pick up a registration that a release is about to close.
+    token: Option<BackingToken>,
+}
+
+/// The kernel's registration of a backing file (a fuser `BackingId`, opaque here so the
+/// core knows nothing of fuser). Dropping the last clone closes the registration.
+pub type BackingToken = Arc<dyn std::any::Any + Send + Sync>;
+
+/// The backing file of a passthrough open.
+pub enum Backing {
+    /// Already registered with the kernel by an earlier open of the inode.
+    Registered(BackingToken),
+    /// To be registered by the caller, then handed back with `backing_registered`.
+    Unregistered(Arc<File>),
 }
 
 impl InodeIo {
@@ -79,7 +95,7 @@ pub(super) struct FileHandle {
 pub struct Opened {
     pub fh: u64,
     /// Serve by passthrough to this file (shared by all passthrough opens of the inode).
-    pub passthrough: Option<Arc<File>>,
+    pub passthrough: Option<Backing>,
     pub direct_io: bool,
     pub keep_cache: bool,
 }
@@ -123,8 +139,10 @@ impl Overlay {
         let copy = match (&self.cache, &rel) {
             (Some(cache), Some(rel)) => {
                 if write {
-                    // The source is about to change: no copy of it may outlive this open.
+                    // The source is about to change: no copy of it may outlive this open,
+                    // nor be read any more by readers already open.
                     cache.invalidate(rel);
+                    self.readers_leave_copies(nodeid);
                     None
                 } else {
                     let st = sys::fstat(fd.as_fd())?;
@@ -149,8 +167,11 @@ impl Overlay {
         let (mode, passthrough) = if state.passthrough > 0 {
             // Passthrough opens are live: a further one must share their backing file;
             // anything else must be direct I/O to coexist with them.
-            match (&copy, &state.backing) {
-                (Some(_), Some(b)) => (Mode::Passthrough, Some(b.clone())),
+            match (&copy, &state.backing, &state.token) {
+                (Some(_), _, Some(t)) => (Mode::Passthrough, Some(Backing::Registered(t.clone()))),
+                (Some(_), Some(b), None) => {
+                    (Mode::Passthrough, Some(Backing::Unregistered(b.clone())))
+                }
                 _ => (Mode::Direct, None),
             }
         } else if flags & libc::O_DIRECT != 0 {
@@ -159,7 +180,7 @@ impl Overlay {
             (Mode::Cached, None)
         } else if copy.is_some() && self.passthrough_enabled() {
             state.backing = copy.clone();
-            (Mode::Passthrough, copy.clone())
+            (Mode::Passthrough, copy.clone().map(Backing::Unregistered))
         } else {
             (Mode::Cached, None)
         };
@@ -198,6 +219,46 @@ impl Overlay {
         })
     }
 
+    /// The bytes of `nodeid` are about to change through the mount: handles the daemon
+    /// serves from a cached copy read SOURCE from now on, so every reader already open
+    /// sees the change as on a plain directory (invariant 10). Passthrough readers are
+    /// served by the kernel from the backing copy; see `truncated`.
+    pub(super) fn readers_leave_copies(&self, nodeid: u64) {
+        for h in self.files.map.lock().values() {
+            if h.nodeid == nodeid {
+                *h.copy.lock() = None;
+            }
+        }
+    }
+
+    /// `nodeid` was truncated to `size` through the mount. Passthrough readers read the
+    /// backing copy, which no longer matches: it is truncated the same way (the copy is
+    /// already out of the cache, its open readers keep it until they close), so they
+    /// see the new size, not the old bytes. A cache-side failure is logged; readers then
+    /// keep the old bytes past `size` until they reopen.
+    pub(super) fn truncated(&self, nodeid: u64, size: u64) {
+        self.readers_leave_copies(nodeid);
+        let backing = self.io.lock().get(&nodeid).and_then(|s| s.backing.clone());
+        if let Some(b) = backing {
+            let r = sys::open_path(&sys::proc_path(b.as_fd()), libc::O_WRONLY, 0)
+                .and_then(|fd| sys::ftruncate(fd.as_fd(), size));
+            if let Err(e) = r {
+                tracing::warn!("cannot truncate the copy open passthrough readers use: {e}");
+            }
+        }
+    }
+
+    /// The kernel registered the backing file of a passthrough open of `nodeid` as
+    /// `token`. Returns the registration all its passthrough opens are to use: `token`,
+    /// or the one another open registered first (then `token` is dropped, closing it).
+    pub fn backing_registered(&self, nodeid: u64, token: BackingToken) -> BackingToken {
+        let mut io = self.io.lock();
+        match io.get_mut(&nodeid) {
+            Some(state) if state.passthrough > 0 => state.token.get_or_insert(token).clone(),
+            _ => token,
+        }
+    }
+
     /// The kernel refused the backing file of a passthrough open: serve that handle (and
     /// the inode's later opens) through the daemon instead, reading the same copy.
     pub fn passthrough_failed(&self, fh: u64) {
@@ -207,15 +268,19 @@ impl Overlay {
             return;
         }
         let mut io = self.io.lock();
+        let mut closing = None;
         if let Some(state) = io.get_mut(&h.nodeid) {
             state.passthrough -= 1;
             state.cached += 1;
             *h.copy.lock() = state.backing.clone();
             if state.passthrough == 0 {
                 state.backing = None;
+                closing = state.token.take();
             }
         }
         *mode = Mode::Cached;
+        drop(io);
+        drop(closing);
     }
 
     pub fn create(
@@ -245,6 +310,7 @@ impl Overlay {
         if let (Some(cache), Some(rel)) = (&self.cache, &rel) {
             // O_CREAT on an existing file, possibly with O_TRUNC.
             cache.invalidate(rel);
+            self.readers_leave_copies(inode.nodeid);
         }
         // O_CREAT can open an existing file that readers have open by passthrough: then
         // this open must be direct I/O to coexist with them, as in `open`.
@@ -388,6 +454,7 @@ impl Overlay {
             let generation = cache.ledger.generation();
             if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
                 cache.invalidate(rel);
+                self.readers_leave_copies(h.nodeid);
             }
         }
         let mut done = 0;
@@ -412,30 +479,36 @@ impl Overlay {
         sys::fsync(self.files.get(fh)?.fd.as_fd(), datasync)
     }
 
-    /// Closes a handle. Returns the node id if this was the inode's last passthrough
-    /// open, so the kernel-side backing file can be let go.
-    pub fn release(&self, fh: u64) -> Option<u64> {
-        let h = self.files.remove(fh)?;
+    /// Closes a handle. The last passthrough open of an inode closes its backing file's
+    /// registration with the kernel.
+    pub fn release(&self, fh: u64) {
+        let Some(h) = self.files.remove(fh) else {
+            return;
+        };
         self.inodes.fds.unpin(h.nodeid, fh);
         if let Some(job) = h.job.lock().take() {
             job.reader_active.store(false, Ordering::Relaxed);
         }
         let mode = *h.mode.lock();
         let mut io = self.io.lock();
-        let state = io.get_mut(&h.nodeid)?;
+        let Some(state) = io.get_mut(&h.nodeid) else {
+            return;
+        };
         match mode {
             Mode::Passthrough => state.passthrough -= 1,
             Mode::Cached => state.cached -= 1,
             Mode::Direct => state.direct -= 1,
         }
-        let last_passthrough = mode == Mode::Passthrough && state.passthrough == 0;
-        if last_passthrough {
+        let mut closing = None;
+        if mode == Mode::Passthrough && state.passthrough == 0 {
             state.backing = None;
+            closing = state.token.take();
         }
         if state.is_idle() {
             io.remove(&h.nodeid);
         }
-        last_passthrough.then_some(h.nodeid)
+        drop(io);
+        drop(closing);
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {

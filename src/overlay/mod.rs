@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 pub use creds::Caller;
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
-pub use file::Opened;
+pub use file::{Backing, BackingToken, Opened};
 pub use xattr::XattrReply;
 
 use crate::cache::Cache;

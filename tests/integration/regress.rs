@@ -332,3 +332,101 @@ fn o_direct_reads_and_writes_work() {
         );
     }
 }
+
+/// Passthrough opens and releases of one cached file racing on several threads: every
+/// open succeeds and reads the file's bytes (the backing registration once was dropped
+/// by a release while a concurrent open was about to use it).
+#[test]
+fn racing_passthrough_opens_and_releases_all_succeed() {
+    crate::require_mount!();
+    let data = pattern(256 << 10, 21);
+    let d2 = data.clone();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
+        .start();
+    promote_wait(&m, "film.mkv");
+    assert_eq!(
+        status(&m)["passthrough"].as_bool(),
+        Some(true),
+        "needs passthrough"
+    );
+    let path = m.path("film.mkv");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (path, data) = (path.clone(), data.clone());
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let f = fs::File::open(&path)
+                        .unwrap_or_else(|e| panic!("thread {t}, open {i}: {e}"));
+                    let mut buf = vec![0u8; 4096];
+                    let off = ((i * 4096 + t * 65536) % data.len()) as u64;
+                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off)
+                        .unwrap_or_else(|e| panic!("thread {t}, read {i}: {e}"));
+                    assert_eq!(buf, data[off as usize..off as usize + 4096]);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(num(&status(&m), "hits") >= 1200);
+}
+
+/// A reader already open on a cached file sees a write and a truncate made through the
+/// mount, as on a plain directory: with passthrough off (the daemon reads the copy for
+/// it) and on (the kernel reads the copy: a truncate shortens it too).
+#[test]
+fn open_readers_see_writes_and_truncates_through_the_mount() {
+    crate::require_mount!();
+    use std::os::unix::fs::FileExt;
+    for pt in ["off", "auto"] {
+        let data = pattern(512 << 10, 33);
+        let d2 = data.clone();
+        let m = TestMount::builder()
+            .option("promote=manual")
+            .option(&format!("passthrough={pt}"))
+            .populate(move |src| fs::write(src.join("f"), &d2).unwrap())
+            .start();
+        promote_wait(&m, "f");
+        let reader = fs::File::open(m.path("f")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        reader.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, data[..4096], "passthrough={pt}");
+        if pt == "off" {
+            // Writes need a writable open, which passthrough readers cannot share yet
+            // (the kernel's one-backing-file rule): only the daemon-served case here.
+            let w = fs::OpenOptions::new()
+                .write(true)
+                .open(m.path("f"))
+                .unwrap();
+            w.write_all_at(b"NEW BYTES", 300_000).unwrap();
+            w.write_all_at(b"HEAD", 0).unwrap();
+            drop(w);
+            let mut got = vec![0u8; 9];
+            reader.read_exact_at(&mut got, 300_000).unwrap();
+            assert_eq!(&got, b"NEW BYTES", "a reader read old bytes after a write");
+            let mut got = vec![0u8; 4];
+            reader.read_exact_at(&mut got, 0).unwrap();
+            assert_eq!(&got, b"HEAD");
+        }
+        // Truncate by path, as a tagger or `truncate -s` would.
+        let c = cpath(&m.path("f"));
+        // SAFETY: c is NUL-terminated.
+        assert_eq!(
+            unsafe { libc::truncate(c.as_ptr(), 4096) },
+            0,
+            "passthrough={pt}"
+        );
+        let mut rest = vec![0u8; 256 << 10];
+        let n = reader.read_at(&mut rest, 8192).unwrap();
+        assert_eq!(
+            n, 0,
+            "passthrough={pt}: a reader read {n} old bytes past a truncate"
+        );
+        assert_eq!(reader.metadata().unwrap().len(), 4096);
+        let n = reader.read_at(&mut rest, 0).unwrap();
+        assert_eq!(n, 4096, "passthrough={pt}");
+    }
+}
