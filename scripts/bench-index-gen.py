@@ -9,7 +9,7 @@ Paths look like "Show 042/Season 03/Show 042 - S03E017 - The Long Night.mkv": sh
 title of varying length so that paths are 49-58 bytes long.
 
 Each copy gets the provenance xattr the daemon checks, `user.cachefs.src` =
-"v1 <size> <mtime_sec> <mtime_nsec> <ino>" of its source file (fstat of the source after
+"v2 <size> <mtime_sec> <mtime_nsec> <ino> <ctime_sec> <ctime_nsec>" of its source file (fstat of the source after
 its last write). Work is split over as many processes as there are CPUs, by show.
 
 Prints one line of JSON: entries, path bytes (total, mean, min, max), file bytes, and
@@ -67,7 +67,8 @@ def make_show(args):
         st = os.fstat(fd)
         os.close(fd)
         sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
-        prov = f"v1 {st.st_size} {sec} {nsec} {st.st_ino}".encode()
+        csec, cnsec = divmod(st.st_ctime_ns, 1_000_000_000)
+        prov = f"v2 {st.st_size} {sec} {nsec} {st.st_ino} {csec} {cnsec}".encode()
         fd = os.open(os.path.join(data, rel), flags, 0o644)
         os.write(fd, payload)
         os.setxattr(fd, XATTR, prov)

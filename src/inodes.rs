@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -53,21 +53,31 @@ pub struct Inode {
     pub nodeid: u64,
     pub dev: u64,
     pub ino: u64,
-    /// `st_mode & S_IFMT` at lookup; an object's type never changes.
-    pub kind: u32,
+    /// `st_mode & S_IFMT`. An object's type never changes, but the filesystem may give
+    /// a removed object's inode number to a new one of another type while the kernel
+    /// still holds the node: then the node takes the new object's type and handle.
+    kind: AtomicU32,
     nlookup: AtomicU64,
     /// `None` for the root only.
     loc: Mutex<Option<Loc>>,
-    handle: Option<sys::FileHandle>,
+    handle: Mutex<Option<sys::FileHandle>>,
 }
 
 impl Inode {
+    pub fn kind(&self) -> u32 {
+        self.kind.load(Ordering::Relaxed)
+    }
+
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind() == libc::S_IFDIR
     }
 
     pub fn is_symlink(&self) -> bool {
-        self.kind == libc::S_IFLNK
+        self.kind() == libc::S_IFLNK
+    }
+
+    pub fn is_regular(&self) -> bool {
+        self.kind() == libc::S_IFREG
     }
 
     /// The parent node this object was last seen under (`None` for the root).
@@ -109,11 +119,11 @@ impl InodeTable {
             nodeid: ROOT,
             dev: st.st_dev,
             ino: st.st_ino,
-            kind: st.st_mode & libc::S_IFMT,
+            kind: AtomicU32::new(st.st_mode & libc::S_IFMT),
             // The root is never forgotten.
             nlookup: AtomicU64::new(1 << 62),
             loc: Mutex::new(None),
-            handle: None,
+            handle: Mutex::new(None),
         });
         let mut map = HashMap::new();
         map.insert(ROOT, inode.clone());
@@ -212,6 +222,11 @@ impl InodeTable {
                 if !self.is_same(inode, fd.as_fd())? {
                     return Err(stale());
                 }
+                // The object at the name is the node's (a reused inode number, or a
+                // handle taken in a race): its own handle serves from now on.
+                if self.mount_fd.is_some() && inode.dev == self.root.dev {
+                    *inode.handle.lock() = sys::name_to_handle(fd.as_fd()).ok();
+                }
                 fd
             }
         };
@@ -229,19 +244,19 @@ impl InodeTable {
         let st = sys::fstat(fd)?;
         Ok(st.st_dev == inode.dev
             && st.st_ino == inode.ino
-            && st.st_mode & libc::S_IFMT == inode.kind)
+            && st.st_mode & libc::S_IFMT == inode.kind())
     }
 
     /// `None` when the inode has no handle, handles cannot be used for it, or it opens
     /// no object any more.
     fn reopen_by_handle(&self, inode: &Inode) -> io::Result<Option<OwnedFd>> {
-        let (Some(handle), Some(mount_fd)) = (&inode.handle, &self.mount_fd) else {
+        let (Some(handle), Some(mount_fd)) = (*inode.handle.lock(), &self.mount_fd) else {
             return Ok(None);
         };
         let flags = libc::O_PATH | libc::O_NOFOLLOW;
         match self
             .fds
-            .retry(|| sys::open_by_handle(mount_fd.as_fd(), handle, flags))
+            .retry(|| sys::open_by_handle(mount_fd.as_fd(), &handle, flags))
         {
             Ok(fd) => Ok(Some(fd)),
             // Removed (and its inode freed) behind the mount; or not allowed after all
@@ -309,7 +324,13 @@ impl InodeTable {
         fd: BorrowedFd<'_>,
     ) -> io::Result<(Arc<Inode>, sys::Stat)> {
         let st = sys::fstat(fd)?;
-        let inode = self.insert(parent, name, &st, || sys::name_to_handle(fd));
+        let none = || Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        let inode = self.insert(parent, name, &st, none);
+        // Set here, also on a known node whose inode number the filesystem gave to this
+        // new file.
+        if self.mount_fd.is_some() && st.st_dev == self.root.dev {
+            *inode.handle.lock() = sys::name_to_handle(fd).ok();
+        }
         Ok((inode, st))
     }
 
@@ -333,6 +354,20 @@ impl InodeTable {
             Some(inode) => {
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
                 self.moved(&inode, parent, name);
+                let kind = st.st_mode & libc::S_IFMT;
+                if inode.kind() != kind {
+                    // A removed object's inode number, given to a new object of another
+                    // type: the node is the new object now (the kernel makes a new inode
+                    // for it too).
+                    inode.kind.store(kind, Ordering::Relaxed);
+                    *inode.handle.lock() = if self.mount_fd.is_some() && st.st_dev == self.root.dev
+                    {
+                        handle().ok()
+                    } else {
+                        None
+                    };
+                    self.fds.forget(nodeid);
+                }
                 inode
             }
             None => {
@@ -345,13 +380,13 @@ impl InodeTable {
                     nodeid,
                     dev: st.st_dev,
                     ino: st.st_ino,
-                    kind: st.st_mode & libc::S_IFMT,
+                    kind: AtomicU32::new(st.st_mode & libc::S_IFMT),
                     nlookup: AtomicU64::new(0),
                     loc: Mutex::new(Some(Loc {
                         parent: parent.clone(),
                         name: name.into(),
                     })),
-                    handle,
+                    handle: Mutex::new(handle),
                 });
                 let mut map = self.by_id.write();
                 let inode = map.entry(nodeid).or_insert(fresh).clone();
@@ -628,6 +663,37 @@ mod tests {
         let other = lookup(&t, &root, "Other").unwrap();
         t.moved(&season, &other, OsStr::new("S1"));
         assert_eq!(t.path_of(&ep), Some(PathBuf::from("Other/S1/E01.mkv")));
+    }
+
+    #[test]
+    fn inode_number_reused_for_another_type_takes_the_new_type() {
+        let d = tempfile::tempdir().unwrap();
+        for handles in modes(d.path()) {
+            let t = table(d.path(), handles, 1024);
+            let root = t.root();
+            // The filesystem hands a freed inode number out again soon; try until it
+            // does (a directory's number to a file), as the kernel still holds the node.
+            let mut reused = false;
+            for i in 0..50 {
+                let name = format!("x{handles}{i}");
+                fs::create_dir(d.path().join(&name)).unwrap();
+                let dir = lookup(&t, &root, &name).unwrap();
+                fs::remove_dir(d.path().join(&name)).unwrap();
+                fs::write(d.path().join(&name), b"now a file").unwrap();
+                let file = lookup(&t, &root, &name).unwrap();
+                if file.nodeid == dir.nodeid {
+                    assert!(file.is_regular());
+                    let fd = t.fd(&file).unwrap();
+                    assert_eq!(
+                        sys::fstat(fd.as_fd()).unwrap().st_mode & libc::S_IFMT,
+                        libc::S_IFREG
+                    );
+                    reused = true;
+                    break;
+                }
+            }
+            assert!(reused, "no inode number was reused in 50 tries");
+        }
     }
 
     #[test]

@@ -250,6 +250,52 @@ pub struct Cache {
     pub ledger: Arc<Ledger>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Copies whose source's ctime alone changed, to compare with it in the background.
+    verify: crossbeam_channel::Sender<PathBuf>,
+    /// Those queued or being compared, so that each is compared once.
+    verifying: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// The background re-check of copies whose source's ctime alone changed (a chmod or
+/// chown over the library, or a rewrite that restored the mtime): each is compared with
+/// its source byte for byte, kept if identical, dropped if not. SOURCE is served
+/// meanwhile. Ends when the cache is dropped.
+fn spawn_verifier(
+    source: std::os::fd::OwnedFd,
+    store: Arc<Store>,
+    ledger: Arc<Ledger>,
+    verifying: Arc<Mutex<HashSet<PathBuf>>>,
+) -> io::Result<crossbeam_channel::Sender<PathBuf>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<PathBuf>();
+    std::thread::Builder::new()
+        .name("cache-verify".into())
+        .spawn(move || {
+            for rel in rx {
+                let r = store::open_below(std::os::fd::AsFd::as_fd(&source), &rel)
+                    .and_then(|src| store.reverify(&src, &rel));
+                match r {
+                    Ok(true) => {
+                        tracing::info!(
+                            "kept the copy of {}: its source's metadata changed, not its bytes",
+                            rel.display()
+                        );
+                        // Handles reading SOURCE may move to the copy again.
+                        ledger.generation.fetch_add(1, Ordering::Release);
+                    }
+                    Ok(false) => {
+                        tracing::info!("dropped the copy of {}: its source changed", rel.display());
+                        ledger.forget(&rel);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot re-check the copy of {}: {e}", rel.display());
+                        let _ = store.remove(&rel);
+                        ledger.forget(&rel);
+                    }
+                }
+                verifying.lock().remove(&rel);
+            }
+        })?;
+    Ok(tx)
 }
 
 impl Cache {
@@ -275,6 +321,13 @@ impl Cache {
             too_big: Mutex::new(HashSet::new()),
         });
         ledger.load_pins();
+        let verifying = Arc::new(Mutex::new(HashSet::new()));
+        let verify = spawn_verifier(
+            source.try_clone()?,
+            store.clone(),
+            ledger.clone(),
+            verifying.clone(),
+        )?;
         let promoter = Promoter::start(
             source,
             store.clone(),
@@ -288,6 +341,8 @@ impl Cache {
             ledger,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            verify,
+            verifying,
         });
         // Pinned files whose copy is missing (never made, or dropped) come back.
         let missing: Vec<PathBuf> = {
@@ -339,6 +394,12 @@ impl Cache {
                 self.ledger.entries.lock().touch(rel, now());
                 Some(f)
             }
+            Ok(Lookup::Recheck) => {
+                if self.verifying.lock().insert(rel.to_path_buf()) {
+                    let _ = self.verify.send(rel.to_path_buf());
+                }
+                None
+            }
             Ok(Lookup::Miss) => {
                 self.ledger.forget(rel);
                 None
@@ -380,6 +441,16 @@ impl Cache {
 
     /// `from` was renamed to `to` through the mount: the copies move along (they still
     /// match their source: a rename changes neither size, mtime nor inode), and so do pins.
+    /// `rel`'s source, now `st`, changed in its metadata only, through the mount.
+    pub fn metadata_changed(&self, rel: &Path, st: &sys::Stat) {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return;
+        }
+        if let Err(e) = self.store.metadata_changed(rel, st) {
+            tracing::debug!("cannot refresh the provenance of {}: {e}", rel.display());
+        }
+    }
+
     pub fn renamed(&self, from: &Path, to: &Path) {
         self.promoter.cancel_below(from);
         self.promoter.cancel_below(to);

@@ -3,8 +3,11 @@
 //! `lock` file that one instance holds with flock.
 //!
 //! Each copy carries its provenance in the extended attribute `user.cachefs.src`: the
-//! source's size, mtime (ns) and inode number at the moment the copy was taken. A copy is
-//! used only while those still match the source (invariant 2). A copy is published only
+//! source's size, mtime (ns), inode number and ctime (ns) at the moment the copy was
+//! taken. A copy is used only while those still match the source (invariant 2). The
+//! ctime catches a rewrite that restored the mtime (taggers, `rsync -t`), which no user
+//! can hide; a change of the ctime alone (a chmod or chown over the library) is re-checked
+//! by content in the background (`reverify`) instead of costing the copy. A copy is published only
 //! whole: written to `tmp/`, fsynced, provenance set, then renamed into `data/`
 //! (invariant 4); startup empties `tmp/`.
 //!
@@ -28,6 +31,19 @@ pub struct Provenance {
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
     pub ino: u64,
+    /// (sec, nsec); `None` in copies made before it was recorded ("v1"), which are
+    /// re-checked by content once.
+    pub ctime: Option<(i64, i64)>,
+}
+
+/// How a copy's provenance compares with its source now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    Same,
+    /// Size, mtime and inode match, the ctime does not: metadata changed, or bytes were
+    /// rewritten and the mtime restored. Only the content can tell.
+    CtimeOnly,
+    Different,
 }
 
 impl Provenance {
@@ -37,28 +53,50 @@ impl Provenance {
             mtime_sec: st.st_mtime,
             mtime_nsec: st.st_mtime_nsec,
             ino: st.st_ino,
+            ctime: Some((st.st_ctime, st.st_ctime_nsec)),
+        }
+    }
+
+    pub fn compare(&self, now: &Provenance) -> Match {
+        if (self.size, self.mtime_sec, self.mtime_nsec, self.ino)
+            != (now.size, now.mtime_sec, now.mtime_nsec, now.ino)
+        {
+            Match::Different
+        } else if self.ctime.is_none() || self.ctime != now.ctime {
+            Match::CtimeOnly
+        } else {
+            Match::Same
         }
     }
 
     pub fn encode(&self) -> String {
-        format!(
-            "v1 {} {} {} {}",
+        let base = format!(
+            "{} {} {} {}",
             self.size, self.mtime_sec, self.mtime_nsec, self.ino
-        )
+        );
+        match self.ctime {
+            Some((s, ns)) => format!("v2 {base} {s} {ns}"),
+            None => format!("v1 {base}"),
+        }
     }
 
     pub fn decode(b: &[u8]) -> Option<Provenance> {
         let s = std::str::from_utf8(b).ok()?;
         let mut it = s.split(' ');
-        if it.next()? != "v1" {
+        let version = it.next()?;
+        if version != "v1" && version != "v2" {
             return None;
         }
-        let p = Provenance {
+        let mut p = Provenance {
             size: it.next()?.parse().ok()?,
             mtime_sec: it.next()?.parse().ok()?,
             mtime_nsec: it.next()?.parse().ok()?,
             ino: it.next()?.parse().ok()?,
+            ctime: None,
         };
+        if version == "v2" {
+            p.ctime = Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?));
+        }
         it.next().is_none().then_some(p)
     }
 }
@@ -126,7 +164,45 @@ pub fn open_dir_below(root: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
 pub enum Lookup {
     /// A copy that matches the source; open for reading.
     Hit(File),
+    /// A copy whose source's ctime alone changed: not to be served until `reverify`
+    /// has compared it with the source, not to be dropped before.
+    Recheck,
     Miss,
+}
+
+/// The provenance recorded on a copy, if it has a readable one.
+fn read_provenance(copy: &File) -> Option<Provenance> {
+    let mut buf = [0u8; 160];
+    let n = sys::fgetxattr(copy.as_fd(), OsStr::new(XATTR), &mut buf).ok()?;
+    Provenance::decode(&buf[..n])
+}
+
+/// Whether two open files hold the same bytes, read in 1 MiB chunks.
+fn same_bytes(a: &File, b: &File, len: u64) -> io::Result<bool> {
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut off = 0u64;
+    while off < len {
+        let want = ((len - off) as usize).min(x.len());
+        let n = read_at_full(a, &mut x[..want], off)?;
+        let m = read_at_full(b, &mut y[..want], off)?;
+        if n != want || m != want || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+fn read_at_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = sys::pread(f.as_fd(), &mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }
 
 pub struct Store {
@@ -206,20 +282,74 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let mut buf = [0u8; 128];
-        let valid = match sys::fgetxattr(file.as_fd(), OsStr::new(XATTR), &mut buf) {
-            Ok(n) => Provenance::decode(&buf[..n]) == Some(Provenance::of(current)),
-            Err(_) => false,
-        };
-        if valid {
-            let st = sys::fstat(file.as_fd())?;
-            if st.st_size as u64 == current.st_size as u64 {
-                return Ok(Lookup::Hit(file));
+        let m = read_provenance(&file)
+            .map_or(Match::Different, |p| p.compare(&Provenance::of(current)));
+        let st = sys::fstat(file.as_fd())?;
+        if st.st_size as u64 == current.st_size as u64 {
+            match m {
+                Match::Same => return Ok(Lookup::Hit(file)),
+                Match::CtimeOnly => return Ok(Lookup::Recheck),
+                Match::Different => {}
             }
         }
         tracing::info!("dropping stale copy of {}", rel.display());
         self.remove(rel)?;
         Ok(Lookup::Miss)
+    }
+
+    /// A copy whose source's ctime alone changed (`Lookup::Recheck`), compared with the
+    /// source `src` byte for byte: kept, with the source's provenance now, if identical
+    /// and the source did not change meanwhile; removed otherwise. Returns whether it was
+    /// kept. The source is only read.
+    pub fn reverify(&self, src: &File, rel: &Path) -> io::Result<bool> {
+        let copy = match open_below(self.data.as_fd(), rel) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let before = sys::fstat(src.as_fd())?;
+        let keep = match read_provenance(&copy).map(|p| p.compare(&Provenance::of(&before))) {
+            Some(Match::Same) => return Ok(true),
+            Some(Match::CtimeOnly) => {
+                let size = before.st_size as u64;
+                sys::fstat(copy.as_fd())?.st_size as u64 == size
+                    && same_bytes(src, &copy, size)?
+                    && Provenance::of(&sys::fstat(src.as_fd())?) == Provenance::of(&before)
+            }
+            _ => false,
+        };
+        if keep {
+            sys::fsetxattr(
+                copy.as_fd(),
+                OsStr::new(XATTR),
+                Provenance::of(&before).encode().as_bytes(),
+            )?;
+        } else {
+            self.remove(rel)?;
+        }
+        Ok(keep)
+    }
+
+    /// The source of `rel` changed through the mount in its metadata only (a rename, a
+    /// chmod, a link): a copy that matched it but for the ctime takes the new one, so the
+    /// daemon's own changes never cost a re-check. Anything else is left to `lookup`.
+    pub fn metadata_changed(&self, rel: &Path, now: &sys::Stat) -> io::Result<()> {
+        let copy = match open_below(self.data.as_fd(), rel) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let now = Provenance::of(now);
+        match read_provenance(&copy) {
+            Some(p) if p.ctime.is_some() && p.compare(&now) == Match::CtimeOnly => {
+                sys::fsetxattr(copy.as_fd(), OsStr::new(XATTR), now.encode().as_bytes())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Removes the copy of `rel`, if any. Open readers keep their bytes.
@@ -432,8 +562,27 @@ mod tests {
             mtime_sec: 1_700_000_000,
             mtime_nsec: 123_456_789,
             ino: 42,
+            ctime: Some((1_700_000_100, 5)),
         };
         assert_eq!(Provenance::decode(p.encode().as_bytes()), Some(p));
+        assert_eq!(
+            p.encode(),
+            "v2 734003200 1700000000 123456789 42 1700000100 5"
+        );
+        // Copies made before the ctime was recorded: decoded, to be re-checked once.
+        let v1 = Provenance::decode(b"v1 734003200 1700000000 123456789 42").unwrap();
+        assert_eq!(v1.ctime, None);
+        assert_eq!(v1.compare(&p), Match::CtimeOnly);
+        assert_eq!(p.compare(&p), Match::Same);
+        let chmodded = Provenance {
+            ctime: Some((1_700_000_200, 0)),
+            ..p
+        };
+        assert_eq!(p.compare(&chmodded), Match::CtimeOnly);
+        let rewritten = Provenance { size: 1, ..p };
+        assert_eq!(p.compare(&rewritten), Match::Different);
+        assert_eq!(Provenance::decode(b"v2 1 2 3 4 5"), None);
+        assert_eq!(Provenance::decode(b"v2 1 2 3 4 5 6 7"), None);
         assert_eq!(Provenance::decode(b"v1 1 2 3"), None);
         assert_eq!(Provenance::decode(b"v1 1 2 3 4 5"), None);
         assert_eq!(Provenance::decode(b"v2 1 2 3 4"), None);
@@ -445,6 +594,49 @@ mod tests {
         assert!(components(Path::new("a/b/c")).is_some());
         assert!(components(Path::new("../a")).is_none());
         assert!(components(Path::new("/a")).is_none());
+    }
+
+    #[test]
+    fn reverify_keeps_identical_copies_and_drops_changed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let publish = |name: &str, bytes: &[u8]| {
+            let src = dir.path().join(name);
+            std::fs::write(&src, bytes).unwrap();
+            let st = sys::stat_path(&src).unwrap();
+            let (f, tmp) = store.temp_file().unwrap();
+            io::Write::write_all(&mut &f, bytes).unwrap();
+            f.sync_all().unwrap();
+            store
+                .publish(&f, &tmp, Path::new(name), &Provenance::of(&st))
+                .unwrap();
+            src
+        };
+        let same = publish("same", b"identical bytes");
+        let changed = publish("changed", b"original bytes!");
+        // A chmod: the ctime alone moves.
+        std::fs::set_permissions(&same, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        // A rewrite of as many bytes, with the mtime put back: the ctime alone moves.
+        let old = std::fs::metadata(&changed).unwrap().modified().unwrap();
+        std::fs::write(&changed, b"rewritten bytes").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&changed)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        for (src, rel, kept) in [(&same, "same", true), (&changed, "changed", false)] {
+            let st = sys::stat_path(src).unwrap();
+            assert!(matches!(
+                store.lookup(Path::new(rel), &st).unwrap(),
+                Lookup::Recheck
+            ));
+            let f = File::open(src).unwrap();
+            assert_eq!(store.reverify(&f, Path::new(rel)).unwrap(), kept, "{rel}");
+            let after = store.lookup(Path::new(rel), &st).unwrap();
+            assert_eq!(matches!(after, Lookup::Hit(_)), kept, "{rel}");
+        }
     }
 
     #[test]

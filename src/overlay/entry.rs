@@ -104,7 +104,15 @@ impl Overlay {
             }
         }
         drop(as_caller);
-        sys::fstat(fd.as_fd())
+        let st = sys::fstat(fd.as_fd())?;
+        if set.size.is_none()
+            && set.mtime.is_none()
+            && let (Some(cache), Some(rel)) = (&self.cache, self.rel_of(&inode))
+        {
+            // A chmod, chown or atime change through the mount: the bytes are the same.
+            cache.metadata_changed(&rel, &st);
+        }
+        Ok(st)
     }
 
     pub fn readlink(&self, nodeid: u64) -> io::Result<std::ffi::OsString> {
@@ -166,11 +174,20 @@ impl Overlay {
         newname: &OsStr,
     ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
-        let (_, fd) = self.node(nodeid)?;
+        let (inode, fd) = self.node(nodeid)?;
         let (newparent, npfd) = self.node(newparent)?;
-        let _as = self.creds.enter(caller)?;
-        sys::link_fd(fd.as_fd(), npfd.as_fd(), newname)?;
-        self.lookup_inode(&newparent, npfd.as_fd(), newname)
+        // The name the copy (if any) is under, before the new link becomes the inode's.
+        let rel = self.rel_of(&inode);
+        let entry = {
+            let _as = self.creds.enter(caller)?;
+            sys::link_fd(fd.as_fd(), npfd.as_fd(), newname)?;
+            self.lookup_inode(&newparent, npfd.as_fd(), newname)?
+        };
+        // A new link changes the file's ctime, not its bytes.
+        if let (Some(cache), Some(rel)) = (&self.cache, rel) {
+            cache.metadata_changed(&rel, &entry.stat);
+        }
+        Ok(entry)
     }
 
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
@@ -234,7 +251,11 @@ impl Overlay {
         if let Some(cache) = &self.cache {
             match (&from, &to) {
                 (Some(from), Some(to)) if flags & libc::RENAME_EXCHANGE == 0 => {
-                    cache.renamed(from, to)
+                    cache.renamed(from, to);
+                    // A rename changes the moved file's ctime, not its bytes.
+                    if let Ok(st) = sys::fstatat(npfd.as_fd(), newname, libc::AT_SYMLINK_NOFOLLOW) {
+                        cache.metadata_changed(to, &st);
+                    }
                 }
                 _ => {
                     for rel in [&from, &to].into_iter().flatten() {
@@ -260,7 +281,7 @@ impl Overlay {
 
     /// Drops the cached copy of an inode's file, if it has a path and a copy.
     fn invalidate_inode(&self, inode: &crate::inodes::Inode) {
-        if inode.kind != libc::S_IFREG {
+        if !inode.is_regular() {
             return;
         }
         if let (Some(cache), Some(rel)) = (&self.cache, self.rel_of(inode)) {

@@ -129,7 +129,7 @@ impl Overlay {
             )
         };
         drop(path_fd);
-        let regular = inode.kind == libc::S_IFREG;
+        let regular = inode.is_regular();
         let rel = if regular && self.cache.is_some() {
             self.rel_of(&inode)
         } else {

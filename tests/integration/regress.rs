@@ -10,8 +10,8 @@ use std::process::Command;
 use tempfile::TempDir;
 
 use crate::common::{
-    Creds, OTHER_GID, OTHER_UID, TestMount, as_user, cpath, errno, num, pattern, plain_dir,
-    promote_wait, status,
+    Creds, OTHER_GID, OTHER_UID, TestMount, as_user, cpath, errno, eventually, num, pattern,
+    plain_dir, promote_wait, status,
 };
 
 /// Opens `path` as a directory and reads one batch of entries: 0, or the errno.
@@ -429,4 +429,80 @@ fn open_readers_see_writes_and_truncates_through_the_mount() {
         let n = reader.read_at(&mut rest, 0).unwrap();
         assert_eq!(n, 4096, "passthrough={pt}");
     }
+}
+
+/// A rewrite behind the mount that puts the mtime back (taggers, `rsync -t`): size,
+/// mtime and inode still match the copy, the ctime does not, so the copy is never
+/// served; the background re-check finds other bytes and drops it.
+#[test]
+fn rewrite_behind_the_mount_restoring_mtime_is_never_served_stale() {
+    crate::require_mount!();
+    let old = pattern(256 << 10, 41);
+    let new = pattern(256 << 10, 42);
+    let o2 = old.clone();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| fs::write(src.join("song.flac"), &o2).unwrap())
+        .start();
+    promote_wait(&m, "song.flac");
+    assert_eq!(num(&status(&m), "cached_files"), 1);
+    let mtime = fs::metadata(m.src("song.flac"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::write(m.src("song.flac"), &new).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(m.src("song.flac"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(
+        fs::metadata(m.src("song.flac"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
+    assert_eq!(
+        fs::read(m.path("song.flac")).unwrap(),
+        new,
+        "served the stale copy"
+    );
+    eventually("the re-check to drop the copy", &m, || {
+        num(&status(&m), "cached_files") == 0
+    });
+    assert_eq!(fs::read(m.path("song.flac")).unwrap(), new);
+}
+
+/// A change of metadata alone behind the mount (`chmod -R`, `chown -R` over an array):
+/// SOURCE is served while the copy is compared with it in the background, and the copy,
+/// found identical, is served again, not thrown away.
+#[test]
+fn metadata_change_behind_the_mount_keeps_the_copy_after_a_recheck() {
+    crate::require_mount!();
+    let data = pattern(256 << 10, 43);
+    let d2 = data.clone();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
+        .start();
+    promote_wait(&m, "film.mkv");
+    fs::set_permissions(m.src("film.mkv"), fs::Permissions::from_mode(0o600)).unwrap();
+    chown(m.src("film.mkv"), Some(OTHER_UID), None).unwrap();
+    let hits = num(&status(&m), "hits");
+    assert_eq!(fs::read(m.path("film.mkv")).unwrap(), data);
+    assert_eq!(
+        num(&status(&m), "hits"),
+        hits,
+        "served a copy before it was re-checked"
+    );
+    eventually("the re-checked copy to be served", &m, || {
+        let h = num(&status(&m), "hits");
+        let bytes = fs::read(m.path("film.mkv")).unwrap();
+        assert_eq!(bytes, data);
+        num(&status(&m), "hits") > h
+    });
+    assert_eq!(num(&status(&m), "cached_files"), 1);
+    assert!(m.log_contents().contains("kept the copy of film.mkv"));
 }
