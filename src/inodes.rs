@@ -36,6 +36,10 @@ use crate::sys;
 
 pub const ROOT: u64 = 1;
 
+/// Alias node ids (see `retire`) have this top byte; other devices below SOURCE use top
+/// bytes 1 to 254.
+const ALIAS_BASE: u64 = 0xff << 56;
+
 /// Deeper than any path of PATH_MAX bytes can be: a parent chain this long is a cycle
 /// (directories moved into each other behind the mount), answered ESTALE.
 const MAX_DEPTH: usize = libc::PATH_MAX as usize / 2 + 1;
@@ -102,6 +106,12 @@ pub struct InodeTable {
     /// SOURCE's root opened for reading: `open_by_handle_at` refuses `O_PATH` mount fds.
     /// `None` when handles are not used.
     mount_fd: Option<OwnedFd>,
+    /// Objects whose node is retired for new opens, by (st_dev, st_ino): the node id a
+    /// lookup gives them instead (see `retire`).
+    aliases: Mutex<HashMap<(u64, u64), u64>>,
+    /// Entries in `aliases`, so that lookups skip its lock while there are none.
+    alias_count: AtomicU64,
+    next_alias: AtomicU64,
 }
 
 impl InodeTable {
@@ -134,6 +144,9 @@ impl InodeTable {
             root_fd: Arc::new(root),
             fds,
             mount_fd,
+            aliases: Mutex::new(HashMap::new()),
+            alias_count: AtomicU64::new(0),
+            next_alias: AtomicU64::new(ALIAS_BASE + 1),
         })
     }
 
@@ -151,8 +164,48 @@ impl InodeTable {
         false
     }
 
-    /// The node id of a source object.
+    /// Retires the node of an object for new opens: from now on a lookup of the object
+    /// gives a fresh node id (an alias), so that the kernel makes a new inode for it,
+    /// while the opens of the old node go on there. This is how an open the kernel
+    /// would refuse on the old inode (a write beside passthrough readers: one backing
+    /// file per inode, fs/fuse/iomode.c) is answered: ESTALE, the kernel walks the
+    /// path again, and the new open lands on the new inode. Returns the alias.
+    pub fn retire(&self, inode: &Inode) -> u64 {
+        let mut aliases = self.aliases.lock();
+        let key = (inode.dev, inode.ino);
+        match aliases.get(&key) {
+            // Already retired, and this is not the alias itself: new opens go there.
+            Some(&alias) if alias != inode.nodeid => alias,
+            current => {
+                if current.is_none() {
+                    self.alias_count.fetch_add(1, Ordering::Relaxed);
+                }
+                let alias = self.next_alias.fetch_add(1, Ordering::Relaxed);
+                aliases.insert(key, alias);
+                alias
+            }
+        }
+    }
+
+    /// Ends `retire`: lookups give the object its own node id again.
+    pub fn unretire(&self, dev: u64, ino: u64) {
+        if self.aliases.lock().remove(&(dev, ino)).is_some() {
+            self.alias_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The node id of a source object (an alias while its own node is retired).
     pub fn nodeid_of(&self, dev: u64, ino: u64) -> u64 {
+        if self.alias_count.load(Ordering::Relaxed) > 0
+            && let Some(&alias) = self.aliases.lock().get(&(dev, ino))
+        {
+            return alias;
+        }
+        self.own_nodeid(dev, ino)
+    }
+
+    /// The node id derived from (st_dev, st_ino).
+    fn own_nodeid(&self, dev: u64, ino: u64) -> u64 {
         let base = if dev == self.root.dev {
             ino
         } else {

@@ -86,7 +86,7 @@ impl Overlay {
             }
             // Readers already open follow the new size; their copies are the daemon's own.
             drop(as_caller.take());
-            self.truncated(nodeid, size);
+            self.truncated(&inode, size);
             as_caller = Some(self.creds.enter(caller)?);
         }
         if set.atime.is_some() || set.mtime.is_some() {

@@ -74,6 +74,8 @@ pub(super) struct FileHandle {
     /// The source file, opened as the caller; also its inode's descriptor while open.
     pub(super) fd: Arc<OwnedFd>,
     nodeid: u64,
+    /// The source object: (st_dev, st_ino).
+    obj: (u64, u64),
     /// Opened for writing: never reads a copy, and drops any copy published meanwhile.
     writable: bool,
     /// Opened with O_DIRECT: the source's pages are written back and dropped after each
@@ -119,6 +121,11 @@ impl Overlay {
             check_writable(&self.cfg)?;
         }
         let (inode, path_fd) = self.node(nodeid)?;
+        if write || flags & libc::O_DIRECT != 0 {
+            // Before the source is opened: O_TRUNC must reach it only on the open that
+            // stays.
+            self.refuse_beside_passthrough(&inode)?;
+        }
         let fd = {
             let _as = self.creds.enter(caller)?;
             let proc = sys::proc_path(path_fd.as_fd());
@@ -172,7 +179,13 @@ impl Overlay {
                 (Some(_), Some(b), None) => {
                     (Mode::Passthrough, Some(Backing::Unregistered(b.clone())))
                 }
-                _ => (Mode::Direct, None),
+                // No valid copy to share (the source changed): the kernel would refuse
+                // any other kind of open beside them.
+                _ => {
+                    drop(io);
+                    self.refuse_beside_passthrough(&inode)?;
+                    return Err(io::Error::from_raw_os_error(libc::ESTALE));
+                }
             }
         } else if flags & libc::O_DIRECT != 0 {
             (Mode::Direct, None)
@@ -196,6 +209,7 @@ impl Overlay {
         let fh = self.files.insert(FileHandle {
             fd: fd.clone(),
             nodeid,
+            obj: (inode.dev, inode.ino),
             writable: write,
             o_direct: flags & libc::O_DIRECT != 0,
             mode: Mutex::new(mode),
@@ -236,15 +250,82 @@ impl Overlay {
     /// already out of the cache, its open readers keep it until they close), so they
     /// see the new size, not the old bytes. A cache-side failure is logged; readers then
     /// keep the old bytes past `size` until they reopen.
-    pub(super) fn truncated(&self, nodeid: u64, size: u64) {
-        self.readers_leave_copies(nodeid);
-        let backing = self.io.lock().get(&nodeid).and_then(|s| s.backing.clone());
+    pub(super) fn truncated(&self, inode: &crate::inodes::Inode, size: u64) {
+        self.readers_leave_copies(inode.nodeid);
+        let obj = (inode.dev, inode.ino);
+        // Passthrough readers on this very node (a truncate by path reaches their
+        // inode): their backing copy follows from now on.
+        let backing = self
+            .io
+            .lock()
+            .get(&inode.nodeid)
+            .and_then(|s| s.backing.clone());
         if let Some(b) = backing {
-            let r = sys::open_path(&sys::proc_path(b.as_fd()), libc::O_WRONLY, 0)
-                .and_then(|fd| sys::ftruncate(fd.as_fd(), size));
-            if let Err(e) = r {
-                tracing::warn!("cannot truncate the copy open passthrough readers use: {e}");
+            self.start_mirror(obj, &b);
+        }
+        self.mirror(obj, |m| sys::ftruncate(m.as_fd(), size));
+    }
+
+    /// An open the kernel would refuse on an inode that has passthrough opens (anything
+    /// but passthrough to the same backing file): the node is retired for new opens
+    /// (`InodeTable::retire`) and the open answered ESTALE, which makes the kernel walk
+    /// the path again and open the object's new inode, served from SOURCE. The readers
+    /// go on with their backing copy, which from now on gets every write and truncate
+    /// made through the mount (a mirror), so they read what a plain directory would
+    /// show them (invariant 10). Ok when there is no conflict.
+    fn refuse_beside_passthrough(&self, inode: &crate::inodes::Inode) -> io::Result<()> {
+        let backing = match self.io.lock().get(&inode.nodeid) {
+            Some(s) if s.passthrough > 0 => s.backing.clone(),
+            _ => return Ok(()),
+        };
+        if let Some(b) = backing {
+            self.start_mirror((inode.dev, inode.ino), &b);
+        }
+        let alias = self.inodes.retire(inode);
+        tracing::debug!(
+            "node {} has passthrough readers: new opens go to node {alias:#x}",
+            inode.nodeid
+        );
+        Err(io::Error::from_raw_os_error(libc::ESTALE))
+    }
+
+    /// Makes the backing copy of passthrough readers of `obj` follow writes from now on.
+    fn start_mirror(&self, obj: (u64, u64), backing: &File) {
+        let mut mirrors = self.mirrors.lock();
+        if mirrors.contains_key(&obj) {
+            return;
+        }
+        // The daemon's own identity: the copy is the daemon's file.
+        match sys::open_path(&sys::proc_path(backing.as_fd()), libc::O_WRONLY, 0) {
+            Ok(fd) => {
+                mirrors.insert(obj, Arc::new(File::from(fd)));
+                self.mirror_count.fetch_add(1, Ordering::Relaxed);
             }
+            Err(e) => tracing::warn!(
+                "cannot open the copy passthrough readers use for writing: {e}; they may \
+                 read old bytes until they reopen"
+            ),
+        }
+    }
+
+    /// Applies a change to `obj`'s mirror, if it has one. A cache-side failure drops the
+    /// mirror (logged); it never fails the caller's write.
+    fn mirror(&self, obj: (u64, u64), f: impl FnOnce(&File) -> io::Result<()>) {
+        if self.mirror_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Some(m) = self.mirrors.lock().get(&obj).cloned() else {
+            return;
+        };
+        if let Err(e) = f(&m) {
+            tracing::warn!("cannot update the copy passthrough readers use: {e}");
+            self.end_mirror(obj);
+        }
+    }
+
+    fn end_mirror(&self, obj: (u64, u64)) {
+        if self.mirrors.lock().remove(&obj).is_some() {
+            self.mirror_count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -293,6 +374,12 @@ impl Overlay {
     ) -> io::Result<(Entry, Opened)> {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
+        // O_CREAT of an existing file that readers have open by passthrough: as in `open`.
+        if let Ok(st) = sys::fstatat(pfd.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+            && let Ok(existing) = self.inode(self.inodes.nodeid_of(st.st_dev, st.st_ino))
+        {
+            self.refuse_beside_passthrough(&existing)?;
+        }
         let fd = {
             let _as = self.creds.enter(caller)?;
             let flags =
@@ -328,6 +415,7 @@ impl Overlay {
         let fh = self.files.insert(FileHandle {
             fd: fd.clone(),
             nodeid: inode.nodeid,
+            obj: (inode.dev, inode.ino),
             writable: true,
             o_direct: flags & libc::O_DIRECT != 0,
             mode: Mutex::new(mode),
@@ -465,6 +553,13 @@ impl Overlay {
             }
             done += n;
         }
+        self.mirror(h.obj, |m| {
+            let mut at = 0;
+            while at < done {
+                at += sys::pwrite(m.as_fd(), &data[at..done], offset + at as u64)?;
+            }
+            Ok(())
+        });
         if h.o_direct {
             drop_pages(&h, offset, done as u64, true);
         }
@@ -500,7 +595,8 @@ impl Overlay {
             Mode::Direct => state.direct -= 1,
         }
         let mut closing = None;
-        if mode == Mode::Passthrough && state.passthrough == 0 {
+        let last_passthrough = mode == Mode::Passthrough && state.passthrough == 0;
+        if last_passthrough {
             state.backing = None;
             closing = state.token.take();
         }
@@ -509,11 +605,20 @@ impl Overlay {
         }
         drop(io);
         drop(closing);
+        if last_passthrough {
+            // No reader is left on the backing copy: stop mirroring into it, and let
+            // lookups give the object its own node again.
+            self.end_mirror(h.obj);
+            self.inodes.unretire(h.obj.0, h.obj.1);
+        }
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
         check_writable(&self.cfg)?;
-        sys::fallocate(self.files.get(fh)?.fd.as_fd(), mode, offset, length)
+        let h = self.files.get(fh)?;
+        sys::fallocate(h.fd.as_fd(), mode, offset, length)?;
+        self.mirror(h.obj, |m| sys::fallocate(m.as_fd(), mode, offset, length));
+        Ok(())
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
@@ -533,8 +638,18 @@ impl Overlay {
         let fout = self.files.get(fh_out)?;
         // The reply carries a u32 count; the kernel asks again for the rest.
         let len = len.min(1 << 30) as usize;
-        sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)
-            .map(|n| n as u32)
+        let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
+        // Passthrough readers of the target follow: the bytes, as they landed.
+        self.mirror(fout.obj, |m| {
+            let mut buf = vec![0u8; n];
+            let got = read_full(fout.fd.as_fd(), &mut buf, off_out)?;
+            let mut at = 0;
+            while at < got {
+                at += sys::pwrite(m.as_fd(), &buf[at..got], off_out + at as u64)?;
+            }
+            Ok(())
+        });
+        Ok(n as u32)
     }
 }
 

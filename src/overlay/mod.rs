@@ -53,6 +53,11 @@ pub struct Overlay {
     passthrough: AtomicBool,
     /// How each open inode is being served; see `file.rs`.
     io: Mutex<HashMap<u64, file::InodeIo>>,
+    /// Writable descriptors of backing copies that passthrough readers still read while
+    /// their object is written through another node, by (st_dev, st_ino); see `file.rs`.
+    mirrors: Mutex<HashMap<(u64, u64), Arc<std::fs::File>>>,
+    /// Entries in `mirrors`, so that writes skip its lock while there are none.
+    mirror_count: AtomicU64,
 }
 
 /// Open handles by number. Numbers are never reused within a mount.
@@ -119,6 +124,8 @@ impl Overlay {
             cache,
             passthrough: AtomicBool::new(false),
             io: Mutex::new(HashMap::new()),
+            mirrors: Mutex::new(HashMap::new()),
+            mirror_count: AtomicU64::new(0),
         })
     }
 

@@ -394,9 +394,7 @@ fn open_readers_see_writes_and_truncates_through_the_mount() {
         let mut buf = vec![0u8; 4096];
         reader.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(buf, data[..4096], "passthrough={pt}");
-        if pt == "off" {
-            // Writes need a writable open, which passthrough readers cannot share yet
-            // (the kernel's one-backing-file rule): only the daemon-served case here.
+        {
             let w = fs::OpenOptions::new()
                 .write(true)
                 .open(m.path("f"))
@@ -505,4 +503,83 @@ fn metadata_change_behind_the_mount_keeps_the_copy_after_a_recheck() {
     });
     assert_eq!(num(&status(&m), "cached_files"), 1);
     assert!(m.log_contents().contains("kept the copy of film.mkv"));
+}
+
+/// Two players read a cached film by passthrough while a tagger opens it for writing and
+/// rewrites it: the tagger's open succeeds (the kernel once refused it with EIO, and
+/// every later open too, because an inode with a passthrough backing file takes no
+/// other kind of open), the players read the new bytes, later opens read them too, and
+/// a truncate shortens what the players see.
+#[test]
+fn tagger_rewrites_a_film_two_players_read_by_passthrough() {
+    crate::require_mount!();
+    use std::os::unix::fs::FileExt;
+    let data = pattern(1 << 20, 51);
+    let d2 = data.clone();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
+        .start();
+    promote_wait(&m, "film.mkv");
+    assert_eq!(
+        status(&m)["passthrough"].as_bool(),
+        Some(true),
+        "needs passthrough"
+    );
+    let hits = num(&status(&m), "hits");
+    let players: Vec<fs::File> = (0..2)
+        .map(|_| fs::File::open(m.path("film.mkv")).unwrap())
+        .collect();
+    assert_eq!(
+        num(&status(&m), "hits"),
+        hits + 2,
+        "the players are not on the copy"
+    );
+    let mut buf = vec![0u8; 4096];
+    for p in &players {
+        p.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, data[..4096]);
+    }
+
+    let tagger = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("film.mkv"))
+        .expect("the tagger's open beside passthrough players");
+    tagger.write_all_at(b"TAGS", 0).unwrap();
+    tagger.write_all_at(b"MORE", 600_000).unwrap();
+    let mut want = data.clone();
+    want[..4].copy_from_slice(b"TAGS");
+    want[600_000..600_004].copy_from_slice(b"MORE");
+    assert_eq!(fs::read(m.src("film.mkv")).unwrap(), want, "SOURCE");
+    for (i, p) in players.iter().enumerate() {
+        let mut got = [0u8; 4];
+        p.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got, b"TAGS", "player {i} read old bytes at 0");
+        p.read_exact_at(&mut got, 600_000).unwrap();
+        assert_eq!(&got, b"MORE", "player {i} read old bytes at 600000");
+    }
+    // Opens while all of them are open: read-only and read-write alike.
+    assert_eq!(fs::read(m.path("film.mkv")).unwrap(), want, "a new reader");
+    drop(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("film.mkv"))
+            .expect("a second writer"),
+    );
+    drop(tagger);
+    let c = cpath(&m.path("film.mkv"));
+    // SAFETY: c is NUL-terminated.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 4096) }, 0);
+    let mut rest = vec![0u8; 64 << 10];
+    for p in &players {
+        assert_eq!(
+            p.read_at(&mut rest, 8192).unwrap(),
+            0,
+            "old bytes past the truncate"
+        );
+    }
+    drop(players);
+    assert_eq!(fs::read(m.path("film.mkv")).unwrap(), want[..4096]);
+    assert_eq!(fs::read(m.src("film.mkv")).unwrap(), want[..4096]);
 }
