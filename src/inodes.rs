@@ -204,6 +204,17 @@ impl InodeTable {
         self.own_nodeid(dev, ino)
     }
 
+    /// The node ids the kernel may hold for an object: its own, and its alias if it is
+    /// retired.
+    pub fn nodeids_of(&self, dev: u64, ino: u64) -> (u64, Option<u64>) {
+        let alias = if self.alias_count.load(Ordering::Relaxed) > 0 {
+            self.aliases.lock().get(&(dev, ino)).copied()
+        } else {
+            None
+        };
+        (self.own_nodeid(dev, ino), alias)
+    }
+
     /// The node id derived from (st_dev, st_ino).
     fn own_nodeid(&self, dev: u64, ino: u64) -> u64 {
         let base = if dev == self.root.dev {

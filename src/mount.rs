@@ -283,6 +283,13 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         cfg.cache.display()
     );
 
+    let notifier = session.notifier();
+    core.set_invalidator(Box::new(move |nodeid, data| {
+        // Attributes only (offset -1), or with the whole page cache (0, 0). Only ever
+        // for an inode other than the one a request in flight is writing.
+        let offset = if data { 0 } else { -1 };
+        let _ = notifier.inval_inode(fuser::INodeNo(nodeid), offset, 0);
+    }));
     let _ = CORE.set(core.clone());
     // The control socket; it goes (and its file with it) when the process exits.
     let _control = match control::serve(&cfg.mountpoint, Arc::new(Daemon { core })) {

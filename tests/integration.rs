@@ -15,6 +15,8 @@
 //! - `scale`: libraries past the descriptor limit, objects renamed, removed or swapped for
 //!   symlinks behind the mount.
 //! - `regress`: regression tests for defects outside suites found, named after them.
+//! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
+//!   model while promotions churn.
 //!
 //! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
 //! otherwise prints why it is skipped and returns.
@@ -48,3 +50,6 @@ mod scale;
 
 #[path = "integration/regress.rs"]
 mod regress;
+
+#[path = "integration/exerciser.rs"]
+mod exerciser;

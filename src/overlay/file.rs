@@ -169,6 +169,10 @@ impl Overlay {
             counter.fetch_add(1, Ordering::Relaxed);
         }
 
+        // Passthrough readers are kept coherent only with writes that start after them
+        // (the mirror starts at the conflicting open): while the object is open for
+        // writing, through this node or another, new readers are served by the daemon.
+        let writer_open = copy.is_some() && !write && self.has_writer((inode.dev, inode.ino));
         let mut io = self.io.lock();
         let state = io.entry(nodeid).or_default();
         let (mode, passthrough) = if state.passthrough > 0 {
@@ -191,7 +195,7 @@ impl Overlay {
             (Mode::Direct, None)
         } else if state.cached > 0 || state.direct > 0 {
             (Mode::Cached, None)
-        } else if copy.is_some() && self.passthrough_enabled() {
+        } else if copy.is_some() && self.passthrough_enabled() && !writer_open {
             state.backing = copy.clone();
             (Mode::Passthrough, copy.clone().map(Backing::Unregistered))
         } else {
@@ -204,7 +208,8 @@ impl Overlay {
         }
         drop(io);
 
-        let keep_cache = mode == Mode::Cached && copy.is_some();
+        // Another kernel inode of the object may be written meanwhile: no page cache kept.
+        let keep_cache = mode == Mode::Cached && copy.is_some() && !writer_open;
         let generation = self.cache.as_ref().map_or(0, |c| c.ledger.generation());
         let fh = self.files.insert(FileHandle {
             fd: fd.clone(),
@@ -231,6 +236,15 @@ impl Overlay {
             direct_io: mode == Mode::Direct,
             keep_cache,
         })
+    }
+
+    /// Whether a handle has `obj` open for writing, through any of its nodes.
+    fn has_writer(&self, obj: (u64, u64)) -> bool {
+        self.files
+            .map
+            .lock()
+            .values()
+            .any(|h| h.writable && h.obj == obj)
     }
 
     /// The bytes of `nodeid` are about to change through the mount: handles the daemon
@@ -309,7 +323,9 @@ impl Overlay {
     }
 
     /// Applies a change to `obj`'s mirror, if it has one. A cache-side failure drops the
-    /// mirror (logged); it never fails the caller's write.
+    /// mirror (logged); it never fails the caller's write. The object's other kernel
+    /// inodes (its own node and its alias: the change came through one of them) are told
+    /// that their attributes changed, so they see the new size at once.
     fn mirror(&self, obj: (u64, u64), f: impl FnOnce(&File) -> io::Result<()>) {
         if self.mirror_count.load(Ordering::Relaxed) == 0 {
             return;
@@ -320,6 +336,24 @@ impl Overlay {
         if let Err(e) = f(&m) {
             tracing::warn!("cannot update the copy passthrough readers use: {e}");
             self.end_mirror(obj);
+        }
+        if let Some(invalidate) = self.invalidator.get() {
+            let (own, alias) = self.inodes.nodeids_of(obj.0, obj.1);
+            invalidate(own, false);
+            if let Some(a) = alias {
+                invalidate(a, false);
+            }
+        }
+    }
+
+    /// A write through an alias node (see `refuse_beside_passthrough`) changed bytes the
+    /// object's own kernel inode may hold in its page cache: drop them there.
+    fn others_changed(&self, h: &FileHandle) {
+        let (own, _) = self.inodes.nodeids_of(h.obj.0, h.obj.1);
+        if own != h.nodeid
+            && let Some(invalidate) = self.invalidator.get()
+        {
+            invalidate(own, true);
         }
     }
 
@@ -560,6 +594,7 @@ impl Overlay {
             }
             Ok(())
         });
+        self.others_changed(&h);
         if h.o_direct {
             drop_pages(&h, offset, done as u64, true);
         }

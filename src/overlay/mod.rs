@@ -34,6 +34,10 @@ use crate::inodes::{Inode, InodeTable};
 use crate::source::{FdStats, Fds};
 use crate::sys;
 
+/// Asks the kernel to drop its cached attributes of a node, and its cached data too when
+/// the flag is set (a fuser notifier, wrapped so that the core knows nothing of fuser).
+pub type Invalidator = Box<dyn Fn(u64, bool) + Send + Sync>;
+
 /// A looked-up object: its node id and the source's attributes.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
@@ -58,6 +62,9 @@ pub struct Overlay {
     mirrors: Mutex<HashMap<(u64, u64), Arc<std::fs::File>>>,
     /// Entries in `mirrors`, so that writes skip its lock while there are none.
     mirror_count: AtomicU64,
+    /// Tells the kernel a node's attributes (and data) changed behind it (set once
+    /// mounted).
+    invalidator: std::sync::OnceLock<Invalidator>,
 }
 
 /// Open handles by number. Numbers are never reused within a mount.
@@ -126,7 +133,13 @@ impl Overlay {
             io: Mutex::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
             mirror_count: AtomicU64::new(0),
+            invalidator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the kernel notifier once the session exists.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
     }
 
     /// Whether to ask the kernel for passthrough at init.
