@@ -14,6 +14,26 @@ use crate::common::{
     plain_dir, promote_wait, status,
 };
 
+/// A mount (promote=manual) whose SOURCE holds `name` with `data`, promoted.
+fn with_cached_file(name: &'static str, data: &[u8]) -> TestMount {
+    let d = data.to_vec();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| fs::write(src.join(name), &d).unwrap())
+        .start();
+    promote_wait(&m, name);
+    m
+}
+
+/// Fails a test that needs reads served by kernel passthrough where they are not.
+fn require_passthrough(m: &TestMount) {
+    assert_eq!(
+        status(m)["passthrough"].as_bool(),
+        Some(true),
+        "this test needs FUSE passthrough (Linux 6.9+, root)"
+    );
+}
+
 /// Opens `path` as a directory and reads one batch of entries: 0, or the errno.
 /// Async-signal-safe (for `as_user`).
 fn open_and_list(path: &CString) -> i32 {
@@ -67,12 +87,7 @@ fn opendir_needs_read_permission_not_search() {
 fn name_ending_in_deleted_is_cached() {
     crate::require_mount!();
     let data = pattern(1 << 20, 9);
-    let d2 = data.clone();
-    let m = TestMount::builder()
-        .option("promote=manual")
-        .populate(move |src| fs::write(src.join("Film (deleted)"), &d2).unwrap())
-        .start();
-    promote_wait(&m, "Film (deleted)");
+    let m = with_cached_file("Film (deleted)", &data);
     let hits = num(&status(&m), "hits");
     assert_eq!(fs::read(m.path("Film (deleted)")).unwrap(), data);
     assert_eq!(
@@ -276,12 +291,7 @@ fn write_or_truncate_by_non_owner_clears_setuid_setgid() {
 fn o_direct_reads_and_writes_work() {
     crate::require_mount!();
     let cached = pattern(1 << 20, 4);
-    let c2 = cached.clone();
-    let m = TestMount::builder()
-        .option("promote=manual")
-        .populate(move |src| fs::write(src.join("cached.bin"), &c2).unwrap())
-        .start();
-    promote_wait(&m, "cached.bin");
+    let m = with_cached_file("cached.bin", &cached);
     let dd = |args: &[String]| {
         let out = Command::new("dd").args(args).output().expect("run dd");
         assert!(
@@ -340,17 +350,8 @@ fn o_direct_reads_and_writes_work() {
 fn racing_passthrough_opens_and_releases_all_succeed() {
     crate::require_mount!();
     let data = pattern(256 << 10, 21);
-    let d2 = data.clone();
-    let m = TestMount::builder()
-        .option("promote=manual")
-        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
-        .start();
-    promote_wait(&m, "film.mkv");
-    assert_eq!(
-        status(&m)["passthrough"].as_bool(),
-        Some(true),
-        "needs passthrough"
-    );
+    let m = with_cached_file("film.mkv", &data);
+    require_passthrough(&m);
     let path = m.path("film.mkv");
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -437,12 +438,7 @@ fn rewrite_behind_the_mount_restoring_mtime_is_never_served_stale() {
     crate::require_mount!();
     let old = pattern(256 << 10, 41);
     let new = pattern(256 << 10, 42);
-    let o2 = old.clone();
-    let m = TestMount::builder()
-        .option("promote=manual")
-        .populate(move |src| fs::write(src.join("song.flac"), &o2).unwrap())
-        .start();
-    promote_wait(&m, "song.flac");
+    let m = with_cached_file("song.flac", &old);
     assert_eq!(num(&status(&m), "cached_files"), 1);
     let mtime = fs::metadata(m.src("song.flac"))
         .unwrap()
@@ -480,12 +476,7 @@ fn rewrite_behind_the_mount_restoring_mtime_is_never_served_stale() {
 fn metadata_change_behind_the_mount_keeps_the_copy_after_a_recheck() {
     crate::require_mount!();
     let data = pattern(256 << 10, 43);
-    let d2 = data.clone();
-    let m = TestMount::builder()
-        .option("promote=manual")
-        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
-        .start();
-    promote_wait(&m, "film.mkv");
+    let m = with_cached_file("film.mkv", &data);
     fs::set_permissions(m.src("film.mkv"), fs::Permissions::from_mode(0o600)).unwrap();
     chown(m.src("film.mkv"), Some(OTHER_UID), None).unwrap();
     let hits = num(&status(&m), "hits");
@@ -515,17 +506,8 @@ fn tagger_rewrites_a_film_two_players_read_by_passthrough() {
     crate::require_mount!();
     use std::os::unix::fs::FileExt;
     let data = pattern(1 << 20, 51);
-    let d2 = data.clone();
-    let m = TestMount::builder()
-        .option("promote=manual")
-        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
-        .start();
-    promote_wait(&m, "film.mkv");
-    assert_eq!(
-        status(&m)["passthrough"].as_bool(),
-        Some(true),
-        "needs passthrough"
-    );
+    let m = with_cached_file("film.mkv", &data);
+    require_passthrough(&m);
     let hits = num(&status(&m), "hits");
     let players: Vec<fs::File> = (0..2)
         .map(|_| fs::File::open(m.path("film.mkv")).unwrap())
