@@ -149,7 +149,7 @@ impl Overlay {
                     // The source is about to change: no copy of it may outlive this open,
                     // nor be read any more by readers already open.
                     cache.invalidate(rel);
-                    self.readers_leave_copies(nodeid);
+                    self.readers_leave_copies((inode.dev, inode.ino));
                     None
                 } else {
                     let st = sys::fstat(fd.as_fd())?;
@@ -247,13 +247,14 @@ impl Overlay {
             .any(|h| h.writable && h.obj == obj)
     }
 
-    /// The bytes of `nodeid` are about to change through the mount: handles the daemon
-    /// serves from a cached copy read SOURCE from now on, so every reader already open
-    /// sees the change as on a plain directory (invariant 10). Passthrough readers are
-    /// served by the kernel from the backing copy; see `truncated`.
-    pub(super) fn readers_leave_copies(&self, nodeid: u64) {
+    /// The bytes of the object `obj` (st_dev, st_ino) are about to change through the
+    /// mount: handles the daemon serves from a cached copy, on any of its nodes, read
+    /// SOURCE from now on, so every reader already open sees the change as on a plain
+    /// directory (invariant 10). Passthrough readers are served by the kernel from the
+    /// backing copy; see `truncated` and `refuse_beside_passthrough`.
+    pub(super) fn readers_leave_copies(&self, obj: (u64, u64)) {
         for h in self.files.map.lock().values() {
-            if h.nodeid == nodeid {
+            if h.obj == obj {
                 *h.copy.lock() = None;
             }
         }
@@ -265,7 +266,7 @@ impl Overlay {
     /// see the new size, not the old bytes. A cache-side failure is logged; readers then
     /// keep the old bytes past `size` until they reopen.
     pub(super) fn truncated(&self, inode: &crate::inodes::Inode, size: u64) {
-        self.readers_leave_copies(inode.nodeid);
+        self.readers_leave_copies((inode.dev, inode.ino));
         let obj = (inode.dev, inode.ino);
         // Passthrough readers on this very node (a truncate by path reaches their
         // inode): their backing copy follows from now on.
@@ -431,7 +432,7 @@ impl Overlay {
         if let (Some(cache), Some(rel)) = (&self.cache, &rel) {
             // O_CREAT on an existing file, possibly with O_TRUNC.
             cache.invalidate(rel);
-            self.readers_leave_copies(inode.nodeid);
+            self.readers_leave_copies((inode.dev, inode.ino));
         }
         // O_CREAT can open an existing file that readers have open by passthrough: then
         // this open must be direct I/O to coexist with them, as in `open`.
@@ -576,7 +577,7 @@ impl Overlay {
             let generation = cache.ledger.generation();
             if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
                 cache.invalidate(rel);
-                self.readers_leave_copies(h.nodeid);
+                self.readers_leave_copies(h.obj);
             }
         }
         let mut done = 0;

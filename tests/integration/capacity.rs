@@ -38,7 +38,9 @@ fn files(n: usize, len: usize) -> impl FnOnce(&Path) {
 }
 
 /// Bytes in the cache's data and tmp directories (apparent sizes: a temp file is
-/// allocated at its full size before the copy starts).
+/// allocated at its full size before the copy starts), never more than were there at
+/// once: a temp file counts only if it is in tmp both before and after data is walked,
+/// so a copy renamed into data meanwhile is not counted twice.
 fn cache_bytes(cache: &Path) -> u64 {
     fn walk(p: &Path) -> u64 {
         let Ok(rd) = fs::read_dir(p) else { return 0 };
@@ -50,7 +52,23 @@ fn cache_bytes(cache: &Path) -> u64 {
             })
             .sum()
     }
-    walk(&cache.join("data")) + walk(&cache.join("tmp"))
+    fn temps(tmp: &Path) -> std::collections::HashMap<std::ffi::OsString, u64> {
+        let Ok(rd) = fs::read_dir(tmp) else {
+            return Default::default();
+        };
+        rd.flatten()
+            .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.len())))
+            .collect()
+    }
+    let before = temps(&cache.join("tmp"));
+    let data = walk(&cache.join("data"));
+    let after = temps(&cache.join("tmp"));
+    let tmp: u64 = before
+        .iter()
+        .filter(|(name, _)| after.contains_key(*name))
+        .map(|(name, len)| (*len).max(after[name]))
+        .sum();
+    data + tmp
 }
 
 fn read_ok(m: &TestMount, i: usize, len: usize) {
