@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::cache::Cache;
+use crate::cache::promoter::{Job, Priority};
 use crate::control::Handler;
 use crate::overlay::Overlay;
-use crate::promoter::{Job, Priority};
 
 pub struct Daemon {
     pub core: Arc<Overlay>,

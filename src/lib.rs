@@ -9,6 +9,8 @@
 //! - `inodes`: node ids <-> source objects (a file handle, or parent and name, each;
 //!   no descriptor held), lookup counts.
 //! - `source`: the bounded cache of SOURCE descriptors; shedding it when they run short.
+//! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
+//!   that fills it (`cache::promoter`, steered by `policy`).
 //! - `sys`: the only `unsafe`, thin libc wrappers.
 //!
 //! Invariants (ARCHITECTURE.md): the source is the truth; no stale bytes; reads never
@@ -26,6 +28,5 @@ pub mod mount;
 pub mod options;
 pub mod overlay;
 pub mod policy;
-pub mod promoter;
 pub mod source;
 pub mod sys;

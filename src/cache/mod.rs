@@ -7,6 +7,7 @@
 //! the mount marks the cache unusable, and the mount serves SOURCE alone from then on.
 
 pub mod index;
+pub mod promoter;
 pub mod store;
 
 use std::collections::HashSet;
@@ -22,9 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::config::{Config, MinFree};
-use crate::promoter::{Events, Job, Priority, Promoter};
 use crate::sys;
 use index::{Entries, Meta};
+use promoter::{Events, Job, Priority, Promoter};
 use store::{Lookup, Provenance, Store};
 
 const INDEX_FILE: &str = "index";

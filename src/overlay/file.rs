@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::{Caller, Entry, Overlay, check_writable};
+use crate::cache::promoter::Job;
 use crate::config::PromoteMode;
-use crate::promoter::Job;
 use crate::sys;
 
 /// How an open inode is being served.

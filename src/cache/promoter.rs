@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, select_biased};
 use parking_lot::{Condvar, Mutex};
 
-use crate::cache::store::{self, Provenance, Store};
+use super::store::{self, Provenance, Store};
 use crate::sys;
 
 const CHUNK: u64 = 4 << 20;
