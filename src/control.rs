@@ -525,7 +525,7 @@ impl ReqError {
 /// the FUSE mount. A path on another filesystem mounted inside a cachefs mount is not under it.
 pub fn locate(path: &Path) -> Result<(PathBuf, PathBuf), String> {
     let mounts =
-        crate::mount::mounts().map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        crate::mountinfo::mounts().map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let stale = |mp: &Path| {
         format!(
             "no cachefs daemon answers for {} (socket {}): is it mounted? It is a stale mount \
@@ -567,7 +567,7 @@ pub fn locate(path: &Path) -> Result<(PathBuf, PathBuf), String> {
 
 /// The pure part of [`locate`]: the deepest cachefs mount target that is a prefix of
 /// `path` (absolute, canonical), and the rest of `path`.
-fn locate_in(mounts: &[crate::mount::MountInfo], path: &Path) -> Option<(PathBuf, PathBuf)> {
+fn locate_in(mounts: &[crate::mountinfo::MountInfo], path: &Path) -> Option<(PathBuf, PathBuf)> {
     let best = mounts
         .iter()
         .filter(|m| m.fstype == "fuse.cachefs" && path.starts_with(&m.target))
@@ -732,7 +732,7 @@ pub fn run_command(cmd: Command) -> u8 {
             // Absolute without resolving: a stale mountpoint cannot be stat'ed.
             let cwd = std::env::current_dir().unwrap_or_default();
             let abs: Vec<PathBuf> = mountpoints.iter().map(|m| cwd.join(m)).collect();
-            crate::mount::cleanup(&abs)
+            crate::mountinfo::cleanup(&abs)
         }
         Command::Mount(_) => {
             eprintln!("cachefs: mounting is not a control command");
@@ -839,7 +839,7 @@ fn run_unmount(path: &Path) -> u8 {
 }
 
 fn cachefs_mounts_at(mp: &Path) -> usize {
-    crate::mount::mounts()
+    crate::mountinfo::mounts()
         .map(|all| {
             all.iter()
                 .filter(|m| m.fstype == "fuse.cachefs" && m.target == mp)
@@ -1329,7 +1329,7 @@ mod tests {
                     2 1 0:40 / /mnt/media rw - fuse.cachefs /srv/hdd rw\n\
                     3 2 0:41 / /mnt/media/inner\\040x rw - fuse.cachefs /srv/other rw\n\
                     4 1 0:42 / /mnt/mediax rw - fuse.cachefs /srv/x rw\n";
-        let mounts = crate::mount::parse_mountinfo(text);
+        let mounts = crate::mountinfo::parse_mountinfo(text);
         let got = |p: &str| locate_in(&mounts, Path::new(p));
         assert_eq!(
             got("/mnt/media/Show/a.mkv"),

@@ -15,6 +15,8 @@ use crate::overlay::Overlay;
 
 pub struct Daemon {
     pub core: Arc<Overlay>,
+    /// Stops the mount as SIGTERM would (given by the mount, which owns the lifecycle).
+    pub stop: fn(),
 }
 
 fn progress_of(job: &Job) -> Value {
@@ -165,7 +167,7 @@ impl Handler for Daemon {
     }
 
     fn unmount(&self) -> Result<Value, String> {
-        crate::mount::request_stop();
+        (self.stop)();
         Ok(json!({"stopping": true}))
     }
 }

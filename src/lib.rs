@@ -3,6 +3,7 @@
 //!
 //! - `cli`, `options`, `config`: argv (direct or fstab form) to one validated `Config`.
 //! - `mount`: mountpoint checks, mount(2), the session threads, clean stop on signals.
+//! - `mountinfo`: /proc/self/mountinfo parsed, mounts found, stale ones removed.
 //! - `fuse`: the one `fuser::Filesystem` impl, a thin adapter over `overlay`.
 //! - `overlay`: the core; every operation passed through to SOURCE with the caller's
 //!   identity, through directory descriptors and single names (never joined paths).
@@ -25,6 +26,7 @@ pub mod fuse;
 pub mod inodes;
 pub mod logging;
 pub mod mount;
+pub mod mountinfo;
 pub mod options;
 pub mod overlay;
 pub mod policy;

@@ -1,0 +1,136 @@
+//! /proc/self/mountinfo: parsing (with its octal escapes), finding mounts, and removing
+//! stale cachefs mounts (`cachefs cleanup`). Shared by the mount path, the subcommands
+//! and the tests.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+use crate::sys;
+
+/// One line of /proc/self/mountinfo that matters here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub target: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
+/// backslash).
+pub fn unescape(field: &str) -> OsString {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Parses mountinfo text: `ID PARENT MAJ:MIN ROOT TARGET OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER`.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            Some(MountInfo {
+                target: PathBuf::from(unescape(fields.get(4)?)),
+                fstype: unescape(fields.get(dash + 1)?)
+                    .to_string_lossy()
+                    .into_owned(),
+                source: unescape(fields.get(dash + 2)?)
+                    .to_string_lossy()
+                    .into_owned(),
+            })
+        })
+        .collect()
+}
+
+pub fn mounts() -> io::Result<Vec<MountInfo>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// `cachefs cleanup [MOUNTPOINT...]`: removes stale cachefs mounts (all of them, or the
+/// ones named) and reports each. Returns the exit code.
+pub fn cleanup(named: &[PathBuf]) -> u8 {
+    let all = match mounts() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("cachefs: cannot read /proc/self/mountinfo: {e}");
+            return 1;
+        }
+    };
+    let mut targets: Vec<PathBuf> = all
+        .iter()
+        .filter(|m| m.fstype == "fuse.cachefs")
+        .map(|m| m.target.clone())
+        .filter(|t| named.is_empty() || named.iter().any(|n| n == t))
+        .collect();
+    targets.dedup();
+    let mut code = 0;
+    for n in named {
+        if !targets.contains(n) {
+            eprintln!("cachefs: {} is not a cachefs mount", n.display());
+            code = 1;
+        }
+    }
+    let mut removed = 0;
+    for t in &targets {
+        match sys::statfs_path(t) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                match sys::cpath(t).and_then(|c| sys::umount2(&c, libc::MNT_DETACH)) {
+                    Ok(()) => {
+                        println!("removed the stale mount at {}", t.display());
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("cachefs: cannot unmount {}: {e}", t.display());
+                        code = 1;
+                    }
+                }
+            }
+            _ => println!("{} is live, left alone", t.display()),
+        }
+    }
+    if targets.is_empty() && named.is_empty() {
+        println!("no cachefs mounts");
+    } else if removed == 0 && code == 0 {
+        println!("no stale cachefs mounts");
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_and_fields() {
+        let text = "36 35 98:0 / /mnt/my\\040media rw,noatime master:1 - fuse.cachefs /srv/hdd\\011x rw,user_id=0\n\
+                    37 35 98:0 / /a\\134b rw - ext4 /dev/sda1 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].target, PathBuf::from("/mnt/my media"));
+        assert_eq!(m[0].fstype, "fuse.cachefs");
+        assert_eq!(m[0].source, "/srv/hdd\tx");
+        assert_eq!(m[1].target, PathBuf::from("/a\\b"));
+        assert_eq!(unescape("a\\012b"), OsString::from("a\nb"));
+        assert_eq!(unescape("trailing\\04"), OsString::from("trailing\\04"));
+    }
+}
