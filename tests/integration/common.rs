@@ -574,9 +574,28 @@ impl TestMount {
     }
 }
 
+/// Every mount point strictly below `root`, deepest first.
+fn mounts_below(root: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|f| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(f))))
+        .filter(|p| p.starts_with(root) && p != root)
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    out.dedup();
+    out
+}
+
 impl Drop for TestMount {
     fn drop(&mut self) {
         let problem = self.teardown();
+        // Filesystems a test mounted inside its tree (a small cache filesystem) go too,
+        // so that the temp dir can be removed whole.
+        for m in mounts_below(&self.root) {
+            detach(&m);
+        }
         if std::thread::panicking() {
             eprintln!(
                 "--- cachefs log ({}) ---\n{}\n--- end of log ---",
