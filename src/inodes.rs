@@ -111,6 +111,10 @@ pub struct InodeTable {
     aliases: Mutex<HashMap<(u64, u64), u64>>,
     /// Entries in `aliases`, so that lookups skip its lock while there are none.
     alias_count: AtomicU64,
+    /// Alias nodes the kernel may still hold, by object: they outlive `unretire` while
+    /// opens on them last, and a change through one node must reach the others.
+    live_aliases: Mutex<HashMap<(u64, u64), Vec<u64>>>,
+    live_alias_count: AtomicU64,
     next_alias: AtomicU64,
 }
 
@@ -146,6 +150,8 @@ impl InodeTable {
             mount_fd,
             aliases: Mutex::new(HashMap::new()),
             alias_count: AtomicU64::new(0),
+            live_aliases: Mutex::new(HashMap::new()),
+            live_alias_count: AtomicU64::new(0),
             next_alias: AtomicU64::new(ALIAS_BASE + 1),
         })
     }
@@ -182,7 +188,23 @@ impl InodeTable {
                 }
                 let alias = self.next_alias.fetch_add(1, Ordering::Relaxed);
                 aliases.insert(key, alias);
+                self.live_aliases.lock().entry(key).or_default().push(alias);
+                self.live_alias_count.fetch_add(1, Ordering::Relaxed);
                 alias
+            }
+        }
+    }
+
+    fn alias_forgotten(&self, dev: u64, ino: u64, nodeid: u64) {
+        let mut live = self.live_aliases.lock();
+        if let Some(v) = live.get_mut(&(dev, ino)) {
+            let before = v.len();
+            v.retain(|&a| a != nodeid);
+            if v.len() < before {
+                self.live_alias_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            if v.is_empty() {
+                live.remove(&(dev, ino));
             }
         }
     }
@@ -204,15 +226,19 @@ impl InodeTable {
         self.own_nodeid(dev, ino)
     }
 
-    /// The node ids the kernel may hold for an object: its own, and its alias if it is
-    /// retired.
-    pub fn nodeids_of(&self, dev: u64, ino: u64) -> (u64, Option<u64>) {
-        let alias = if self.alias_count.load(Ordering::Relaxed) > 0 {
-            self.aliases.lock().get(&(dev, ino)).copied()
-        } else {
-            None
+    /// The node ids other than `except` that the kernel may hold for an object: its own
+    /// and its aliases. Empty for an object that never had an alias (the usual case).
+    pub fn other_nodes(&self, dev: u64, ino: u64, except: u64) -> Vec<u64> {
+        if self.live_alias_count.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let Some(aliases) = self.live_aliases.lock().get(&(dev, ino)).cloned() else {
+            return Vec::new();
         };
-        (self.own_nodeid(dev, ino), alias)
+        std::iter::once(self.own_nodeid(dev, ino))
+            .chain(aliases)
+            .filter(|&n| n != except)
+            .collect()
     }
 
     /// The node id derived from (st_dev, st_ino).
@@ -524,9 +550,14 @@ impl InodeTable {
                 Ordering::Relaxed,
             );
             if prev <= n {
-                map.remove(&nodeid);
+                let gone = map.remove(&nodeid);
                 drop(map);
                 self.fds.forget(nodeid);
+                if let Some(inode) = gone
+                    && nodeid >= ALIAS_BASE
+                {
+                    self.alias_forgotten(inode.dev, inode.ino, nodeid);
+                }
             }
         }
     }

@@ -121,6 +121,29 @@ fn fuse_mount(cfg: &Config, dev: &OwnedFd) -> io::Result<()> {
     sys::mount(&source, &target, c"fuse.cachefs", flags, &data)
 }
 
+/// The core's way to tell the kernel that another inode of an object changed. The
+/// attributes go at once (no inode lock is taken for them); the pages are dropped by a
+/// thread of their own, because dropping them waits for page locks that a read in flight
+/// on that inode holds until the daemon answers it.
+fn invalidator(notifier: fuser::Notifier) -> Result<crate::overlay::Invalidator, MountError> {
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let pages = notifier.clone();
+    std::thread::Builder::new()
+        .name("invalidate".into())
+        .spawn(move || {
+            for nodeid in rx {
+                let _ = pages.inval_inode(fuser::INodeNo(nodeid), 0, 0);
+            }
+        })
+        .map_err(|e| err(format!("cannot start the invalidation thread: {e}")))?;
+    Ok(Box::new(move |nodeid, data| {
+        let _ = notifier.inval_inode(fuser::INodeNo(nodeid), -1, 0);
+        if data {
+            let _ = tx.send(nodeid);
+        }
+    }))
+}
+
 /// Mounts and serves until stopped. Returns once the filesystem is unmounted.
 pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     // Before any thread exists, so every thread inherits the blocked mask and only the
@@ -177,13 +200,7 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         cfg.cache.display()
     );
 
-    let notifier = session.notifier();
-    core.set_invalidator(Box::new(move |nodeid, data| {
-        // Attributes only (offset -1), or with the whole page cache (0, 0). Only ever
-        // for an inode other than the one a request in flight is writing.
-        let offset = if data { 0 } else { -1 };
-        let _ = notifier.inval_inode(fuser::INodeNo(nodeid), offset, 0);
-    }));
+    core.set_invalidator(invalidator(session.notifier())?);
     let _ = CORE.set(core.clone());
     // The control socket; it goes (and its file with it) when the process exits.
     let _control = match control::serve(

@@ -279,6 +279,7 @@ impl Overlay {
             self.start_mirror(obj, &b);
         }
         self.mirror(obj, |m| sys::ftruncate(m.as_fd(), size));
+        self.others_changed(obj, inode.nodeid);
     }
 
     /// An open the kernel would refuse on an inode that has passthrough opens (anything
@@ -338,23 +339,17 @@ impl Overlay {
             tracing::warn!("cannot update the copy passthrough readers use: {e}");
             self.end_mirror(obj);
         }
-        if let Some(invalidate) = self.invalidator.get() {
-            let (own, alias) = self.inodes.nodeids_of(obj.0, obj.1);
-            invalidate(own, false);
-            if let Some(a) = alias {
-                invalidate(a, false);
-            }
-        }
     }
 
-    /// A write through an alias node (see `refuse_beside_passthrough`) changed bytes the
-    /// object's own kernel inode may hold in its page cache: drop them there.
-    fn others_changed(&self, h: &FileHandle) {
-        let (own, _) = self.inodes.nodeids_of(h.obj.0, h.obj.1);
-        if own != h.nodeid
-            && let Some(invalidate) = self.invalidator.get()
-        {
-            invalidate(own, true);
+    /// The object's bytes or size changed through node `via`: its other kernel inodes
+    /// (its own node and its aliases, see `refuse_beside_passthrough`) drop their cached
+    /// attributes and pages, so their readers see the change as on a plain directory.
+    pub(super) fn others_changed(&self, obj: (u64, u64), via: u64) {
+        let Some(invalidate) = self.invalidator.get() else {
+            return;
+        };
+        for n in self.inodes.other_nodes(obj.0, obj.1, via) {
+            invalidate(n, true);
         }
     }
 
@@ -595,7 +590,7 @@ impl Overlay {
             }
             Ok(())
         });
-        self.others_changed(&h);
+        self.others_changed(h.obj, h.nodeid);
         if h.o_direct {
             drop_pages(&h, offset, done as u64, true);
         }
@@ -654,6 +649,7 @@ impl Overlay {
         let h = self.files.get(fh)?;
         sys::fallocate(h.fd.as_fd(), mode, offset, length)?;
         self.mirror(h.obj, |m| sys::fallocate(m.as_fd(), mode, offset, length));
+        self.others_changed(h.obj, h.nodeid);
         Ok(())
     }
 
@@ -685,6 +681,7 @@ impl Overlay {
             }
             Ok(())
         });
+        self.others_changed(fout.obj, fout.nodeid);
         Ok(n as u32)
     }
 }

@@ -36,6 +36,7 @@ use crate::sys;
 
 /// Asks the kernel to drop its cached attributes of a node, and its cached data too when
 /// the flag is set (a fuser notifier, wrapped so that the core knows nothing of fuser).
+/// Never called for the node a request in flight is about.
 pub type Invalidator = Box<dyn Fn(u64, bool) + Send + Sync>;
 
 /// A looked-up object: its node id and the source's attributes.

@@ -565,3 +565,59 @@ fn tagger_rewrites_a_film_two_players_read_by_passthrough() {
     assert_eq!(fs::read(m.path("film.mkv")).unwrap(), want[..4096]);
     assert_eq!(fs::read(m.src("film.mkv")).unwrap(), want[..4096]);
 }
+
+/// After the passthrough readers that made a writer's open land on a second kernel
+/// inode (see the tagger test) are gone, the name leads to the file's own inode again
+/// while the writer keeps the other: a truncate through the name must show at once
+/// through the writer's descriptor too (found by the exerciser: a read past the new end
+/// returned old bytes).
+#[test]
+fn change_through_one_kernel_inode_shows_through_the_other() {
+    crate::require_mount!();
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let data = pattern(1 << 20, 61);
+    let d2 = data.clone();
+    // Attributes cached for long, names briefly: only an invalidation makes the writer's
+    // inode see the change in time.
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .option("attr_timeout=60")
+        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
+        .start();
+    promote_wait(&m, "film.mkv");
+    require_passthrough(&m);
+    let player = fs::File::open(m.path("film.mkv")).unwrap();
+    let writer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("film.mkv"))
+        .unwrap();
+    let writer_ino = writer.metadata().unwrap().ino();
+    assert_ne!(
+        player.metadata().unwrap().ino(),
+        writer_ino,
+        "one kernel inode"
+    );
+    drop(player);
+    // Once the name's entry expires, it leads to the file's own inode again.
+    eventually("the name to lead to the own inode", &m, || {
+        fs::metadata(m.path("film.mkv")).unwrap().ino() != writer_ino
+    });
+    let c = cpath(&m.path("film.mkv"));
+    // SAFETY: c is NUL-terminated.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 4096) }, 0);
+    assert_eq!(
+        writer.metadata().unwrap().len(),
+        4096,
+        "the writer's inode kept the old size"
+    );
+    let mut buf = vec![0u8; 64 << 10];
+    assert_eq!(
+        writer.read_at(&mut buf, 8192).unwrap(),
+        0,
+        "old bytes past the new end"
+    );
+    // And the other way: a write through the writer's inode shows through the name.
+    writer.write_all_at(b"NEW", 0).unwrap();
+    assert_eq!(&fs::read(m.path("film.mkv")).unwrap()[..3], b"NEW");
+}
