@@ -166,6 +166,7 @@ impl InodeTable {
         self.by_id.read().len()
     }
 
+    /// Never: the root is always there.
     pub fn is_empty(&self) -> bool {
         false
     }
