@@ -189,8 +189,6 @@ impl InodeTable {
                 }
                 let alias = self.next_alias.fetch_add(1, Ordering::Relaxed);
                 aliases.insert(key, alias);
-                self.live_aliases.lock().entry(key).or_default().push(alias);
-                self.live_alias_count.fetch_add(1, Ordering::Relaxed);
                 alias
             }
         }
@@ -480,8 +478,25 @@ impl InodeTable {
                     handle: Mutex::new(handle),
                 });
                 let mut map = self.by_id.write();
-                let inode = map.entry(nodeid).or_insert(fresh).clone();
+                let mut created = false;
+                let inode = map
+                    .entry(nodeid)
+                    .or_insert_with(|| {
+                        created = true;
+                        fresh
+                    })
+                    .clone();
                 drop(map);
+                if created && nodeid >= ALIAS_BASE {
+                    // The kernel now holds this alias node: changes must reach it.
+                    let key = (st.st_dev, st.st_ino);
+                    self.live_aliases
+                        .lock()
+                        .entry(key)
+                        .or_default()
+                        .push(nodeid);
+                    self.live_alias_count.fetch_add(1, Ordering::Relaxed);
+                }
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
                 inode
             }
@@ -790,6 +805,34 @@ mod tests {
             }
             assert!(reused, "no inode number was reused in 50 tries");
         }
+    }
+
+    #[test]
+    fn retired_node_gives_lookups_an_alias_until_unretired() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), b"x").unwrap();
+        let t = table(d.path(), false, 1024);
+        let root = t.root();
+        let own = lookup(&t, &root, "f").unwrap();
+        assert!(t.other_nodes(own.dev, own.ino, own.nodeid).is_empty());
+        let alias = t.retire(&own);
+        assert!(alias >= ALIAS_BASE);
+        // Retiring again from the own node keeps the alias; from the alias, a fresh one.
+        assert_eq!(t.retire(&own), alias);
+        let a = lookup(&t, &root, "f").unwrap();
+        assert_eq!(a.nodeid, alias);
+        assert_eq!((a.dev, a.ino), (own.dev, own.ino));
+        assert_eq!(t.other_nodes(own.dev, own.ino, alias), vec![own.nodeid]);
+        assert_eq!(t.other_nodes(own.dev, own.ino, own.nodeid), vec![alias]);
+        let second = t.retire(&a);
+        assert_ne!(second, alias);
+        t.unretire(own.dev, own.ino);
+        assert_eq!(lookup(&t, &root, "f").unwrap().nodeid, own.nodeid);
+        // The alias node lives on while the kernel holds it (the second alias was never
+        // looked up, so the kernel never had it), then goes.
+        assert_eq!(t.other_nodes(own.dev, own.ino, own.nodeid), vec![alias]);
+        t.forget(alias, 1);
+        assert!(t.other_nodes(own.dev, own.ino, own.nodeid).is_empty());
     }
 
     #[test]
