@@ -173,6 +173,7 @@ impl Overlay {
         // (the mirror starts at the conflicting open): while the object is open for
         // writing, through this node or another, new readers are served by the daemon.
         let writer_open = copy.is_some() && !write && self.has_writer((inode.dev, inode.ino));
+        let mut new_backing = None;
         let mut io = self.io.lock();
         let state = io.entry(nodeid).or_default();
         let (mode, passthrough) = if state.passthrough > 0 {
@@ -197,6 +198,7 @@ impl Overlay {
             (Mode::Cached, None)
         } else if copy.is_some() && self.passthrough_enabled() && !writer_open {
             state.backing = copy.clone();
+            new_backing = copy.clone();
             (Mode::Passthrough, copy.clone().map(Backing::Unregistered))
         } else {
             (Mode::Cached, None)
@@ -207,6 +209,9 @@ impl Overlay {
             Mode::Direct => state.direct += 1,
         }
         drop(io);
+        if let Some(b) = &new_backing {
+            self.start_mirror((inode.dev, inode.ino), nodeid, b);
+        }
 
         // Another kernel inode of the object may be written meanwhile: no page cache kept.
         let keep_cache = mode == Mode::Cached && copy.is_some() && !writer_open;
@@ -268,16 +273,6 @@ impl Overlay {
     pub(super) fn truncated(&self, inode: &crate::inodes::Inode, size: u64) {
         self.readers_leave_copies((inode.dev, inode.ino));
         let obj = (inode.dev, inode.ino);
-        // Passthrough readers on this very node (a truncate by path reaches their
-        // inode): their backing copy follows from now on.
-        let backing = self
-            .io
-            .lock()
-            .get(&inode.nodeid)
-            .and_then(|s| s.backing.clone());
-        if let Some(b) = backing {
-            self.start_mirror(obj, &b);
-        }
         self.mirror(obj, |m| sys::ftruncate(m.as_fd(), size));
         self.others_changed(obj, inode.nodeid);
     }
@@ -286,16 +281,13 @@ impl Overlay {
     /// but passthrough to the same backing file): the node is retired for new opens
     /// (`InodeTable::retire`) and the open answered ESTALE, which makes the kernel walk
     /// the path again and open the object's new inode, served from SOURCE. The readers
-    /// go on with their backing copy, which from now on gets every write and truncate
-    /// made through the mount (a mirror), so they read what a plain directory would
-    /// show them (invariant 10). Ok when there is no conflict.
+    /// go on with their backing copy, which gets every write and truncate made through
+    /// the mount (its mirror, see `start_mirror`), so they read what a plain directory
+    /// would show them (invariant 10). Ok when there is no conflict.
     fn refuse_beside_passthrough(&self, inode: &crate::inodes::Inode) -> io::Result<()> {
-        let backing = match self.io.lock().get(&inode.nodeid) {
-            Some(s) if s.passthrough > 0 => s.backing.clone(),
+        match self.io.lock().get(&inode.nodeid) {
+            Some(s) if s.passthrough > 0 => {}
             _ => return Ok(()),
-        };
-        if let Some(b) = backing {
-            self.start_mirror((inode.dev, inode.ino), &b);
         }
         let alias = self.inodes.retire(inode);
         tracing::debug!(
@@ -305,16 +297,27 @@ impl Overlay {
         Err(io::Error::from_raw_os_error(libc::ESTALE))
     }
 
-    /// Makes the backing copy of passthrough readers of `obj` follow writes from now on.
-    fn start_mirror(&self, obj: (u64, u64), backing: &File) {
+    /// Node `nodeid` of `obj` starts serving passthrough readers from `backing`: from
+    /// now on every change to the object through the mount, through whichever of its
+    /// nodes, is applied to that copy too, until the node's last passthrough reader
+    /// closes (`end_mirror`). Started with the first passthrough open, not at a
+    /// conflict, because after the conflict the object can have several kernel inodes,
+    /// more than one with passthrough readers of its own copy.
+    fn start_mirror(&self, obj: (u64, u64), nodeid: u64, backing: &File) {
         let mut mirrors = self.mirrors.lock();
-        if mirrors.contains_key(&obj) {
+        if mirrors
+            .get(&obj)
+            .is_some_and(|v| v.iter().any(|(n, _)| *n == nodeid))
+        {
             return;
         }
         // The daemon's own identity: the copy is the daemon's file.
         match sys::open_path(&sys::proc_path(backing.as_fd()), libc::O_WRONLY, 0) {
             Ok(fd) => {
-                mirrors.insert(obj, Arc::new(File::from(fd)));
+                mirrors
+                    .entry(obj)
+                    .or_default()
+                    .push((nodeid, Arc::new(File::from(fd))));
                 self.mirror_count.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(
@@ -324,20 +327,20 @@ impl Overlay {
         }
     }
 
-    /// Applies a change to `obj`'s mirror, if it has one. A cache-side failure drops the
-    /// mirror (logged); it never fails the caller's write. The object's other kernel
-    /// inodes (its own node and its alias: the change came through one of them) are told
-    /// that their attributes changed, so they see the new size at once.
-    fn mirror(&self, obj: (u64, u64), f: impl FnOnce(&File) -> io::Result<()>) {
+    /// Applies a change to every copy passthrough readers of `obj` use. A cache-side
+    /// failure drops that mirror (logged); it never fails the caller's write.
+    fn mirror(&self, obj: (u64, u64), f: impl Fn(&File) -> io::Result<()>) {
         if self.mirror_count.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let Some(m) = self.mirrors.lock().get(&obj).cloned() else {
+        let Some(copies) = self.mirrors.lock().get(&obj).cloned() else {
             return;
         };
-        if let Err(e) = f(&m) {
-            tracing::warn!("cannot update the copy passthrough readers use: {e}");
-            self.end_mirror(obj);
+        for (nodeid, m) in copies {
+            if let Err(e) = f(&m) {
+                tracing::warn!("cannot update the copy passthrough readers use: {e}");
+                self.end_mirror(obj, nodeid);
+            }
         }
     }
 
@@ -353,9 +356,22 @@ impl Overlay {
         }
     }
 
-    fn end_mirror(&self, obj: (u64, u64)) {
-        if self.mirrors.lock().remove(&obj).is_some() {
-            self.mirror_count.fetch_sub(1, Ordering::Relaxed);
+    /// Node `nodeid` of `obj` has no passthrough reader left. Returns whether no node of
+    /// the object has any.
+    fn end_mirror(&self, obj: (u64, u64), nodeid: u64) -> bool {
+        let mut mirrors = self.mirrors.lock();
+        let Some(v) = mirrors.get_mut(&obj) else {
+            return true;
+        };
+        let before = v.len();
+        v.retain(|(n, _)| *n != nodeid);
+        self.mirror_count
+            .fetch_sub((before - v.len()) as u64, Ordering::Relaxed);
+        if v.is_empty() {
+            mirrors.remove(&obj);
+            true
+        } else {
+            false
         }
     }
 
@@ -380,6 +396,7 @@ impl Overlay {
         }
         let mut io = self.io.lock();
         let mut closing = None;
+        let mut last = false;
         if let Some(state) = io.get_mut(&h.nodeid) {
             state.passthrough -= 1;
             state.cached += 1;
@@ -387,11 +404,15 @@ impl Overlay {
             if state.passthrough == 0 {
                 state.backing = None;
                 closing = state.token.take();
+                last = true;
             }
         }
         *mode = Mode::Cached;
         drop(io);
         drop(closing);
+        if last && self.end_mirror(h.obj, h.nodeid) {
+            self.inodes.unretire(h.obj.0, h.obj.1);
+        }
     }
 
     pub fn create(
@@ -636,10 +657,9 @@ impl Overlay {
         }
         drop(io);
         drop(closing);
-        if last_passthrough {
-            // No reader is left on the backing copy: stop mirroring into it, and let
-            // lookups give the object its own node again.
-            self.end_mirror(h.obj);
+        // No reader is left on this node's backing copy: stop mirroring into it; once no
+        // node of the object has passthrough readers, lookups give it its own node again.
+        if last_passthrough && self.end_mirror(h.obj, h.nodeid) {
             self.inodes.unretire(h.obj.0, h.obj.1);
         }
     }

@@ -60,13 +60,17 @@ pub struct Overlay {
     io: Mutex<HashMap<u64, file::InodeIo>>,
     /// Writable descriptors of backing copies that passthrough readers still read while
     /// their object is written through another node, by (st_dev, st_ino); see `file.rs`.
-    mirrors: Mutex<HashMap<(u64, u64), Arc<std::fs::File>>>,
+    mirrors: Mutex<Mirrors>,
     /// Entries in `mirrors`, so that writes skip its lock while there are none.
     mirror_count: AtomicU64,
     /// Tells the kernel a node's attributes (and data) changed behind it (set once
     /// mounted).
     invalidator: std::sync::OnceLock<Invalidator>,
 }
+
+/// By object (st_dev, st_ino), one entry per node with passthrough readers: its id and
+/// a writable descriptor of their backing copy.
+type Mirrors = HashMap<(u64, u64), Vec<(u64, Arc<std::fs::File>)>>;
 
 /// Open handles by number. Numbers are never reused within a mount.
 struct Handles<T> {
