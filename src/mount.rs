@@ -136,8 +136,12 @@ fn invalidator(notifier: fuser::Notifier) -> Result<crate::overlay::Invalidator,
             }
         })
         .map_err(|e| err(format!("cannot start the invalidation thread: {e}")))?;
-    Ok(Box::new(move |nodeid, data| {
+    Ok(Box::new(move |nodeid, data, size| {
         let _ = notifier.inval_inode(fuser::INodeNo(nodeid), -1, 0);
+        if let Some(size) = size {
+            // Storing nothing at `size` grows the kernel's size to it, if smaller.
+            let _ = notifier.store(fuser::INodeNo(nodeid), size, &[]);
+        }
         if data {
             let _ = tx.send(nodeid);
         }

@@ -17,7 +17,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -274,7 +274,9 @@ impl Overlay {
         self.readers_leave_copies((inode.dev, inode.ino));
         let obj = (inode.dev, inode.ino);
         self.mirror(obj, |m| sys::ftruncate(m.as_fd(), size));
-        self.others_changed(obj, inode.nodeid);
+        if let Ok(fd) = self.fd(inode) {
+            self.others_changed(obj, inode.nodeid, fd.as_fd());
+        }
     }
 
     /// An open the kernel would refuse on an inode that has passthrough opens (anything
@@ -347,12 +349,17 @@ impl Overlay {
     /// The object's bytes or size changed through node `via`: its other kernel inodes
     /// (its own node and its aliases, see `refuse_beside_passthrough`) drop their cached
     /// attributes and pages, so their readers see the change as on a plain directory.
-    pub(super) fn others_changed(&self, obj: (u64, u64), via: u64) {
+    pub(super) fn others_changed(&self, obj: (u64, u64), via: u64, fd: BorrowedFd<'_>) {
         let Some(invalidate) = self.invalidator.get() else {
             return;
         };
-        for n in self.inodes.other_nodes(obj.0, obj.1, via) {
-            invalidate(n, true);
+        let others = self.inodes.other_nodes(obj.0, obj.1, via);
+        if others.is_empty() {
+            return;
+        }
+        let size = sys::fstat(fd).ok().map(|st| st.st_size as u64);
+        for n in others {
+            invalidate(n, true, size);
         }
     }
 
@@ -611,7 +618,7 @@ impl Overlay {
             }
             Ok(())
         });
-        self.others_changed(h.obj, h.nodeid);
+        self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
         if h.o_direct {
             drop_pages(&h, offset, done as u64, true);
         }
@@ -669,7 +676,7 @@ impl Overlay {
         let h = self.files.get(fh)?;
         sys::fallocate(h.fd.as_fd(), mode, offset, length)?;
         self.mirror(h.obj, |m| sys::fallocate(m.as_fd(), mode, offset, length));
-        self.others_changed(h.obj, h.nodeid);
+        self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
         Ok(())
     }
 
@@ -701,7 +708,7 @@ impl Overlay {
             }
             Ok(())
         });
-        self.others_changed(fout.obj, fout.nodeid);
+        self.others_changed(fout.obj, fout.nodeid, fout.fd.as_fd());
         Ok(n as u32)
     }
 }

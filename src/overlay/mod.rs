@@ -37,7 +37,10 @@ use crate::sys;
 /// Asks the kernel to drop its cached attributes of a node, and its cached data too when
 /// the flag is set (a fuser notifier, wrapped so that the core knows nothing of fuser).
 /// Never called for the node a request in flight is about.
-pub type Invalidator = Box<dyn Fn(u64, bool) + Send + Sync>;
+/// With a size, the kernel's size of the node grows to it if it is smaller (a change
+/// that extended the file through another node: a fault of a mapping past the old size
+/// would otherwise raise SIGBUS, as the kernel does not ask for attributes there).
+pub type Invalidator = Box<dyn Fn(u64, bool, Option<u64>) + Send + Sync>;
 
 /// A looked-up object: its node id and the source's attributes.
 #[derive(Debug, Clone, Copy)]
