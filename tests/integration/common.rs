@@ -76,25 +76,9 @@ macro_rules! require_mount {
 // ---------------------------------------------------------------------------------------
 // mountinfo
 
-/// Undo mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` `\`).
+/// Undo mountinfo's octal escapes, as the daemon does (`cachefs::mountinfo`).
 fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    std::os::unix::ffi::OsStringExt::into_vec(cachefs::mountinfo::unescape(field))
 }
 
 /// One mountinfo line, the parts the tests look at.
