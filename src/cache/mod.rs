@@ -177,11 +177,16 @@ impl Events for Ledger {
         // Would it fit once every unpinned copy were gone? If not, evict nothing.
         let (avail, total) = self.store.space().map_err(|e| e.to_string())?;
         let min_free = self.min_free_bytes(total);
-        let (bytes, pinned_bytes) = {
+        // `reserved` is read under the entries lock: `published` moves a copy from one to
+        // the other under it, so the two never miss a copy between them.
+        let (bytes, pinned_bytes, reserved) = {
             let e = self.entries.lock();
-            (e.bytes(), e.pinned_bytes())
+            (
+                e.bytes(),
+                e.pinned_bytes(),
+                self.reserved.load(Ordering::Relaxed),
+            )
         };
-        let reserved = self.reserved.load(Ordering::Relaxed);
         if let Some(max) = self.max_size
             && size + pinned_bytes + reserved > max
         {
@@ -195,7 +200,10 @@ impl Events for Ledger {
             ));
         }
         loop {
-            let used = self.entries.lock().bytes() + self.reserved.load(Ordering::Relaxed);
+            let used = {
+                let e = self.entries.lock();
+                e.bytes() + self.reserved.load(Ordering::Relaxed)
+            };
             let fits_size = self.max_size.is_none_or(|max| used + size <= max);
             let (avail, _) = self.store.space().map_err(|e| e.to_string())?;
             let fits_free = avail >= size + min_free;
@@ -227,9 +235,12 @@ impl Events for Ledger {
     }
 
     fn published(&self, rel: &Path, _prov: &Provenance, size: u64) {
-        self.reserved.fetch_sub(size, Ordering::Relaxed);
         let pinned = self.pins.lock().contains(rel);
-        self.entries.lock().insert(
+        // From reserved to cached in one step under the entries lock, where `reserve`
+        // reads both: a reservation read between two separate steps saw the copy in
+        // neither and let the cache exceed max_size by one copy.
+        let mut entries = self.entries.lock();
+        entries.insert(
             rel.to_path_buf(),
             Meta {
                 size,
@@ -237,6 +248,8 @@ impl Events for Ledger {
                 pinned,
             },
         );
+        self.reserved.fetch_sub(size, Ordering::Relaxed);
+        drop(entries);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
