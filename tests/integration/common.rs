@@ -405,6 +405,18 @@ impl TestMount {
                 });
             }
         }
+        // If the test binary dies without running Drop (a signal, an abort), the daemon
+        // gets SIGTERM and unmounts, instead of outliving the test with its mount.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
         let child = cmd.spawn().expect("spawn cachefs");
         self.child = Some(child);
         self.wait_mounted();
