@@ -292,6 +292,20 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
     })
 }
 
+/// Reads at `offset` until `buf` is full or the file ends; returns the bytes read (fewer
+/// only at the end of the file, which is what a short read means to the kernel).
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = pread(fd, &mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
     // SAFETY: buf is readable for buf.len() bytes.
     check_size(unsafe {
@@ -302,6 +316,18 @@ pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> 
             offset as libc::off_t,
         )
     })
+}
+
+/// Writes all of `buf` at `offset`; WriteZero if the file takes no more.
+pub fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match pwrite(fd, &buf[done..], offset + done as u64)? {
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            n => done += n,
+        }
+    }
+    Ok(())
 }
 
 /// write(2) at the fd's own offset: what O_APPEND files need, where pwrite's offset

@@ -183,26 +183,14 @@ fn same_bytes(a: &File, b: &File, len: u64) -> io::Result<bool> {
     let mut off = 0u64;
     while off < len {
         let want = ((len - off) as usize).min(x.len());
-        let n = read_at_full(a, &mut x[..want], off)?;
-        let m = read_at_full(b, &mut y[..want], off)?;
+        let n = sys::pread_full(a.as_fd(), &mut x[..want], off)?;
+        let m = sys::pread_full(b.as_fd(), &mut y[..want], off)?;
         if n != want || m != want || x[..n] != y[..m] {
             return Ok(false);
         }
         off += n as u64;
     }
     Ok(true)
-}
-
-fn read_at_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = sys::pread(f.as_fd(), &mut buf[done..], off + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
 }
 
 pub struct Store {

@@ -507,7 +507,7 @@ impl Overlay {
         let copy = h.copy.lock().clone();
         let mut buf = vec![0u8; size as usize];
         let n = match &copy {
-            Some(c) => match read_full(c.as_fd(), &mut buf, offset) {
+            Some(c) => match sys::pread_full(c.as_fd(), &mut buf, offset) {
                 Ok(n) => n,
                 // A cache-side failure never reaches the reader (invariant 8).
                 Err(e) => {
@@ -517,10 +517,10 @@ impl Overlay {
                             .mark_unusable(&format!("reading a cached copy: {e}"));
                     }
                     *h.copy.lock() = None;
-                    read_full(h.fd.as_fd(), &mut buf, offset)?
+                    sys::pread_full(h.fd.as_fd(), &mut buf, offset)?
                 }
             },
-            None => read_full(h.fd.as_fd(), &mut buf, offset)?,
+            None => sys::pread_full(h.fd.as_fd(), &mut buf, offset)?,
         };
         if h.o_direct && copy.is_none() {
             drop_pages(&h, offset, n as u64, false);
@@ -611,13 +611,7 @@ impl Overlay {
             }
             done += n;
         }
-        self.mirror(h.obj, |m| {
-            let mut at = 0;
-            while at < done {
-                at += sys::pwrite(m.as_fd(), &data[at..done], offset + at as u64)?;
-            }
-            Ok(())
-        });
+        self.mirror(h.obj, |m| sys::pwrite_all(m.as_fd(), &data[..done], offset));
         self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
         if h.o_direct {
             drop_pages(&h, offset, done as u64, true);
@@ -701,12 +695,8 @@ impl Overlay {
         // Passthrough readers of the target follow: the bytes, as they landed.
         self.mirror(fout.obj, |m| {
             let mut buf = vec![0u8; n];
-            let got = read_full(fout.fd.as_fd(), &mut buf, off_out)?;
-            let mut at = 0;
-            while at < got {
-                at += sys::pwrite(m.as_fd(), &buf[at..got], off_out + at as u64)?;
-            }
-            Ok(())
+            let got = sys::pread_full(fout.fd.as_fd(), &mut buf, off_out)?;
+            sys::pwrite_all(m.as_fd(), &buf[..got], off_out)
         });
         self.others_changed(fout.obj, fout.nodeid, fout.fd.as_fd());
         Ok(n as u32)
@@ -723,18 +713,4 @@ fn drop_pages(h: &FileHandle, offset: u64, len: u64, written: bool) {
         let _ = sys::sync_range(h.fd.as_fd(), offset, len);
     }
     let _ = sys::fadvise(h.fd.as_fd(), offset, len, libc::POSIX_FADV_DONTNEED);
-}
-
-/// Reads until `buf` is full or the file ends: a short read means end of file to the
-/// kernel.
-fn read_full(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = sys::pread(fd, &mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
 }
