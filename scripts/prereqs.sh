@@ -21,6 +21,9 @@ command -v findmnt >/dev/null 2>&1 || need+=(util-linux)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v mount >/dev/null 2>&1 || need+=(mount)
 command -v chattr >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v dd >/dev/null 2>&1 || need+=(coreutils)
+command -v find >/dev/null 2>&1 || need+=(findutils)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages ${need[*]}: run as root or install them" >&2
@@ -38,6 +41,15 @@ if [ "$(id -u)" -ne 0 ]; then
         exit 1
     fi
     echo "warning: not root: mount and second-user tests will be skipped" >&2
+fi
+
+# The tests loop-mount small filesystem images (a source without entry types).
+if [ ! -e /dev/loop-control ]; then
+    modprobe loop >/dev/null 2>&1 || true
+fi
+if [ ! -e /dev/loop-control ]; then
+    echo "no loop devices (/dev/loop-control; modprobe loop failed): the untyped-source test will fail" >&2
+    [ "$ci" = true ] && exit 1
 fi
 
 if [ ! -e /dev/fuse ]; then
