@@ -12,6 +12,7 @@
 //! - `source`: the bounded cache of SOURCE descriptors; shedding it when they run short.
 //! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
 //!   that fills it (`cache::promoter`, steered by `policy`).
+//! - `exit`: the exit codes, one documented table.
 //! - `sys`: the only `unsafe`, thin libc wrappers.
 //!
 //! Invariants (ARCHITECTURE.md): the source is the truth; no stale bytes; reads never
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod exit;
 pub mod fuse;
 pub mod inodes;
 pub mod logging;

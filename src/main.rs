@@ -1,5 +1,5 @@
 //! The `cachefs` binary: argv to a command, run it, map the outcome to an exit code
-//! (0 success, 1 runtime failure, 2 bad usage; see CONTRACT.md).
+//! (the table in `cachefs::exit`).
 
 use std::process::ExitCode;
 
@@ -7,8 +7,7 @@ use cachefs::cli::{self, CliError, Command};
 use cachefs::logging;
 use cachefs::mount::DaemonError;
 
-const EXIT_FAILURE: u8 = 1;
-const EXIT_USAGE: u8 = 2;
+use cachefs::exit;
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().collect()) {
@@ -19,14 +18,14 @@ fn main() -> ExitCode {
         }
         Err(CliError::Usage(msg)) => {
             eprintln!("cachefs: {msg}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
     match command {
         Command::Mount(mut cfg) if cfg.foreground => {
             if let Err(msg) = cli::check_paths(&mut cfg) {
                 eprintln!("cachefs: {msg}");
-                return ExitCode::from(EXIT_USAGE);
+                return ExitCode::from(exit::USAGE);
             }
             if let Err(e) = logging::init(cfg.debug, logging::Target::Stderr) {
                 eprintln!("cachefs: {e}");
@@ -35,7 +34,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cachefs: {e}");
-                    ExitCode::from(EXIT_FAILURE)
+                    ExitCode::from(exit::FAILURE)
                 }
             }
         }
@@ -45,11 +44,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(DaemonError::Usage(msg)) => {
                 eprintln!("cachefs: {msg}");
-                ExitCode::from(EXIT_USAGE)
+                ExitCode::from(exit::USAGE)
             }
             Err(DaemonError::Failed(e)) => {
                 eprintln!("cachefs: {e}");
-                ExitCode::from(EXIT_FAILURE)
+                ExitCode::from(exit::FAILURE)
             }
         },
         other => ExitCode::from(cachefs::control::run_command(other)),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::control;
 use crate::daemon::Daemon;
+use crate::exit;
 use crate::fuse::CachefsFs;
 use crate::logging;
 use crate::mountinfo::mounts;
@@ -314,7 +315,7 @@ fn spawn_watchdog(mountpoint: &Path) -> io::Result<Watchdog> {
                     mountpoint.display()
                 );
             }
-            sys::exit_now(0)
+            sys::exit_now(exit::SUCCESS.into())
         }
     }
 }
@@ -418,7 +419,7 @@ pub fn run_daemon(
             if let Err(msg) = check(&mut cfg) {
                 let mut f = std::fs::File::from(tx);
                 let _ = f.write_all(format!("usage {}\n", msg.replace('\n', " ")).as_bytes());
-                sys::exit_now(2)
+                sys::exit_now(exit::USAGE.into())
             }
             *READY.lock() = Some(tx);
             let target = match &cfg.log {
@@ -433,15 +434,15 @@ pub fn run_daemon(
                 })
                 .and_then(|()| run_foreground(cfg));
             let code = match r {
-                Ok(()) => 0,
+                Ok(()) => exit::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
                     notify_ready(Err(&e.0));
-                    1
+                    exit::FAILURE
                 }
             };
             // No destructors: the parent's copies of everything are its own.
-            sys::exit_now(code)
+            sys::exit_now(code.into())
         }
     }
 }
@@ -480,5 +481,5 @@ fn stop_on_signal(mountpoint: &Path) {
     shutdown();
     release_watchdog();
     std::thread::sleep(Duration::from_millis(200));
-    std::process::exit(0);
+    std::process::exit(exit::SUCCESS.into());
 }

@@ -73,7 +73,7 @@ pub fn cleanup(named: &[PathBuf]) -> u8 {
         Ok(m) => m,
         Err(e) => {
             eprintln!("cachefs: cannot read /proc/self/mountinfo: {e}");
-            return 1;
+            return crate::exit::FAILURE;
         }
     };
     let mut targets: Vec<PathBuf> = all
@@ -83,11 +83,11 @@ pub fn cleanup(named: &[PathBuf]) -> u8 {
         .filter(|t| named.is_empty() || named.iter().any(|n| n == t))
         .collect();
     targets.dedup();
-    let mut code = 0;
+    let mut code = crate::exit::SUCCESS;
     for n in named {
         if !targets.contains(n) {
             eprintln!("cachefs: {} is not a cachefs mount", n.display());
-            code = 1;
+            code = crate::exit::FAILURE;
         }
     }
     let mut removed = 0;
@@ -101,7 +101,7 @@ pub fn cleanup(named: &[PathBuf]) -> u8 {
                     }
                     Err(e) => {
                         eprintln!("cachefs: cannot unmount {}: {e}", t.display());
-                        code = 1;
+                        code = crate::exit::FAILURE;
                     }
                 }
             }
@@ -110,7 +110,7 @@ pub fn cleanup(named: &[PathBuf]) -> u8 {
     }
     if targets.is_empty() && named.is_empty() {
         println!("no cachefs mounts");
-    } else if removed == 0 && code == 0 {
+    } else if removed == 0 && code == crate::exit::SUCCESS {
         println!("no stale cachefs mounts");
     }
     code
