@@ -2,7 +2,8 @@
 //! serves files it has copied to a fast CACHE directory from there.
 //!
 //! - `cli`, `options`, `config`: argv (direct or fstab form) to one validated `Config`.
-//! - `mount`: mountpoint checks, mount(2), the session threads, clean stop on signals.
+//! - `lifecycle`: start (foreground or daemon), the stale-mount check, the FUSE session,
+//!   the watchdog, a clean stop on signals; the process-wide state in one place.
 //! - `mountinfo`: /proc/self/mountinfo parsed, mounts found, stale ones removed.
 //! - `fuse`: the one `fuser::Filesystem` impl, a thin adapter over `overlay`.
 //! - `overlay`: the core; every operation passed through to SOURCE with the caller's
@@ -26,8 +27,8 @@ pub mod daemon;
 pub mod exit;
 pub mod fuse;
 pub mod inodes;
+pub mod lifecycle;
 pub mod logging;
-pub mod mount;
 pub mod mountinfo;
 pub mod options;
 pub mod overlay;

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use cachefs::cli::{self, CliError, Command};
+use cachefs::lifecycle::DaemonError;
 use cachefs::logging;
-use cachefs::mount::DaemonError;
 
 use cachefs::exit;
 
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             if let Err(e) = logging::init(cfg.debug, logging::Target::Stderr) {
                 eprintln!("cachefs: {e}");
             }
-            match cachefs::mount::run_foreground(cfg) {
+            match cachefs::lifecycle::run_foreground(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cachefs: {e}");
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         }
         // Returns in the parent once the mount is live (or has failed, or timed out); the
         // daemon goes on in a child of its own, which checks the paths first.
-        Command::Mount(cfg) => match cachefs::mount::run_daemon(cfg, cli::check_paths) {
+        Command::Mount(cfg) => match cachefs::lifecycle::run_daemon(cfg, cli::check_paths) {
             Ok(()) => ExitCode::SUCCESS,
             Err(DaemonError::Usage(msg)) => {
                 eprintln!("cachefs: {msg}");

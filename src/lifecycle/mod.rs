@@ -1,0 +1,107 @@
+//! The process's life around one mount: start (foreground, or a daemon behind a readiness
+//! pipe), serve, and a clean stop however it ends.
+//!
+//! - [`daemonize`]: daemon mode; the fork before any thread, the readiness pipe, the
+//!   parent's `mount_timeout`.
+//! - [`watchdog`]: a forked process that unmounts a mount its daemon left stale (SIGKILL).
+//! - [`signals`]: the stop signals, the thread that waits for them, the PID 1 reaper.
+//! - [`session`]: mount(2) on /dev/fuse and the fuser session with its notifier.
+//! - [`stale`]: a dead predecessor's mount at MOUNTPOINT removed, a live one refused.
+//!
+//! The order in [`run_foreground`] matters: signals are blocked and the watchdog forked
+//! while the process still has one thread, before /dev/fuse or the cache lock is open.
+//! What the stop path needs from any thread lives in [`PROCESS`], the one place for
+//! process-wide state.
+
+mod daemonize;
+mod session;
+mod signals;
+mod stale;
+mod watchdog;
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Once, OnceLock};
+
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::overlay::Overlay;
+
+pub use daemonize::{DaemonError, run_daemon};
+
+/// A failure to mount or run, with a message for the user.
+#[derive(Debug)]
+pub struct MountError(pub String);
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err(msg: impl Into<String>) -> MountError {
+    MountError(msg.into())
+}
+
+/// The process-wide state, all of it: what a stop must reach from whichever thread ends
+/// the process (the signal thread, the session's end, a daemon child's failure).
+struct Process {
+    /// The running overlay, for [`shutdown`].
+    core: OnceLock<Arc<Overlay>>,
+    /// The daemon's end of the watchdog, so a clean stop lets it go and reaps it.
+    watchdog: Mutex<Option<watchdog::Watchdog>>,
+    /// The pipe to a daemon-mode parent, while it waits for "the mount is live".
+    ready: Mutex<Option<OwnedFd>>,
+    /// [`shutdown`] runs once.
+    shut: Once,
+}
+
+static PROCESS: Process = Process {
+    core: OnceLock::new(),
+    watchdog: Mutex::new(None),
+    ready: Mutex::new(None),
+    shut: Once::new(),
+};
+
+/// Mounts and serves until stopped. Returns once the filesystem is unmounted.
+pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
+    // Before any thread exists, so every thread inherits the blocked mask and only the
+    // signal thread receives the stop signals.
+    signals::block()?;
+    // Also before any thread, and before /dev/fuse and the cache lock are opened, so the
+    // watchdog holds neither.
+    watchdog::start(&cfg.mountpoint)?;
+    match crate::sys::raise_nofile_limit() {
+        Ok(n) => tracing::debug!("open-file limit {n}"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    stale::prepare_mountpoint(&cfg.mountpoint)?;
+
+    let cfg = Arc::new(cfg);
+    let core = Arc::new(
+        Overlay::new(cfg.clone())
+            .map_err(|e| err(format!("cannot open source {}: {e}", cfg.source.display())))?,
+    );
+    let session = session::mount(&cfg, core.clone())?;
+    let _ = PROCESS.core.set(core.clone());
+    // The control socket; it goes (and its file with it) when the process exits.
+    let _control = session::serve_control(&cfg, core);
+    signals::start(&cfg.mountpoint)?;
+
+    daemonize::notify_ready(Ok(()));
+    let r = session.run();
+    shutdown();
+    watchdog::release();
+    r.map_err(|e| err(format!("FUSE session failed: {e}")))?;
+    tracing::info!("unmounted {}", cfg.mountpoint.display());
+    Ok(())
+}
+
+/// Stops the promoter (temp files removed) and saves the cache index. Runs once.
+fn shutdown() {
+    PROCESS.shut.call_once(|| {
+        if let Some(cache) = PROCESS.core.get().and_then(|c| c.cache.as_ref()) {
+            cache.shutdown();
+        }
+    });
+}

@@ -1,0 +1,64 @@
+//! MOUNTPOINT before the mount: a stale mount left by a dead daemon (ENOTCONN) is lazily
+//! unmounted, with a line saying so; a live mount there is refused, naming it. Also the
+//! one lazy unmount every stop path uses.
+
+use std::path::Path;
+
+use super::{MountError, err};
+use crate::control;
+use crate::mountinfo::mounts;
+use crate::sys;
+
+/// Makes MOUNTPOINT ready, or says why it is not.
+pub(super) fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
+    let all = mounts().map_err(|e| err(format!("cannot read /proc/self/mountinfo: {e}")))?;
+    // The last entry at a target is the one on top.
+    let Some(top) = all.iter().rev().find(|m| m.target == mountpoint) else {
+        return Ok(());
+    };
+    match sys::statfs_path(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(
+                "removing a stale {} mount at {} (its daemon is gone)",
+                top.fstype,
+                mountpoint.display()
+            );
+            let target = sys::cpath(mountpoint).map_err(|e| err(e.to_string()))?;
+            sys::umount2(&target, libc::MNT_DETACH).map_err(|e| {
+                err(format!(
+                    "cannot remove the stale mount at {}: {e}",
+                    mountpoint.display()
+                ))
+            })
+        }
+        _ if top.fstype == "fuse.cachefs" => {
+            let pid = control::request(mountpoint, "status", &[], false, &mut |_| {})
+                .ok()
+                .and_then(|s| s["pid"].as_u64())
+                .map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
+            Err(err(format!(
+                "{} is already mounted by a running cachefs ({pid}, source {}): `cachefs unmount {}` first, or pick another mountpoint",
+                mountpoint.display(),
+                top.source,
+                mountpoint.display()
+            )))
+        }
+        _ => Err(err(format!(
+            "{} is already mounted ({} from {}): unmount it first, or pick another mountpoint",
+            mountpoint.display(),
+            top.fstype,
+            top.source
+        ))),
+    }
+}
+
+/// Detaches MOUNTPOINT: a busy mount goes as soon as its last user lets go, and new users
+/// no longer see it. Not mounted (EINVAL) is no failure.
+pub(super) fn lazy_unmount(mountpoint: &Path) {
+    if let Ok(target) = sys::cpath(mountpoint)
+        && let Err(e) = sys::umount2(&target, libc::MNT_DETACH)
+        && e.raw_os_error() != Some(libc::EINVAL)
+    {
+        tracing::warn!("cannot unmount {}: {e}", mountpoint.display());
+    }
+}

@@ -1,0 +1,70 @@
+//! The watchdog: a process forked while the daemon still has one thread, which outlives
+//! the daemon by a moment. It waits for a pipe to close (the daemon exits, however it
+//! dies: SIGKILL, a crash, an abort) and then lazily unmounts MOUNTPOINT if the daemon
+//! left it stale.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use super::{MountError, PROCESS, err, stale};
+use crate::exit;
+use crate::sys;
+
+/// The daemon's end of the watchdog: its pid and the pipe whose closing wakes it.
+pub(super) struct Watchdog {
+    pid: u32,
+    pipe: OwnedFd,
+}
+
+/// Forks the watchdog and keeps its end in [`PROCESS`]. Must be called while the process
+/// has one thread, and before it opens /dev/fuse or the cache lock (the watchdog must
+/// hold neither).
+pub(super) fn start(mountpoint: &Path) -> Result<(), MountError> {
+    let w = spawn(mountpoint).map_err(|e| err(format!("cannot start the watchdog: {e}")))?;
+    *PROCESS.watchdog.lock() = Some(w);
+    Ok(())
+}
+
+/// Wakes the watchdog (after the unmount, so it finds nothing to do) and reaps it, so a
+/// clean stop leaves no zombie behind.
+pub(super) fn release() {
+    if let Some(w) = PROCESS.watchdog.lock().take() {
+        drop(w.pipe);
+        if let Err(e) = sys::waitpid(w.pid) {
+            tracing::debug!("watchdog {}: {e}", w.pid);
+        }
+    }
+}
+
+fn spawn(mountpoint: &Path) -> io::Result<Watchdog> {
+    let (rx, tx) = sys::pipe()?;
+    match sys::fork()? {
+        sys::Forked::Parent(pid) => {
+            drop(rx);
+            tracing::debug!("watchdog pid {pid}");
+            Ok(Watchdog { pid, pipe: tx })
+        }
+        sys::Forked::Child => {
+            drop(tx);
+            // Not the watchdog's to hold: a daemon-mode parent waits for it to close.
+            drop(PROCESS.ready.lock().take());
+            sys::set_thread_name(c"cachefs-watch");
+            sys::wait_eof(rx.as_fd());
+            // The daemon is gone. A clean stop has unmounted already; a dead daemon left
+            // a mount whose statfs fails with ENOTCONN (stat could still be answered from
+            // the kernel's attribute cache). Anything else (a new live mount there) is not
+            // ours to touch.
+            if let Err(e) = sys::statfs_path(mountpoint)
+                && e.raw_os_error() == Some(libc::ENOTCONN)
+            {
+                stale::lazy_unmount(mountpoint);
+                eprintln!(
+                    "cachefs watchdog: the daemon died; unmounted {}",
+                    mountpoint.display()
+                );
+            }
+            sys::exit_now(exit::SUCCESS.into())
+        }
+    }
+}
