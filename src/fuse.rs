@@ -40,7 +40,7 @@ impl CachefsFs {
         }
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, r: io::Result<Entry>) {
+    fn reply_entry(&self, reply: ReplyEntry, op: &'static str, parent: u64, r: io::Result<Entry>) {
         match r {
             Ok(e) => reply.entry_with_ttls(
                 &self.attr_ttl,
@@ -55,7 +55,7 @@ impl CachefsFs {
                 a.ino = INodeNo(0);
                 reply.entry_with_ttls(&Duration::ZERO, &self.negative_ttl, &a, Generation(0))
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail(op, parent, &e)),
         }
     }
 }
@@ -68,8 +68,54 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn errno(e: &io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+/// Every error the adapter answers the kernel with passes through here, and is logged
+/// here, once: the core returns errors and does not log them itself. What callers cause
+/// in normal use (a missing name, a refused permission, a non-empty directory, a stale
+/// handle the kernel retries) is logged at debug level; anything else (EIO, ENOSPC,
+/// ENOMEM, a descriptor limit) says at warn level that something is wrong below.
+fn fail(op: &'static str, ino: u64, e: &io::Error) -> Errno {
+    let code = e.raw_os_error().unwrap_or(libc::EIO);
+    if callers_own(code) {
+        tracing::debug!("{op} node {ino}: {e}");
+    } else {
+        tracing::warn!("{op} node {ino}: {e}");
+    }
+    Errno::from_i32(code)
+}
+
+/// Errors that the plain directory would give the same caller: part of normal use.
+fn callers_own(code: i32) -> bool {
+    matches!(
+        code,
+        libc::ENOENT
+            | libc::EEXIST
+            | libc::ENOTEMPTY
+            | libc::ENOTDIR
+            | libc::EISDIR
+            | libc::EACCES
+            | libc::EPERM
+            | libc::EINVAL
+            | libc::ENAMETOOLONG
+            | libc::ELOOP
+            | libc::EXDEV
+            | libc::ESTALE
+            | libc::ENODATA
+            | libc::ERANGE
+            | libc::E2BIG
+            | libc::ENOTSUP
+            | libc::ENOSYS
+            | libc::ENXIO
+            | libc::ENOTTY
+            | libc::ESPIPE
+            | libc::EROFS
+            | libc::EBUSY
+            | libc::ETXTBSY
+            | libc::EMLINK
+            | libc::EFBIG
+            | libc::EBADF
+            | libc::EAGAIN
+            | libc::EINTR
+    )
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -190,7 +236,12 @@ impl Filesystem for CachefsFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(reply, self.core.lookup(&caller(req), parent.0, name));
+        self.reply_entry(
+            reply,
+            "lookup",
+            parent.0,
+            self.core.lookup(&caller(req), parent.0, name),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -200,7 +251,7 @@ impl Filesystem for CachefsFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.attr_ttl, &attr(ino.0, &st)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("getattr", ino.0, &e)),
         }
     }
 
@@ -233,14 +284,14 @@ impl Filesystem for CachefsFs {
         };
         match self.core.setattr(&caller(req), ino.0, &set) {
             Ok(st) => reply.attr(&self.attr_ttl, &attr(ino.0, &st)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("setattr", ino.0, &e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.core.readlink(ino.0) {
             Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("readlink", ino.0, &e)),
         }
     }
 
@@ -256,6 +307,8 @@ impl Filesystem for CachefsFs {
     ) {
         self.reply_entry(
             reply,
+            "mknod",
+            parent.0,
             self.core.mknod(&caller(req), parent.0, name, mode, rdev),
         );
     }
@@ -269,15 +322,30 @@ impl Filesystem for CachefsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(reply, self.core.mkdir(&caller(req), parent.0, name, mode));
+        self.reply_entry(
+            reply,
+            "mkdir",
+            parent.0,
+            self.core.mkdir(&caller(req), parent.0, name, mode),
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.core.unlink(&caller(req), parent.0, name));
+        empty(
+            reply,
+            "unlink",
+            parent.0,
+            self.core.unlink(&caller(req), parent.0, name),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.core.rmdir(&caller(req), parent.0, name));
+        empty(
+            reply,
+            "rmdir",
+            parent.0,
+            self.core.rmdir(&caller(req), parent.0, name),
+        );
     }
 
     fn symlink(
@@ -291,7 +359,7 @@ impl Filesystem for CachefsFs {
         let r = self
             .core
             .symlink(&caller(req), parent.0, link_name, target.as_os_str());
-        self.reply_entry(reply, r);
+        self.reply_entry(reply, "symlink", parent.0, r);
     }
 
     fn rename(
@@ -312,7 +380,7 @@ impl Filesystem for CachefsFs {
             newname,
             flags.bits(),
         );
-        empty(reply, r);
+        empty(reply, "rename", parent.0, r);
     }
 
     fn link(
@@ -324,13 +392,13 @@ impl Filesystem for CachefsFs {
         reply: ReplyEntry,
     ) {
         let r = self.core.link(&caller(req), ino.0, newparent.0, newname);
-        self.reply_entry(reply, r);
+        self.reply_entry(reply, "link", ino.0, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let o = match self.core.open(&caller(req), ino.0, flags.0) {
             Ok(o) => o,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(fail("open", ino.0, &e)),
         };
         let fh = FileHandle(o.fh);
         if let Some(backing) = o.passthrough {
@@ -363,7 +431,7 @@ impl Filesystem for CachefsFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -373,14 +441,14 @@ impl Filesystem for CachefsFs {
     ) {
         match self.core.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("read", ino.0, &e)),
         }
     }
 
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -395,19 +463,19 @@ impl Filesystem for CachefsFs {
             .write(&caller(req), fh.0, offset, data, kill_suidgid)
         {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("write", ino.0, &e)),
         }
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.core.flush(fh.0));
+        empty(reply, "flush", ino.0, self.core.flush(fh.0));
     }
 
     fn release(
@@ -427,18 +495,18 @@ impl Filesystem for CachefsFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.core.fsync(fh.0, datasync));
+        empty(reply, "fsync", ino.0, self.core.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.opendir(&caller(req), ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("opendir", ino.0, &e)),
         }
     }
 
@@ -455,7 +523,7 @@ impl Filesystem for CachefsFs {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("readdir", ino.0, &e)),
         }
     }
 
@@ -484,7 +552,7 @@ impl Filesystem for CachefsFs {
             });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("readdirplus", ino.0, &e)),
         }
     }
 
@@ -503,12 +571,12 @@ impl Filesystem for CachefsFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.core.fsyncdir(fh.0, datasync));
+        empty(reply, "fsyncdir", ino.0, self.core.fsyncdir(fh.0, datasync));
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
@@ -523,7 +591,7 @@ impl Filesystem for CachefsFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("statfs", ino.0, &e)),
         }
     }
 
@@ -539,24 +607,46 @@ impl Filesystem for CachefsFs {
     ) {
         empty(
             reply,
+            "setxattr",
+            ino.0,
             self.core.setxattr(&caller(req), ino.0, name, value, flags),
         );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr(reply, self.core.getxattr(&caller(req), ino.0, name, size));
+        xattr(
+            reply,
+            "getxattr",
+            ino.0,
+            self.core.getxattr(&caller(req), ino.0, name, size),
+        );
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr(reply, self.core.listxattr(&caller(req), ino.0, size));
+        xattr(
+            reply,
+            "listxattr",
+            ino.0,
+            self.core.listxattr(&caller(req), ino.0, size),
+        );
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.core.removexattr(&caller(req), ino.0, name));
+        empty(
+            reply,
+            "removexattr",
+            ino.0,
+            self.core.removexattr(&caller(req), ino.0, name),
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        empty(reply, self.core.access(&caller(req), ino.0, mask.bits()));
+        empty(
+            reply,
+            "access",
+            ino.0,
+            self.core.access(&caller(req), ino.0, mask.bits()),
+        );
     }
 
     fn create(
@@ -577,27 +667,32 @@ impl Filesystem for CachefsFs {
                 FileHandle(o.fh),
                 fopen_flags(&o),
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("create", parent.0, &e)),
         }
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.core.fallocate(fh.0, offset, length, mode));
+        empty(
+            reply,
+            "fallocate",
+            ino.0,
+            self.core.fallocate(fh.0, offset, length, mode),
+        );
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
@@ -605,14 +700,14 @@ impl Filesystem for CachefsFs {
     ) {
         match self.core.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("lseek", ino.0, &e)),
         }
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
         _ino_out: INodeNo,
@@ -627,7 +722,7 @@ impl Filesystem for CachefsFs {
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fail("copy_file_range", ino_in.0, &e)),
         }
     }
 }
@@ -643,17 +738,17 @@ fn fopen_flags(o: &Opened) -> FopenFlags {
     f
 }
 
-fn empty(reply: ReplyEmpty, r: io::Result<()>) {
+fn empty(reply: ReplyEmpty, op: &'static str, ino: u64, r: io::Result<()>) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(fail(op, ino, &e)),
     }
 }
 
-fn xattr(reply: ReplyXattr, r: io::Result<XattrReply>) {
+fn xattr(reply: ReplyXattr, op: &'static str, ino: u64, r: io::Result<XattrReply>) {
     match r {
         Ok(XattrReply::Size(n)) => reply.size(n),
         Ok(XattrReply::Data(d)) => reply.data(&d),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(fail(op, ino, &e)),
     }
 }
