@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -29,6 +30,7 @@ pub mod fuse;
 pub mod inodes;
 pub mod lifecycle;
 pub mod logging;
+pub mod meta;
 pub mod mountinfo;
 pub mod options;
 pub mod overlay;

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use lru::LruCache;
 
+use crate::codec::{Reader, Writer};
+
 const MAGIC: &[u8] = b"CACHEFS-INDEX-1\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,40 +154,27 @@ impl Entries {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
+        let mut w = Writer::new(MAGIC);
         for (p, m) in self.lru.iter().rev() {
-            let b = p.as_os_str().as_bytes();
-            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            out.extend_from_slice(b);
-            out.extend_from_slice(&m.size.to_le_bytes());
-            out.extend_from_slice(&m.last_open.to_le_bytes());
-            out.push(m.pinned as u8);
+            w.bytes(p.as_os_str().as_bytes());
+            w.u64(m.size);
+            w.u64(m.last_open);
+            w.u8(m.pinned as u8);
         }
-        out.extend_from_slice(&(self.lru.len() as u64).to_le_bytes());
-        let sum = fnv1a(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
-        out
+        w.u64(self.lru.len() as u64);
+        w.finish()
     }
 
     /// Parses an index file; `None` if it is not a whole, well-formed one.
     pub fn decode(data: &[u8]) -> Option<Entries> {
-        let summed = data.len().checked_sub(8)?;
-        let body_len = summed.checked_sub(8)?;
-        if !data.starts_with(MAGIC)
-            || fnv1a(&data[..summed]) != u64::from_le_bytes(data[summed..].try_into().ok()?)
-        {
-            return None;
-        }
-        let body = &data[..body_len];
-        let count = u64::from_le_bytes(data[body_len..summed].try_into().ok()?);
+        let mut r = Reader::open(data, MAGIC)?;
         let mut e = Entries::default();
-        let mut rest = &body[MAGIC.len()..];
-        while !rest.is_empty() {
-            let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
-            let path = PathBuf::from(OsStr::from_bytes(take(&mut rest, len)?));
-            let size = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-            let last_open = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-            let pinned = take(&mut rest, 1)?[0] != 0;
+        // The entry count closes the body: whatever is left after the entries is it.
+        while r.remaining() > 8 {
+            let path = PathBuf::from(OsStr::from_bytes(r.bytes()?));
+            let size = r.u64()?;
+            let last_open = r.u64()?;
+            let pinned = r.u8()? != 0;
             crate::cache::store::components(&path)?;
             e.insert(
                 path,
@@ -196,26 +185,9 @@ impl Entries {
                 },
             );
         }
-        (e.len() == count).then_some(e)
+        let count = r.u64()?;
+        (r.is_empty() && e.len() == count).then_some(e)
     }
-}
-
-fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if rest.len() < n {
-        return None;
-    }
-    let (a, b) = rest.split_at(n);
-    *rest = b;
-    Some(a)
-}
-
-fn fnv1a(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for x in b {
-        h ^= *x as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 #[cfg(test)]
