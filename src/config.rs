@@ -34,6 +34,15 @@ pub struct KernelFlags {
     pub noatime: bool,
 }
 
+/// The kernel's cache lifetimes for attributes, names and missing names, by default.
+/// Changes made through the mount are exact at any lifetime: the kernel updates its own
+/// caches for what it does, and the daemon invalidates what the kernel cannot know (the
+/// other names of a hard-linked file). Only a change made directly in SOURCE (another
+/// host on a NAS, a download client writing to the array) waits for the lifetime to
+/// pass; a minute keeps that short while every rescan of a library within it is answered
+/// by the kernel alone.
+pub const DEFAULT_KERNEL_TTL: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub source: PathBuf,
@@ -84,13 +93,9 @@ impl Config {
             promote_bw: 0,
             promote_after: 16 << 20,
             promote_threads: 2,
-            // Kernel cache lifetimes. The source can change behind our back (another host on a
-            // NAS, a download client), so attributes are kept short enough that a changed
-            // size shows within a second, while names live longer: a media library's
-            // directory tree rarely changes, and scanners walk it many times.
-            attr_timeout: Duration::from_secs(1),
-            entry_timeout: Duration::from_secs(1),
-            negative_timeout: Duration::from_secs(1),
+            attr_timeout: DEFAULT_KERNEL_TTL,
+            entry_timeout: DEFAULT_KERNEL_TTL,
+            negative_timeout: DEFAULT_KERNEL_TTL,
             meta_ttl: Duration::ZERO,
             // A SOURCE that hangs (a dead NFS server) must not hang `mount -a` at boot.
             mount_timeout: Duration::from_secs(30),

@@ -203,6 +203,9 @@ impl Filesystem for CachefsFs {
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_MAX_PAGES
+            // Symlink targets are kept in the page cache: a symlink's target never
+            // changes (a new target is a new object).
+            | InitFlags::FUSE_CACHE_SYMLINKS
             // The daemon clears setuid/setgid on a non-owner's write itself, as the source
             // filesystem would; without it the kernel asks for a chmod as the writer, which
             // a non-owner may not do, and the write fails.
@@ -505,7 +508,13 @@ impl Filesystem for CachefsFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.opendir(&caller(req), ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel keeps the listing, across opens, while the directory's mtime
+            // and change counter stay the same: a change through the mount bumps the
+            // counter, one in SOURCE shows with the mtime once `attr_timeout` passes.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(fail("opendir", ino.0, &e)),
         }
     }

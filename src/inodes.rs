@@ -503,6 +503,32 @@ impl InodeTable {
         }
     }
 
+    /// Whether the name the node was last seen under still leads to its object in
+    /// SOURCE; ESTALE if it leads to another object or to none. Opens of files ask
+    /// this, so that an object replaced or removed directly in SOURCE (a download client
+    /// renaming a new version over the old) is never served under its old name, however
+    /// long the kernel keeps that name: ESTALE makes the kernel look the name up again.
+    /// A check that cannot be made (SOURCE's own error) lets the open go on.
+    pub fn check_named(&self, inode: &Inode) -> io::Result<()> {
+        let Some((parent, name)) = inode
+            .loc
+            .lock()
+            .as_ref()
+            .map(|l| (l.parent.clone(), l.name.clone()))
+        else {
+            return Ok(());
+        };
+        let Ok(pfd) = self.fd(&parent) else {
+            return Ok(());
+        };
+        match sys::fstatat(pfd.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_dev == inode.dev && st.st_ino == inode.ino => Ok(()),
+            Ok(_) => Err(stale()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(stale()),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Records that an object is now `parent/name` (a lookup found it there, or a rename
     /// through the mount moved it).
     pub fn moved(&self, inode: &Inode, parent: &Arc<Inode>, name: &OsStr) {

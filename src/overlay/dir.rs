@@ -19,7 +19,9 @@ pub(super) struct DirHandle {
     /// The directory, opened as the caller; also its inode's descriptor while open.
     fd: Arc<OwnedFd>,
     nodeid: u64,
-    listing: Mutex<Vec<sys::DirEntry>>,
+    /// Read on the first readdir of the handle, at whatever offset (the kernel goes on
+    /// from its own cache of the directory with a new handle), and again at offset 0.
+    listing: Mutex<Option<Vec<sys::DirEntry>>>,
 }
 
 /// One entry for a plain readdir reply.
@@ -30,6 +32,20 @@ pub struct DirEntryOut<'a> {
     pub name: &'a OsStr,
     /// The offset of the entry after this one.
     pub next: u64,
+}
+
+impl DirHandle {
+    /// The handle's listing, read from SOURCE if it has none yet or `offset` is 0.
+    fn read<'a>(
+        &self,
+        listing: &'a mut Option<Vec<sys::DirEntry>>,
+        offset: u64,
+    ) -> io::Result<&'a [sys::DirEntry]> {
+        if offset == 0 || listing.is_none() {
+            *listing = Some(sys::read_dir_fd(self.fd.as_fd())?);
+        }
+        Ok(listing.as_deref().unwrap_or_default())
+    }
 }
 
 const DOT: &[u8] = b".";
@@ -49,7 +65,7 @@ impl Overlay {
         let fh = self.dirs.insert(DirHandle {
             fd: fd.clone(),
             nodeid,
-            listing: Mutex::new(Vec::new()),
+            listing: Mutex::new(None),
         });
         self.inodes.fds.pin(nodeid, fh, fd);
         Ok(fh)
@@ -76,10 +92,8 @@ impl Overlay {
     ) -> io::Result<()> {
         let inode = self.inode(nodeid)?;
         let dir = self.dirs.get(fh)?;
-        let mut listing = dir.listing.lock();
-        if offset == 0 {
-            *listing = sys::read_dir_fd(dir.fd.as_fd())?;
-        }
+        let mut guard = dir.listing.lock();
+        let listing = dir.read(&mut guard, offset)?;
         let dots = [(DOT, nodeid), (DOTDOT, nodeid)];
         let mut i = offset as usize;
         while i < 2 {
@@ -124,10 +138,8 @@ impl Overlay {
         let inode = self.inode(nodeid)?;
         let dir = self.dirs.get(fh)?;
         let _as = self.creds.enter(caller)?;
-        let mut listing = dir.listing.lock();
-        if offset == 0 {
-            *listing = sys::read_dir_fd(dir.fd.as_fd())?;
-        }
+        let mut guard = dir.listing.lock();
+        let listing = dir.read(&mut guard, offset)?;
         let mut i = offset as usize;
         if i < 2 {
             let this = Entry {

@@ -121,6 +121,9 @@ impl Overlay {
             check_writable(&self.cfg)?;
         }
         let (inode, path_fd) = self.node(nodeid)?;
+        if inode.is_regular() {
+            self.inodes.check_named(&inode)?;
+        }
         if write || flags & libc::O_DIRECT != 0 {
             // Before the source is opened: O_TRUNC must reach it only on the open that
             // stays.

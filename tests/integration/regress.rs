@@ -581,7 +581,7 @@ fn change_through_one_kernel_inode_shows_through_the_other() {
     // inode see the change in time.
     let m = TestMount::builder()
         .option("promote=manual")
-        .option("attr_timeout=60")
+        .option("attr_timeout=60,entry_timeout=1")
         .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
         .start();
     promote_wait(&m, "film.mkv");

@@ -295,9 +295,11 @@ fn eventually_enoent(m: &TestMount, p: &Path) {
 }
 
 fn renamed_and_removed_behind_the_mount(handles: bool) {
+    // Names changed directly in SOURCE show once the kernel's name cache lapses.
     let mut b = TestMount::builder()
         .nofile(256)
         .option("promote=manual")
+        .option("entry_timeout=1,attr_timeout=1,negative_timeout=1")
         .populate(|src| {
             library(src, 2);
             fs::create_dir_all(src.join("a/sub")).unwrap();
@@ -385,7 +387,10 @@ fn renamed_or_removed_behind_the_mount_then_found_under_new_names_by_name() {
 /// through the mount's own device may be the outside file.
 fn symlink_swap_race(handles: bool) {
     // The smallest descriptor cache (8), so that nodes are reopened all the time.
-    let mut b = TestMount::builder().nofile(80).option("promote=manual");
+    let mut b = TestMount::builder()
+        .nofile(80)
+        .option("promote=manual")
+        .option("entry_timeout=1,attr_timeout=1,negative_timeout=1");
     if !handles {
         b = b.option("inode_handles=off");
     }
