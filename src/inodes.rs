@@ -404,6 +404,15 @@ impl InodeTable {
         Ok((inode, st))
     }
 
+    /// Registers an object whose attributes came from the metadata cache, seen as
+    /// `parent/name`, with one kernel reference; SOURCE is not asked. A new node has no
+    /// handle: it is reopened by its name when an operation needs it.
+    pub fn insert_cached(&self, parent: &Arc<Inode>, name: &OsStr, st: &sys::Stat) -> Arc<Inode> {
+        self.insert(parent, name, st, || {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        })
+    }
+
     /// Registers an object just created and open as `fd` (whose name another process
     /// could already have replaced), seen as `parent/name`, with one kernel reference.
     pub fn insert_open(
@@ -546,6 +555,11 @@ impl InodeTable {
             parent: parent.clone(),
             name: name.into(),
         });
+    }
+
+    /// The name an inode was last seen under (`None` for the root).
+    pub fn name_of(&self, inode: &Inode) -> Option<Box<OsStr>> {
+        inode.loc.lock().as_ref().map(|l| l.name.clone())
     }
 
     /// The path of an inode relative to SOURCE, from the names it was last seen under.

@@ -27,8 +27,9 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -475,7 +476,15 @@ impl MetaCache {
     pub fn save(&self, path: &Path, root: Key) -> io::Result<u64> {
         let data = self.encode(root);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &data)?;
+        // The daemon runs with umask 0: the names of every user's files are in here.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&data)?;
+        drop(f);
         std::fs::rename(&tmp, path)?;
         Ok(data.len() as u64)
     }

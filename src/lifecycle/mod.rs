@@ -97,11 +97,16 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Stops the promoter (temp files removed) and saves the cache index. Runs once.
+/// Stops the promoter (temp files removed) and saves the cache index and the metadata
+/// snapshot. Runs once.
 fn shutdown() {
     PROCESS.shut.call_once(|| {
-        if let Some(cache) = PROCESS.core.get().and_then(|c| c.cache.as_ref()) {
+        let Some(core) = PROCESS.core.get() else {
+            return;
+        };
+        if let Some(cache) = &core.cache {
             cache.shutdown();
         }
+        core.save_meta();
     });
 }

@@ -8,16 +8,20 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
 use super::{Caller, Entry, Overlay};
+use crate::inodes::Inode;
 use crate::sys;
 
 pub(super) struct DirHandle {
     /// The directory, opened as the caller; also its inode's descriptor while open.
-    fd: Arc<OwnedFd>,
+    /// With the metadata cache on and the listing fresh in it, opendir opens nothing
+    /// (SOURCE is not touched); the directory is opened, as the daemon, only if a
+    /// listing must be read from SOURCE after all.
+    fd: OnceLock<Arc<OwnedFd>>,
     nodeid: u64,
     /// Read on the first readdir of the handle, at whatever offset (the kernel goes on
     /// from its own cache of the directory with a new handle), and again at offset 0.
@@ -34,41 +38,83 @@ pub struct DirEntryOut<'a> {
     pub next: u64,
 }
 
-impl DirHandle {
-    /// The handle's listing, read from SOURCE if it has none yet or `offset` is 0.
-    fn read<'a>(
-        &self,
-        listing: &'a mut Option<Vec<sys::DirEntry>>,
-        offset: u64,
-    ) -> io::Result<&'a [sys::DirEntry]> {
-        if offset == 0 || listing.is_none() {
-            *listing = Some(sys::read_dir_fd(self.fd.as_fd())?);
-        }
-        Ok(listing.as_deref().unwrap_or_default())
-    }
-}
-
 const DOT: &[u8] = b".";
 const DOTDOT: &[u8] = b"..";
 
 impl Overlay {
     pub fn opendir(&self, caller: &Caller, nodeid: u64) -> io::Result<u64> {
-        let (_, path_fd) = self.node(nodeid)?;
-        let fd = {
-            let _as = self.creds.enter(caller)?;
-            // Through /proc/self/fd, as a file is opened: reading a directory needs read
-            // permission only, where openat(dir, ".") would also need search permission.
-            let proc = sys::proc_path(path_fd.as_fd());
-            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-            Arc::new(self.inodes.fds.retry(|| sys::open_path(&proc, flags, 0))?)
-        };
+        let fd = OnceLock::new();
+        let inode = self.inode(nodeid)?;
+        let cached = self
+            .meta
+            .as_ref()
+            .is_some_and(|m| m.listing((inode.dev, inode.ino)).is_some());
+        if !cached {
+            let _ = fd.set(self.open_dir(Some(caller), &inode)?);
+        }
+        let pinned = fd.get().cloned();
         let fh = self.dirs.insert(DirHandle {
-            fd: fd.clone(),
+            fd,
             nodeid,
             listing: Mutex::new(None),
         });
-        self.inodes.fds.pin(nodeid, fh, fd);
+        if let Some(fd) = pinned {
+            self.inodes.fds.pin(nodeid, fh, fd);
+        }
         Ok(fh)
+    }
+
+    /// Opens a directory for reading, as `caller` (or as the daemon).
+    fn open_dir(&self, caller: Option<&Caller>, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
+        let path_fd = self.fd(inode)?;
+        let _as = caller.map(|c| self.creds.enter(c)).transpose()?;
+        // Through /proc/self/fd, as a file is opened: reading a directory needs read
+        // permission only, where openat(dir, ".") would also need search permission.
+        let proc = sys::proc_path(path_fd.as_fd());
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        Ok(Arc::new(
+            self.inodes.fds.retry(|| sys::open_path(&proc, flags, 0))?,
+        ))
+    }
+
+    /// The handle's descriptor, opened now if opendir did not need one.
+    fn dir_fd(&self, dir: &DirHandle, fh: u64, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = dir.fd.get() {
+            return Ok(fd.clone());
+        }
+        let fd = self.open_dir(None, inode)?;
+        if dir.fd.set(fd.clone()).is_ok() {
+            self.inodes.fds.pin(dir.nodeid, fh, fd.clone());
+        }
+        Ok(dir.fd.get().cloned().unwrap_or(fd))
+    }
+
+    /// The handle's listing: read on its first readdir at whatever offset (the kernel
+    /// goes on from its own cache of the directory with a new handle), and again at
+    /// offset 0; from the metadata cache while fresh there, else from SOURCE.
+    fn listing<'a>(
+        &self,
+        dir: &DirHandle,
+        fh: u64,
+        inode: &Inode,
+        listing: &'a mut Option<Vec<sys::DirEntry>>,
+        offset: u64,
+    ) -> io::Result<&'a [sys::DirEntry]> {
+        if offset == 0 || listing.is_none() {
+            let key = (inode.dev, inode.ino);
+            let cached = self.meta.as_ref().and_then(|m| m.listing(key));
+            *listing = Some(match cached {
+                Some(l) => l,
+                None => {
+                    let l = sys::read_dir_fd(self.dir_fd(dir, fh, inode)?.as_fd())?;
+                    if let Some(meta) = &self.meta {
+                        meta.put_listing(key, &l);
+                    }
+                    l
+                }
+            });
+        }
+        Ok(listing.as_deref().unwrap_or_default())
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -78,7 +124,9 @@ impl Overlay {
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
-        sys::fsync(self.dirs.get(fh)?.fd.as_fd(), datasync)
+        let dir = self.dirs.get(fh)?;
+        let inode = self.inode(dir.nodeid)?;
+        sys::fsync(self.dir_fd(&dir, fh, &inode)?.as_fd(), datasync)
     }
 
     /// The listing from `offset` on: `.`, `..`, then the directory's names. `add` returns
@@ -93,7 +141,7 @@ impl Overlay {
         let inode = self.inode(nodeid)?;
         let dir = self.dirs.get(fh)?;
         let mut guard = dir.listing.lock();
-        let listing = dir.read(&mut guard, offset)?;
+        let listing = self.listing(&dir, fh, &inode, &mut guard, offset)?;
         let dots = [(DOT, nodeid), (DOTDOT, nodeid)];
         let mut i = offset as usize;
         while i < 2 {
@@ -139,12 +187,19 @@ impl Overlay {
         let dir = self.dirs.get(fh)?;
         let _as = self.creds.enter(caller)?;
         let mut guard = dir.listing.lock();
-        let listing = dir.read(&mut guard, offset)?;
+        let listing = self.listing(&dir, fh, &inode, &mut guard, offset)?;
         let mut i = offset as usize;
         if i < 2 {
             let this = Entry {
                 nodeid,
-                stat: sys::fstat(dir.fd.as_fd())?,
+                stat: match self
+                    .meta
+                    .as_ref()
+                    .and_then(|m| m.attr((inode.dev, inode.ino)))
+                {
+                    Some(st) => st,
+                    None => sys::fstat(self.dir_fd(&dir, fh, &inode)?.as_fd())?,
+                },
             };
             while i < 2 {
                 let name = OsStr::from_bytes(if i == 0 { DOT } else { DOTDOT });
@@ -155,7 +210,13 @@ impl Overlay {
             }
         }
         for (j, e) in listing.iter().enumerate().skip(i - 2) {
-            let entry = match self.lookup_inode(&inode, dir.fd.as_fd(), &e.name) {
+            let found = match self.lookup_cached(&inode, &e.name) {
+                Some(r) => r,
+                None => self
+                    .dir_fd(&dir, fh, &inode)
+                    .and_then(|fd| self.lookup_inode(&inode, fd.as_fd(), &e.name)),
+            };
+            let entry = match found {
                 Ok(entry) => entry,
                 // Gone since the listing was read: leave it out, as a fresh listing would.
                 Err(_) => continue,

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use super::{Caller, Entry, Overlay, check_writable};
+use crate::meta::Lookup;
 use crate::sys::{self, TimeSpec};
 
 /// A new timestamp in a setattr.
@@ -40,9 +41,34 @@ fn timespec(t: Option<Timestamp>) -> TimeSpec {
 
 impl Overlay {
     pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Entry> {
+        if self.meta.is_some()
+            && let Some(r) = self.lookup_cached(&self.inode(parent)?, name)
+        {
+            return r;
+        }
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
         self.lookup_inode(&parent, pfd.as_fd(), name)
+    }
+
+    /// `parent/name` answered by the metadata cache, with one kernel reference taken;
+    /// `None` when it does not know (or is off).
+    pub(super) fn lookup_cached(
+        &self,
+        parent: &Arc<crate::inodes::Inode>,
+        name: &OsStr,
+    ) -> Option<io::Result<Entry>> {
+        match self.meta.as_ref()?.lookup((parent.dev, parent.ino), name) {
+            Lookup::Found(_, stat) => {
+                let inode = self.inodes.insert_cached(parent, name, &stat);
+                Some(Ok(Entry {
+                    nodeid: inode.nodeid,
+                    stat,
+                }))
+            }
+            Lookup::Missing => Some(Err(io::Error::from_raw_os_error(libc::ENOENT))),
+            Lookup::Unknown => None,
+        }
     }
 
     /// Attributes of a node; with `fh`, of that open file (which may be unlinked).
@@ -50,8 +76,18 @@ impl Overlay {
         if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
             return sys::fstat(h.fd.as_fd());
         }
+        if let Some(meta) = &self.meta {
+            let inode = self.inode(nodeid)?;
+            if let Some(st) = meta.attr((inode.dev, inode.ino)) {
+                return Ok(st);
+            }
+        }
         let (_, fd) = self.node(nodeid)?;
-        sys::fstat(fd.as_fd())
+        let st = sys::fstat(fd.as_fd())?;
+        if let Some(meta) = &self.meta {
+            meta.put_attr(&st);
+        }
+        Ok(st)
     }
 
     pub fn setattr(&self, caller: &Caller, nodeid: u64, set: &SetAttr) -> io::Result<sys::Stat> {
@@ -104,6 +140,7 @@ impl Overlay {
             }
         }
         drop(as_caller);
+        self.meta_changed((inode.dev, inode.ino));
         let st = sys::fstat(fd.as_fd())?;
         if set.size.is_none()
             && set.mtime.is_none()
@@ -135,6 +172,7 @@ impl Overlay {
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
         sys::mknodat(pfd.as_fd(), name, mode, rdev as u64)?;
+        self.meta_name_changed(&parent, name);
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
@@ -149,6 +187,7 @@ impl Overlay {
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
         sys::mkdirat(pfd.as_fd(), name, mode)?;
+        self.meta_name_changed(&parent, name);
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
@@ -163,6 +202,7 @@ impl Overlay {
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
         sys::symlinkat(target, pfd.as_fd(), name)?;
+        self.meta_name_changed(&parent, name);
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
@@ -181,6 +221,8 @@ impl Overlay {
         let entry = {
             let _as = self.creds.enter(caller)?;
             sys::link_fd(fd.as_fd(), npfd.as_fd(), newname)?;
+            self.meta_changed((inode.dev, inode.ino));
+            self.meta_name_changed(&newparent, newname);
             self.lookup_inode(&newparent, npfd.as_fd(), newname)?
         };
         // A new link changes the file's ctime, not its bytes.
@@ -205,6 +247,7 @@ impl Overlay {
             let _as = self.creds.enter(caller)?;
             sys::unlinkat(pfd.as_fd(), name, flags)?;
         }
+        self.meta_name_changed(&parent, name);
         if let (Some(cache), Some(rel)) = (&self.cache, self.rel_child(&parent, name)) {
             cache.invalidate_below(&rel);
         }
@@ -242,6 +285,13 @@ impl Overlay {
             let _as = self.creds.enter(caller)?;
             sys::renameat2(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
         }
+        // Both names, both directories, and the objects moved (their ctime, and a
+        // directory's `..`).
+        for inode in [&moving, &exchanged].into_iter().flatten() {
+            self.meta_changed((inode.dev, inode.ino));
+        }
+        self.meta_name_changed(&parent, name);
+        self.meta_name_changed(&newparent, newname);
         if let Some(inode) = moving {
             self.inodes.moved(&inode, &newparent, newname);
         }
@@ -289,10 +339,17 @@ impl Overlay {
         }
     }
 
+    /// The filesystem of a node: SOURCE's own, asked through the root's descriptor, for
+    /// every node on SOURCE's device (no descriptor of the node is opened for it: a
+    /// scanner's statfs must not reach the disk); the node's for one mounted inside.
     pub fn statfs(&self, nodeid: u64) -> io::Result<libc::statvfs> {
-        match self.node(nodeid) {
-            Ok((_, fd)) => sys::fstatvfs(fd.as_fd()),
-            Err(_) => sys::fstatvfs(self.inodes.root_fd()),
+        let root = self.inodes.root_fd();
+        match self.inode(nodeid) {
+            Ok(inode) if inode.dev != self.inodes.root().dev => match self.fd(&inode) {
+                Ok(fd) => sys::fstatvfs(fd.as_fd()),
+                Err(_) => sys::fstatvfs(root),
+            },
+            _ => sys::fstatvfs(root),
         }
     }
 

@@ -149,6 +149,7 @@ impl Overlay {
         let copy = match (&self.cache, &rel) {
             (Some(cache), Some(rel)) => {
                 if write {
+                    self.meta_changed((inode.dev, inode.ino));
                     // The source is about to change: no copy of it may outlive this open,
                     // nor be read any more by readers already open.
                     cache.invalidate(rel);
@@ -353,6 +354,7 @@ impl Overlay {
     /// (its own node and its aliases, see `refuse_beside_passthrough`) drop their cached
     /// attributes and pages, so their readers see the change as on a plain directory.
     pub(super) fn others_changed(&self, obj: (u64, u64), via: u64, fd: BorrowedFd<'_>) {
+        self.meta_changed(obj);
         let Some(invalidate) = self.invalidator.get() else {
             return;
         };
@@ -453,6 +455,7 @@ impl Overlay {
         };
         // The inode's identity comes from the open file itself, not from the name, which
         // another process could already have replaced.
+        self.meta_name_changed(&parent, name);
         let (inode, stat) = self.inodes.insert_open(&parent, name, fd.as_fd())?;
         let rel = self.rel_child(&parent, name);
         if let (Some(cache), Some(rel)) = (&self.cache, &rel) {

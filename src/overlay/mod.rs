@@ -31,6 +31,7 @@ pub use xattr::XattrReply;
 use crate::cache::Cache;
 use crate::config::{Config, Passthrough};
 use crate::inodes::{Inode, InodeTable};
+use crate::meta::{MetaCache, MetaStats};
 use crate::source::{FdStats, Fds};
 use crate::sys;
 
@@ -69,7 +70,14 @@ pub struct Overlay {
     /// Tells the kernel a node's attributes (and data) changed behind it (set once
     /// mounted).
     invalidator: std::sync::OnceLock<Invalidator>,
+    /// SOURCE's attributes and listings, answered without SOURCE (`meta_ttl`; `None`
+    /// when off).
+    meta: Option<MetaCache>,
 }
+
+/// Objects the metadata cache remembers at most: about 170 MB at a library's typical
+/// name lengths.
+const META_MAX_NODES: usize = 1 << 20;
 
 /// By object (st_dev, st_ino), one entry per node with passthrough readers: its id and
 /// a writable descriptor of their backing copy.
@@ -130,6 +138,15 @@ impl Overlay {
             }
         };
         let inodes = InodeTable::new(root, fds, cfg.inode_handles)?;
+        let meta = (!cfg.meta_ttl.is_zero()).then(|| {
+            let meta = MetaCache::new(cfg.meta_ttl, META_MAX_NODES);
+            let root = inodes.root();
+            let n = meta.load(&cfg.cache.join(crate::meta::SNAPSHOT), (root.dev, root.ino));
+            if n > 0 {
+                tracing::info!("metadata snapshot: {n} objects");
+            }
+            meta
+        });
         Ok(Overlay {
             cfg,
             inodes,
@@ -142,7 +159,43 @@ impl Overlay {
             mirrors: Mutex::new(HashMap::new()),
             mirror_count: AtomicU64::new(0),
             invalidator: std::sync::OnceLock::new(),
+            meta,
         })
+    }
+
+    /// Writes the metadata cache's snapshot into the cache directory (a clean stop).
+    pub fn save_meta(&self) {
+        let Some(meta) = &self.meta else {
+            return;
+        };
+        let root = self.inodes.root();
+        let path = self.cfg.cache.join(crate::meta::SNAPSHOT);
+        match meta.save(&path, (root.dev, root.ino)) {
+            Ok(bytes) => tracing::info!(
+                "metadata snapshot saved: {} objects, {bytes} bytes",
+                meta.stats().nodes
+            ),
+            Err(e) => tracing::warn!("cannot save the metadata snapshot {}: {e}", path.display()),
+        }
+    }
+
+    /// The metadata cache's counters, when it is on.
+    pub fn meta_stats(&self) -> Option<MetaStats> {
+        self.meta.as_ref().map(MetaCache::stats)
+    }
+
+    /// An object changed through the mount: its cached attributes (and listing) go.
+    fn meta_changed(&self, obj: (u64, u64)) {
+        if let Some(meta) = &self.meta {
+            meta.changed(obj);
+        }
+    }
+
+    /// A name in `parent` was made, removed or replaced through the mount.
+    fn meta_name_changed(&self, parent: &Inode, name: &OsStr) {
+        if let Some(meta) = &self.meta {
+            meta.name_changed((parent.dev, parent.ino), name);
+        }
     }
 
     /// Installs the kernel notifier once the session exists.
@@ -191,8 +244,22 @@ impl Overlay {
     /// A node and a descriptor of it, for an operation on the object itself.
     fn node(&self, nodeid: u64) -> io::Result<(Arc<Inode>, Arc<OwnedFd>)> {
         let inode = self.inode(nodeid)?;
-        let fd = self.fd(&inode)?;
+        let fd = self
+            .fd(&inode)
+            .inspect_err(|e| self.stale_node(&inode, e))?;
         Ok((inode, fd))
+    }
+
+    /// After ESTALE (the node's object is gone from its name in SOURCE), the metadata
+    /// cache must not answer the kernel's next lookup of that name from memory.
+    fn stale_node(&self, inode: &Inode, e: &io::Error) {
+        if e.raw_os_error() == Some(libc::ESTALE)
+            && let Some(parent) = inode.parent()
+            && let Some(name) = self.inodes.name_of(inode)
+        {
+            self.meta_changed((inode.dev, inode.ino));
+            self.meta_name_changed(&parent, &name);
+        }
     }
 
     pub fn forget(&self, nodeid: u64, n: u64) {
@@ -206,6 +273,9 @@ impl Overlay {
         name: &OsStr,
     ) -> io::Result<Entry> {
         let (inode, stat) = self.inodes.lookup(parent, pfd, name)?;
+        if let Some(meta) = &self.meta {
+            meta.put_attr(&stat);
+        }
         Ok(Entry {
             nodeid: inode.nodeid,
             stat,

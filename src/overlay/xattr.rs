@@ -60,15 +60,19 @@ impl Overlay {
         flags: i32,
     ) -> io::Result<()> {
         check_writable(&self.cfg)?;
-        let (_, fd) = self.node(nodeid)?;
+        let (inode, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
-        sys::setxattr(&sys::proc_path(fd.as_fd()), name, value, flags)
+        sys::setxattr(&sys::proc_path(fd.as_fd()), name, value, flags)?;
+        self.meta_changed((inode.dev, inode.ino));
+        Ok(())
     }
 
     pub fn removexattr(&self, caller: &Caller, nodeid: u64, name: &OsStr) -> io::Result<()> {
         check_writable(&self.cfg)?;
-        let (_, fd) = self.node(nodeid)?;
+        let (inode, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
-        sys::removexattr(&sys::proc_path(fd.as_fd()), name)
+        sys::removexattr(&sys::proc_path(fd.as_fd()), name)?;
+        self.meta_changed((inode.dev, inode.ino));
+        Ok(())
     }
 }
