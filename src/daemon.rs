@@ -1,16 +1,16 @@
-//! The running daemon's answers to the control socket: status, promote, evict,
-//! unmount. Reads the overlay's and the cache's counters; changes nothing but the cache.
+//! The running daemon's answers to the control socket: status, promote, pin, unpin,
+//! evict, unmount. Reads the overlay's and the cache's counters; changes nothing but the cache.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
 use crate::cache::Cache;
 use crate::cache::promoter::{Job, Priority};
-use crate::control::Handler;
+use crate::control::{
+    Evicted, Failure, Handler, Pinned, Progress, Promoted, Status, Stopping, Unpinned,
+};
 use crate::overlay::Overlay;
 
 pub struct Daemon {
@@ -19,12 +19,12 @@ pub struct Daemon {
     pub stop: fn(),
 }
 
-fn progress_of(job: &Job) -> Value {
-    json!({
-        "path": job.rel.to_string_lossy(),
-        "bytes_done": job.bytes_done.load(Ordering::Relaxed),
-        "bytes_total": job.bytes_total.load(Ordering::Relaxed),
-    })
+fn progress_of(job: &Job) -> Progress {
+    Progress {
+        path: job.rel.to_string_lossy().into_owned(),
+        bytes_done: job.bytes_done.load(Ordering::Relaxed),
+        bytes_total: job.bytes_total.load(Ordering::Relaxed),
+    }
 }
 
 impl Daemon {
@@ -50,7 +50,7 @@ impl Daemon {
 }
 
 impl Handler for Daemon {
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         let core = &self.core;
         let cfg = &core.cfg;
         let (files, bytes, pinned) = core.cache.as_ref().map_or((0, 0, 0), |c| c.ledger.totals());
@@ -77,45 +77,48 @@ impl Handler for Daemon {
             None => (0, 0, 0, 0, 0, Vec::new()),
         };
         let (inodes, by_handle, fds) = core.inode_stats();
-        json!({
-            "mountpoint": cfg.mountpoint.to_string_lossy(),
-            "source": cfg.source.to_string_lossy(),
-            "cache": cfg.cache.to_string_lossy(),
-            "pid": std::process::id(),
-            "passthrough": core.passthrough_enabled(),
-            "cache_usable": usable,
-            "cached_files": files,
-            "cached_bytes": bytes,
-            "pinned_files": pinned,
+        let meta = core.meta_stats().unwrap_or_default();
+        Status {
+            mountpoint: cfg.mountpoint.to_string_lossy().into_owned(),
+            source: cfg.source.to_string_lossy().into_owned(),
+            cache: cfg.cache.to_string_lossy().into_owned(),
+            pid: std::process::id(),
+            passthrough: core.passthrough_enabled(),
+            cache_usable: usable,
+            cached_files: files,
+            cached_bytes: bytes,
+            pinned_files: pinned,
             // 0: no limit but min_free.
-            "max_size": cfg.max_size.unwrap_or(0),
-            "min_free": min_free,
-            "hits": hits,
-            "misses": misses,
-            "promotions_done": done,
-            "promotions_failed": failed,
-            "queued": queued,
-            "in_flight": Value::Array(in_flight),
-            "evictions": evictions,
-            // Inodes the kernel remembers, and how they are reopened.
-            "inodes": inodes,
-            "inode_handles": by_handle,
-            // The daemon's descriptor limit and its bounded cache of SOURCE descriptors.
-            "fd_limit": fds.limit,
-            "fds_bound": fds.bound,
-            "fds_cached": fds.cached,
-            "fds_pinned": fds.pinned,
-            "fds_reopened": fds.reopened,
-            "fds_shed": fds.shed,
-        })
+            max_size: cfg.max_size.unwrap_or(0),
+            meta_hits: meta.hits,
+            meta_misses: meta.misses,
+            meta_nodes: meta.nodes,
+            meta_ttl: cfg.meta_ttl.as_secs(),
+            min_free,
+            hits,
+            misses,
+            promotions_done: done,
+            promotions_failed: failed,
+            queued,
+            in_flight,
+            evictions,
+            inodes,
+            inode_handles: by_handle,
+            fd_limit: fds.limit,
+            fds_bound: fds.bound,
+            fds_cached: fds.cached,
+            fds_pinned: fds.pinned,
+            fds_reopened: fds.reopened,
+            fds_shed: fds.shed,
+        }
     }
 
     fn promote(
         &self,
         paths: &[PathBuf],
         wait: bool,
-        progress: &mut dyn FnMut(Value),
-    ) -> Result<Value, String> {
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Promoted, String> {
         let cache = self.cache()?;
         let files = self.files_below(paths)?;
         let mut already = 0;
@@ -134,7 +137,10 @@ impl Handler for Daemon {
                     match job.wait(Duration::from_millis(500)) {
                         Some(Ok(())) => break,
                         Some(Err(e)) => {
-                            failed.push(json!({"path": job.rel.to_string_lossy(), "error": e}));
+                            failed.push(Failure {
+                                path: job.rel.to_string_lossy().into_owned(),
+                                error: e,
+                            });
                             break;
                         }
                         None => progress(progress_of(job)),
@@ -143,31 +149,38 @@ impl Handler for Daemon {
                 progress(progress_of(job));
             }
         }
-        Ok(json!({
-            "files": files.len(),
-            "already_cached": already,
-            "queued": jobs.len(),
-            "failed": failed,
-        }))
+        Ok(Promoted {
+            files: files.len() as u64,
+            already_cached: already,
+            queued: jobs.len() as u64,
+            failed,
+        })
     }
 
-    fn pin(&self, paths: &[PathBuf]) -> Result<Value, String> {
+    fn pin(&self, paths: &[PathBuf]) -> Result<Pinned, String> {
         let cache = self.cache()?;
         let files = self.files_below(paths)?;
         let queued = cache.pin(&files).len();
-        Ok(json!({"pinned": files.len(), "queued": queued}))
+        Ok(Pinned {
+            pinned: files.len() as u64,
+            queued: queued as u64,
+        })
     }
 
-    fn unpin(&self, paths: &[PathBuf]) -> Result<Value, String> {
-        Ok(json!({"unpinned": self.cache()?.unpin(paths)}))
+    fn unpin(&self, paths: &[PathBuf]) -> Result<Unpinned, String> {
+        Ok(Unpinned {
+            unpinned: self.cache()?.unpin(paths) as u64,
+        })
     }
 
-    fn evict(&self, paths: &[PathBuf]) -> Result<Value, String> {
-        Ok(json!({"evicted": self.cache()?.evict(paths)}))
+    fn evict(&self, paths: &[PathBuf]) -> Result<Evicted, String> {
+        Ok(Evicted {
+            evicted: self.cache()?.evict(paths),
+        })
     }
 
-    fn unmount(&self) -> Result<Value, String> {
+    fn unmount(&self) -> Result<Stopping, String> {
         (self.stop)();
-        Ok(json!({"stopping": true}))
+        Ok(Stopping { stopping: true })
     }
 }

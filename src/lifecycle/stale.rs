@@ -32,10 +32,8 @@ pub(super) fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
             })
         }
         _ if top.fstype == "fuse.cachefs" => {
-            let pid = control::request(mountpoint, "status", &[], false, &mut |_| {})
-                .ok()
-                .and_then(|s| s["pid"].as_u64())
-                .map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"));
+            let pid = control::status(mountpoint)
+                .map_or_else(|_| "pid unknown".to_string(), |s| format!("pid {}", s.pid));
             Err(err(format!(
                 "{} is already mounted by a running cachefs ({pid}, source {}): `cachefs unmount {}` first, or pick another mountpoint",
                 mountpoint.display(),

@@ -1,0 +1,153 @@
+//! The control subcommands as `main.rs` hands them over: each located, asked of its
+//! daemon, printed (results on stdout, progress and messages on stderr), and mapped to an
+//! exit code from `crate::exit`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::client::{self, RequestError, locate};
+use super::proto::{Cmd, Evicted, Pinned, Progress, Promoted, Request, Status, Stopping, Unpinned};
+use super::render::{self, Summary};
+use crate::cli::Command;
+use crate::exit::{FAILURE, SUCCESS};
+
+/// How long `cachefs unmount` waits for the mount to leave mountinfo after the daemon said yes.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs a control subcommand and returns its exit code.
+pub fn run_command(cmd: Command) -> u8 {
+    match cmd {
+        Command::Status { mountpoint, json } => run_status(&mountpoint, json),
+        Command::Promote { wait, paths } => run_paths::<Promoted>(Cmd::Promote, &paths, wait),
+        Command::Pin { paths } => run_paths::<Pinned>(Cmd::Pin, &paths, false),
+        Command::Unpin { paths } => run_paths::<Unpinned>(Cmd::Unpin, &paths, false),
+        Command::Evict { paths } => run_paths::<Evicted>(Cmd::Evict, &paths, false),
+        Command::Unmount { mountpoint } => run_unmount(&mountpoint),
+        Command::Cleanup { mountpoints } => {
+            // Absolute without resolving: a stale mountpoint cannot be stat'ed.
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let abs: Vec<PathBuf> = mountpoints.iter().map(|m| cwd.join(m)).collect();
+            crate::mountinfo::cleanup(&abs)
+        }
+        Command::Mount(_) => fail("mounting is not a control command"),
+    }
+}
+
+fn fail(msg: &str) -> u8 {
+    eprintln!("cachefs: {msg}");
+    FAILURE
+}
+
+fn run_status(path: &Path, as_json: bool) -> u8 {
+    let (mp, _) = match locate(path) {
+        Ok(l) => l,
+        Err(msg) => return fail(&msg),
+    };
+    let status: Status = match ask(&mp, &Request::new(Cmd::Status, &[], false), &mut |_| {}) {
+        Ok(s) => s,
+        Err(msg) => return fail(&msg),
+    };
+    if as_json {
+        match status.to_json() {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(&format!("cannot encode the status: {e}")),
+        }
+    } else {
+        print!("{}", render::status_text(&status));
+    }
+    SUCCESS
+}
+
+/// [`client::request`], with the daemon's own errors prefixed by what was asked of which
+/// mount.
+fn ask<R: DeserializeOwned>(
+    mp: &Path,
+    req: &Request,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<R, String> {
+    client::request(mp, req, on_progress).map_err(|e| match e {
+        RequestError::Daemon(msg) => format!("{} {}: {msg}", req.cmd, mp.display()),
+        other => other.to_string(),
+    })
+}
+
+/// `promote`, `pin`, `unpin`, `evict`: paths grouped by mount, one request per mount.
+fn run_paths<R: DeserializeOwned + Summary>(cmd: Cmd, paths: &[PathBuf], wait: bool) -> u8 {
+    let mut code = SUCCESS;
+    let mut groups: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    for p in paths {
+        match locate(p) {
+            Ok((mp, rel)) => groups.entry(mp).or_default().push(rel),
+            Err(msg) => code = fail(&msg),
+        }
+    }
+    for (mp, rels) in &groups {
+        let mut print_progress = |p: Progress| eprintln!("{}", render::progress_line(&p));
+        match ask::<R>(mp, &Request::new(cmd, rels, wait), &mut print_progress) {
+            Ok(result) => {
+                println!("{}", render::summary(cmd, mp, &result));
+                for f in result.failures() {
+                    code = fail(&render::failure_line(cmd, mp, f));
+                }
+            }
+            Err(msg) => code = fail(&msg),
+        }
+    }
+    code
+}
+
+fn run_unmount(path: &Path) -> u8 {
+    let (mp, _) = match locate(path) {
+        Ok(l) => l,
+        Err(msg) => return fail(&msg),
+    };
+    let before = cachefs_mounts_at(&mp);
+    let req = Request::new(Cmd::Unmount, &[], false);
+    match client::request::<Stopping>(&mp, &req, &mut |_| {}) {
+        Ok(_) => {}
+        // A daemon that exits as soon as it is unmounted may not get to answer.
+        Err(RequestError::Closed(msg)) => {
+            if !wait_unmounted(&mp, before, Duration::from_secs(2)) {
+                return fail(&msg);
+            }
+            return SUCCESS;
+        }
+        Err(e) => return fail(&e.to_string()),
+    }
+    if wait_unmounted(&mp, before, UNMOUNT_WAIT) {
+        SUCCESS
+    } else {
+        fail(&format!(
+            "asked the daemon to unmount {}, but it is still mounted after {} s",
+            mp.display(),
+            UNMOUNT_WAIT.as_secs()
+        ))
+    }
+}
+
+fn cachefs_mounts_at(mp: &Path) -> usize {
+    crate::mountinfo::mounts()
+        .map(|all| {
+            all.iter()
+                .filter(|m| m.fstype == "fuse.cachefs" && m.target == mp)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until fewer cachefs mounts sit at `mp` than `before`.
+fn wait_unmounted(mp: &Path, before: usize, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if cachefs_mounts_at(mp) < before {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
