@@ -15,6 +15,9 @@
 //! - `scale`: libraries past the descriptor limit, objects renamed, removed or swapped for
 //!   symlinks behind the mount.
 //! - `regress`: regression tests for defects outside suites found, named after them.
+//! - `scan`: library scans; the kernel's caches and the metadata cache (`meta_ttl`) and
+//!   its snapshot stay exact for changes through the mount, and show SOURCE's own changes
+//!   once their lifetime passes.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //!
@@ -53,3 +56,6 @@ mod regress;
 
 #[path = "integration/exerciser.rs"]
 mod exerciser;
+
+#[path = "integration/scan.rs"]
+mod scan;

@@ -1,0 +1,253 @@
+//! Library scans: the kernel's caches (long lifetimes, kept directory listings) and the
+//! daemon's metadata cache (`meta_ttl`) with its snapshot. Changes made through the mount
+//! must show at once, whatever the lifetimes; changes made directly in SOURCE show once
+//! the lifetime that covers them has passed; a rescan after a restart is answered from
+//! the snapshot.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::common::{TestMount, eventually, num, status};
+
+/// What a scanner sees of one entry: type, size, mode, owner, links and times (ns).
+type Seen = (u32, u64, u32, u32, u64, i64, i64);
+
+/// Every entry below `root`, as `find -printf` would report it, by relative path.
+fn scan(root: &Path) -> BTreeMap<PathBuf, Seen> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Seen>) {
+        for e in fs::read_dir(dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let md = fs::symlink_metadata(e.path()).expect("lstat");
+            let seen = (
+                md.mode() & libc::S_IFMT,
+                if md.is_dir() { 0 } else { md.size() },
+                md.mode() & 0o7777,
+                md.uid(),
+                md.nlink(),
+                md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            );
+            out.insert(e.path().strip_prefix(root).unwrap().to_path_buf(), seen);
+            if md.is_dir() {
+                walk(root, &e.path(), out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Two shows of two seasons of three episodes, with artwork.
+fn library(src: &Path) {
+    for show in ["Show A", "Show B"] {
+        for season in ["Season 01", "Season 02"] {
+            let dir = src.join(show).join(season);
+            fs::create_dir_all(&dir).unwrap();
+            for ep in 1..=3 {
+                fs::write(dir.join(format!("E{ep:02}.mkv")), vec![ep as u8; 1000 * ep]).unwrap();
+            }
+        }
+        fs::write(src.join(show).join("poster.jpg"), b"jpg").unwrap();
+    }
+}
+
+fn mount(options: &str) -> TestMount {
+    let mut b = TestMount::builder()
+        .option("promote=manual")
+        .populate(library);
+    for o in options.split(',').filter(|o| !o.is_empty()) {
+        b = b.option(o);
+    }
+    b.start()
+}
+
+/// The mount and SOURCE show the same tree, entry by entry.
+fn assert_scan_matches(m: &TestMount, after: &str) {
+    let (through, direct) = (scan(&m.mnt), scan(&m.source));
+    for (path, seen) in &direct {
+        assert_eq!(
+            through.get(path),
+            Some(seen),
+            "{path:?} after {after}: the mount shows another state than SOURCE"
+        );
+    }
+    let extra: Vec<_> = through
+        .keys()
+        .filter(|p| !direct.contains_key(*p))
+        .collect();
+    assert!(extra.is_empty(), "after {after}, still shown: {extra:?}");
+}
+
+/// Every kind of change a user makes through the mount, each checked at once against
+/// SOURCE with every cache warm: the kernel's (60 s by default) and, with `meta_ttl`,
+/// the daemon's.
+fn changes_through_the_mount_show_at_once(options: &str) {
+    crate::require_mount!();
+    let m = mount(options);
+    let a = m.path("Show A/Season 01");
+    assert_scan_matches(&m, "the first scan");
+    // Twice: the second is answered from the caches.
+    assert_scan_matches(&m, "a warm scan");
+
+    fs::rename(a.join("E01.mkv"), a.join("E01 renamed.mkv")).unwrap();
+    assert_scan_matches(&m, "a rename within a directory");
+    fs::rename(a.join("E02.mkv"), m.path("Show B/Season 02/E02.mkv")).unwrap();
+    assert_scan_matches(&m, "a rename across directories (over an existing name)");
+    fs::rename(m.path("Show A/Season 02"), m.path("Show B/Season 03")).unwrap();
+    assert_scan_matches(&m, "a directory renamed into another");
+    fs::remove_file(a.join("E03.mkv")).unwrap();
+    assert_scan_matches(&m, "an unlink");
+    fs::set_permissions(
+        m.path("Show B/poster.jpg"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    assert_scan_matches(&m, "a chmod");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("Show B/Season 01/E01.mkv"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more bytes"))
+        .unwrap();
+    assert_scan_matches(&m, "a write");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("Show B/Season 01/E02.mkv"))
+        .and_then(|f| f.set_len(10))
+        .unwrap();
+    assert_scan_matches(&m, "a truncate");
+    fs::write(a.join("new.srt"), b"subtitles").unwrap();
+    fs::create_dir(a.join("Extras")).unwrap();
+    fs::hard_link(m.path("Show B/poster.jpg"), a.join("poster link.jpg")).unwrap();
+    assert_scan_matches(&m, "a create, a mkdir and a link");
+    fs::remove_dir(a.join("Extras")).unwrap();
+    assert_scan_matches(&m, "an rmdir");
+    // A name looked up while missing (a negative entry), then made.
+    assert!(fs::metadata(a.join("E09.mkv")).is_err());
+    fs::write(a.join("E09.mkv"), b"nine").unwrap();
+    assert_eq!(fs::read(a.join("E09.mkv")).unwrap(), b"nine");
+    assert_scan_matches(&m, "a create of a name probed while missing");
+}
+
+#[test]
+fn changes_through_the_mount_show_at_once_with_kernel_caches() {
+    changes_through_the_mount_show_at_once("");
+}
+
+#[test]
+fn changes_through_the_mount_show_at_once_with_meta_ttl() {
+    changes_through_the_mount_show_at_once("meta_ttl=1h");
+}
+
+/// Changes made directly in SOURCE, behind every cache, each of a kind a download client
+/// or a second host makes.
+fn change_source_directly(m: &TestMount) {
+    fs::write(m.src("Show A/Season 01/E04.mkv"), b"new episode").unwrap();
+    fs::remove_file(m.src("Show A/Season 01/E01.mkv")).unwrap();
+    fs::write(m.src("Show A/Season 01/E02.mkv"), b"a smaller new version").unwrap();
+    fs::set_permissions(
+        m.src("Show B/poster.jpg"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+}
+
+fn matches_source(m: &TestMount) -> bool {
+    scan(&m.mnt) == scan(&m.source)
+}
+
+#[test]
+fn a_change_in_source_shows_once_the_kernel_timeouts_pass() {
+    crate::require_mount!();
+    let m = mount("attr_timeout=1,entry_timeout=1,negative_timeout=1");
+    assert_scan_matches(&m, "the first scan");
+    change_source_directly(&m);
+    eventually("the mount to show SOURCE's changes", &m, || {
+        matches_source(&m)
+    });
+}
+
+#[test]
+fn a_change_in_source_shows_once_meta_ttl_passes() {
+    crate::require_mount!();
+    let m = mount("attr_timeout=1,entry_timeout=1,negative_timeout=1,meta_ttl=3");
+    assert_scan_matches(&m, "the first scan");
+    let before = num(&status(&m), "meta_hits");
+    change_source_directly(&m);
+    eventually("the mount to show SOURCE's changes", &m, || {
+        matches_source(&m)
+    });
+    // In between, the daemon answered the kernel from its own cache.
+    assert!(
+        num(&status(&m), "meta_hits") > before,
+        "meta_ttl=3 answered nothing from the metadata cache"
+    );
+}
+
+#[test]
+fn a_rescan_after_a_restart_is_answered_from_the_snapshot() {
+    crate::require_mount!();
+    let mut m = mount("meta_ttl=1h");
+    assert_scan_matches(&m, "the first scan");
+    let nodes = num(&status(&m), "meta_nodes");
+    assert!(
+        nodes >= 20,
+        "the scan filled the metadata cache with {nodes} objects"
+    );
+    m.restart();
+    assert!(
+        !m.cache.join("meta").exists(),
+        "the snapshot is deleted once loaded (a crash must not leave it behind)"
+    );
+    let s = status(&m);
+    assert_eq!(
+        num(&s, "meta_nodes"),
+        nodes,
+        "the snapshot holds the whole cache"
+    );
+    assert_scan_matches(&m, "a restart");
+    let s = status(&m);
+    assert_eq!(
+        num(&s, "meta_misses"),
+        0,
+        "a lookup after the restart went to SOURCE"
+    );
+    assert!(num(&s, "meta_hits") >= nodes, "{s}");
+    // And changes through the restarted mount still show at once.
+    fs::write(m.path("Show A/new.nfo"), b"nfo").unwrap();
+    fs::remove_file(m.path("Show B/poster.jpg")).unwrap();
+    assert_scan_matches(&m, "changes after the restart");
+}
+
+#[test]
+fn a_damaged_snapshot_only_costs_speed() {
+    crate::require_mount!();
+    let mut m = mount("meta_ttl=1h");
+    assert_scan_matches(&m, "the first scan");
+    let nodes = num(&status(&m), "meta_nodes");
+    let st = m.signal_and_wait(libc::SIGTERM);
+    assert!(st.success());
+    let snap = m.cache.join("meta");
+    let mut data = fs::read(&snap).expect("a clean stop writes the snapshot");
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    fs::write(&snap, &data).unwrap();
+    // Also a change made while the daemon was down: SOURCE is read afresh.
+    fs::write(m.src("Show A/while down.mkv"), b"x").unwrap();
+    m.respawn();
+    // Only what this start has looked up since (the root) is cached.
+    assert!(
+        num(&status(&m), "meta_nodes") < nodes / 2,
+        "a damaged snapshot was loaded"
+    );
+    assert!(
+        m.log_contents()
+            .contains("ignoring a damaged metadata snapshot"),
+        "{}",
+        m.log_contents()
+    );
+    assert_scan_matches(&m, "a restart with a damaged snapshot");
+    assert!(!snap.exists());
+}
