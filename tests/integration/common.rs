@@ -33,9 +33,25 @@ fn in_ci() -> bool {
     std::env::var("CI").map(|v| v == "true").unwrap_or(false)
 }
 
-/// Whether this test can mount: root and a usable /dev/fuse. Under `CI=true` a missing
-/// prerequisite is a failure, never a silent skip; elsewhere the test prints why it is
-/// skipped and the caller returns.
+/// Reports that `test` cannot run here because of `why`. Under `CI=true` that is a
+/// failure (a panic), never a silent skip; elsewhere it prints why the test is skipped,
+/// and the caller returns. Every skip in the suite goes through here.
+pub fn skip(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: cannot run under CI=true: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// The name libtest gave the running test (its thread's name), for `skip`.
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string()
+}
+
+/// Whether this test can mount: root and a usable /dev/fuse (see `skip`).
 pub fn can_mount(test: &str) -> bool {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions.
@@ -50,11 +66,7 @@ pub fn can_mount(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = missing.join("; ");
-    if in_ci() {
-        panic!("{test}: cannot run under CI=true: {why}");
-    }
-    eprintln!("SKIPPED {test}: {why}");
+    skip(test, &missing.join("; "));
     false
 }
 
@@ -62,12 +74,7 @@ pub fn can_mount(test: &str) -> bool {
 #[macro_export]
 macro_rules! require_mount {
     () => {
-        // libtest names each test's thread after the test.
-        let name = std::thread::current()
-            .name()
-            .unwrap_or(module_path!())
-            .to_string();
-        if !$crate::common::can_mount(&name) {
+        if !$crate::common::can_mount(&$crate::common::test_name()) {
             return;
         }
     };
