@@ -232,6 +232,23 @@ pub fn bind_mount(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Lazily unmounts whatever is still mounted at its path when it drops: made before a
+/// command that must not mount there, so that one that does (and exits, leaving the
+/// mount to a watchdog) leaves nothing behind when the test fails on it.
+pub struct DetachOnDrop(pub PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        // Stacked mounts come off one at a time.
+        for _ in 0..8 {
+            if mounts_at(&self.0).is_empty() {
+                break;
+            }
+            detach(&self.0);
+        }
+    }
+}
+
 /// Poll until nothing is mounted at `path`, up to `deadline`. True when it is clear.
 pub fn wait_unmounted(path: &Path, deadline: Duration) -> bool {
     let end = Instant::now() + deadline;
