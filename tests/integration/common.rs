@@ -1,7 +1,8 @@
 //! Shared harness: `TestMount` (temp SOURCE/CACHE/MNT, the real binary in the foreground,
-//! readiness by polling mountinfo, teardown in `Drop` even on panic), running code as
-//! another user in a child process, errno capture, and the outcome recorder that parity
-//! tests compare.
+//! readiness by polling mountinfo, teardown in `Drop` even on panic), `skip` (the one way
+//! a test skips, a failure under `CI=true`), a private mount namespace for a test, guards
+//! for mounts a command must not leave, running code as another user in a child process,
+//! errno capture, and the outcome recorder that parity tests compare.
 
 #![allow(dead_code)]
 
