@@ -2,9 +2,11 @@
 //!
 //! Modules, one per area:
 //! - `common`: `TestMount` (temp SOURCE/CACHE/MNT, start, wait for the mount, teardown in
-//!   `Drop`), running code as another user, errno capture.
+//!   `Drop`), `skip`, a private mount namespace, running code as another user, errno
+//!   capture.
 //! - `parity`: the same script of file-system calls on the mount and on a plain directory,
-//!   compared outcome by outcome (results, errno values, ownership, mode bits).
+//!   compared outcome by outcome (results, errno values, ownership, mode bits); again on
+//!   a promoting mount, where each script proves its promotions and reads from copies.
 //! - `users`: a second user through an `--allow-other` mount, compared with a plain directory.
 //! - `cli`: argument validation, both option forms, signals.
 //! - `stale`: with promotion on first read, changes in SOURCE and writes through the mount
@@ -21,8 +23,9 @@
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //!
-//! Tests that mount need root and /dev/fuse. Without them a test panics under `CI=true` and
-//! otherwise prints why it is skipped and returns.
+//! Tests that mount need root and /dev/fuse. Without them (or anything else a test needs)
+//! a test panics under `CI=true` and otherwise prints why it is skipped and returns
+//! (`common::skip`).
 
 #[path = "integration/common.rs"]
 mod common;

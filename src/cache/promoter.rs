@@ -269,7 +269,12 @@ impl Shared {
         reader: bool,
     ) -> Arc<Job> {
         let mut inflight = self.inflight.lock();
-        if let Some(job) = inflight.get(rel) {
+        // A job cancelled by a change through the mount will publish nothing: a request
+        // made after the change gets a job of its own, which replaces it.
+        if let Some(job) = inflight
+            .get(rel)
+            .filter(|j| !j.cancelled.load(Ordering::Relaxed))
+        {
             if reader {
                 job.reader_active.store(true, Ordering::Relaxed);
             }
@@ -346,7 +351,12 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
                 tracing::warn!("cannot promote {}: {e}", job.rel.display());
             }
         }
-        shared.inflight.lock().remove(&job.rel);
+        let mut inflight = shared.inflight.lock();
+        // Unless a later request has replaced this (cancelled) job.
+        if inflight.get(&job.rel).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+            inflight.remove(&job.rel);
+        }
+        drop(inflight);
         job.finish(r);
     }
 }

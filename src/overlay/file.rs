@@ -600,15 +600,7 @@ impl Overlay {
         } else {
             None
         };
-        // A copy published since this handle opened (another open read enough to promote
-        // it) is made stale by this write: drop it first.
-        if let (Some(cache), Some(rel)) = (&self.cache, &h.rel) {
-            let generation = cache.ledger.generation();
-            if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
-                cache.invalidate(rel);
-                self.readers_leave_copies(h.obj);
-            }
-        }
+        self.drop_copy_published_since_open(&h);
         let mut done = 0;
         while done < data.len() {
             let n = sys::pwrite(h.fd.as_fd(), &data[done..], offset + done as u64)?;
@@ -623,6 +615,19 @@ impl Overlay {
             drop_pages(&h, offset, done as u64, true);
         }
         Ok(done as u32)
+    }
+
+    /// A copy published since the writable handle `h` opened (another open read enough
+    /// to promote it) is made stale by the change `h` is about to make: drop it first,
+    /// and move the readers serving from it to SOURCE.
+    fn drop_copy_published_since_open(&self, h: &FileHandle) {
+        if let (Some(cache), Some(rel)) = (&self.cache, &h.rel) {
+            let generation = cache.ledger.generation();
+            if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
+                cache.invalidate(rel);
+                self.readers_leave_copies(h.obj);
+            }
+        }
     }
 
     pub fn flush(&self, fh: u64) -> io::Result<()> {
@@ -674,6 +679,7 @@ impl Overlay {
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let h = self.files.get(fh)?;
+        self.drop_copy_published_since_open(&h);
         sys::fallocate(h.fd.as_fd(), mode, offset, length)?;
         self.mirror(h.obj, |m| sys::fallocate(m.as_fd(), mode, offset, length));
         self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
@@ -695,6 +701,7 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let fin = self.files.get(fh_in)?;
         let fout = self.files.get(fh_out)?;
+        self.drop_copy_published_since_open(&fout);
         // The reply carries a u32 count; the kernel asks again for the rest.
         let len = len.min(1 << 30) as usize;
         let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;

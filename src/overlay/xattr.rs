@@ -61,18 +61,33 @@ impl Overlay {
     ) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let (inode, fd) = self.node(nodeid)?;
-        let _as = self.creds.enter(caller)?;
-        sys::setxattr(&sys::proc_path(fd.as_fd()), name, value, flags)?;
-        self.meta_changed((inode.dev, inode.ino));
+        {
+            let _as = self.creds.enter(caller)?;
+            sys::setxattr(&sys::proc_path(fd.as_fd()), name, value, flags)?;
+        }
+        self.xattrs_changed(&inode, fd.as_fd());
         Ok(())
     }
 
     pub fn removexattr(&self, caller: &Caller, nodeid: u64, name: &OsStr) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let (inode, fd) = self.node(nodeid)?;
-        let _as = self.creds.enter(caller)?;
-        sys::removexattr(&sys::proc_path(fd.as_fd()), name)?;
-        self.meta_changed((inode.dev, inode.ino));
+        {
+            let _as = self.creds.enter(caller)?;
+            sys::removexattr(&sys::proc_path(fd.as_fd()), name)?;
+        }
+        self.xattrs_changed(&inode, fd.as_fd());
         Ok(())
+    }
+
+    /// An extended attribute changed through the mount: the file's ctime moved, its
+    /// bytes did not, so its copy stays usable (as after a chmod) instead of costing the
+    /// next open a miss and a re-read of the whole file from SOURCE.
+    fn xattrs_changed(&self, inode: &crate::inodes::Inode, fd: std::os::fd::BorrowedFd<'_>) {
+        self.meta_changed((inode.dev, inode.ino));
+        if let (Some(cache), Some(rel), Ok(st)) = (&self.cache, self.rel_of(inode), sys::fstat(fd))
+        {
+            cache.metadata_changed(&rel, &st);
+        }
     }
 }

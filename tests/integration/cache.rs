@@ -270,6 +270,50 @@ fn policy_promotes_after_threshold_and_prefetches_the_next_episode() {
     assert!(!copy_path(&m, "S1/Episode 10.nfo").exists());
 }
 
+/// An open for writing cancels the promotion in flight; a reader that opens after it
+/// gets a promotion of its own, and the file is cached without any further read (the
+/// reader once joined the cancelled job, which published nothing).
+#[test]
+fn a_read_after_a_write_cancelled_the_promotion_promotes_again() {
+    if !common::can_mount("a_read_after_a_write_cancelled_the_promotion_promotes_again") {
+        return;
+    }
+    let len = 3 * MIB;
+    let m = TestMount::builder()
+        .option("promote_after=0")
+        .option("prefetch=0")
+        .option("promote_bw=1M")
+        .populate(with_files(&[("film.mkv", 3 * MIB, 21)]))
+        .start();
+    let mut head = vec![0u8; 4096];
+    fs::File::open(m.path("film.mkv"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    eventually("the first promotion to be under way", &m, || {
+        status(&m)["in_flight"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    drop(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("film.mkv"))
+            .unwrap(),
+    );
+    fs::File::open(m.path("film.mkv"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    eventually("the file to be promoted after all", &m, || {
+        copy_path(&m, "film.mkv").exists()
+    });
+    assert_eq!(
+        digest(&read_all(&copy_path(&m, "film.mkv"))),
+        digest(&pattern(len, 21))
+    );
+}
+
 #[test]
 fn concurrent_readers_share_one_promotion() {
     if !common::can_mount("concurrent_readers_share_one_promotion") {

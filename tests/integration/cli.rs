@@ -10,7 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::common::{
-    TestMount, describe_status, fstype_at, mounts_at, run_cachefs, wait_unmounted,
+    DetachOnDrop, TestMount, describe_status, fstype_at, mounts_at, run_cachefs, wait_unmounted,
 };
 use crate::require_mount;
 
@@ -51,6 +51,7 @@ fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 /// (case-insensitive), and nothing mounted at `mnt`.
 fn expect_usage_error(mut args: Vec<OsString>, mnt: &Path, needles: &[&str]) {
     args.push("-f".into());
+    let _clean = DetachOnDrop(mnt.to_path_buf());
     let (st, stderr) = run_cachefs(&args, Some(mnt));
     let mounted = mounts_at(mnt);
     assert!(
@@ -445,6 +446,7 @@ fn second_instance_on_same_cache_is_refused() {
     let m = TestMount::start();
     let mnt2 = m.root.join("mnt2");
     fs::create_dir(&mnt2).expect("mkdir");
+    let _clean = DetachOnDrop(mnt2.clone());
     let args = vec![
         m.source.clone().into_os_string(),
         mnt2.clone().into_os_string(),

@@ -1,7 +1,8 @@
 //! Shared harness: `TestMount` (temp SOURCE/CACHE/MNT, the real binary in the foreground,
-//! readiness by polling mountinfo, teardown in `Drop` even on panic), running code as
-//! another user in a child process, errno capture, and the outcome recorder that parity
-//! tests compare.
+//! readiness by polling mountinfo, teardown in `Drop` even on panic), `skip` (the one way
+//! a test skips, a failure under `CI=true`), a private mount namespace for a test, guards
+//! for mounts a command must not leave, running code as another user in a child process,
+//! errno capture, and the outcome recorder that parity tests compare.
 
 #![allow(dead_code)]
 
@@ -33,9 +34,25 @@ fn in_ci() -> bool {
     std::env::var("CI").map(|v| v == "true").unwrap_or(false)
 }
 
-/// Whether this test can mount: root and a usable /dev/fuse. Under `CI=true` a missing
-/// prerequisite is a failure, never a silent skip; elsewhere the test prints why it is
-/// skipped and the caller returns.
+/// Reports that `test` cannot run here because of `why`. Under `CI=true` that is a
+/// failure (a panic), never a silent skip; elsewhere it prints why the test is skipped,
+/// and the caller returns. Every skip in the suite goes through here.
+pub fn skip(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: cannot run under CI=true: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// The name libtest gave the running test (its thread's name), for `skip`.
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string()
+}
+
+/// Whether this test can mount: root and a usable /dev/fuse (see `skip`).
 pub fn can_mount(test: &str) -> bool {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions.
@@ -50,11 +67,7 @@ pub fn can_mount(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = missing.join("; ");
-    if in_ci() {
-        panic!("{test}: cannot run under CI=true: {why}");
-    }
-    eprintln!("SKIPPED {test}: {why}");
+    skip(test, &missing.join("; "));
     false
 }
 
@@ -62,12 +75,7 @@ pub fn can_mount(test: &str) -> bool {
 #[macro_export]
 macro_rules! require_mount {
     () => {
-        // libtest names each test's thread after the test.
-        let name = std::thread::current()
-            .name()
-            .unwrap_or(module_path!())
-            .to_string();
-        if !$crate::common::can_mount(&name) {
+        if !$crate::common::can_mount(&$crate::common::test_name()) {
             return;
         }
     };
@@ -92,9 +100,14 @@ pub struct MountEntry {
     pub super_options: String,
 }
 
-/// Every mount in /proc/self/mountinfo whose mount point is `path`, in mount order.
+/// The mount table of the calling thread's mount namespace: a test may run in a private
+/// one (`in_private_mount_ns`), which /proc/self (the process's first thread) does not
+/// show.
+const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
+
+/// Every mount in the thread's mountinfo whose mount point is `path`, in mount order.
 pub fn mounts_at(path: &Path) -> Vec<MountEntry> {
-    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let text = fs::read_to_string(MOUNTINFO).expect("read /proc/thread-self/mountinfo");
     let want = path.as_os_str().as_bytes();
     let mut found = Vec::new();
     for line in text.lines() {
@@ -142,6 +155,98 @@ pub fn detach(path: &Path) {
     // SAFETY: c is a valid NUL-terminated path.
     unsafe {
         libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+/// Runs `f` on a thread of its own in a private mount namespace: `unshare(CLONE_NEWNS)`
+/// (per thread: it implies only CLONE_FS), every mount made private, so what `f` and the
+/// processes it starts mount or cover there is seen nowhere else and goes with the
+/// namespace when they are all gone. The namespace starts as a copy of every mount,
+/// other tests' included: the copies of FUSE mounts and of mounts below the temp dir are
+/// detached first, or they would keep those filesystems (and their daemons) alive after
+/// their owners unmount them. A panic in `f` is the caller's.
+pub fn in_private_mount_ns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let name = test_name();
+    std::thread::scope(|scope| {
+        let t = std::thread::Builder::new()
+            .name(name)
+            .spawn_scoped(scope, || {
+                // SAFETY: unshare has no memory-safety preconditions.
+                let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+                assert_eq!(r, 0, "unshare(CLONE_NEWNS): {}", io::Error::last_os_error());
+                // SAFETY: constant NUL-terminated strings; no data argument.
+                let r = unsafe {
+                    libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    )
+                };
+                assert_eq!(r, 0, "make / private: {}", io::Error::last_os_error());
+                let tmp = std::env::temp_dir();
+                let text = fs::read_to_string(MOUNTINFO).expect("read mountinfo");
+                let mut foreign: Vec<PathBuf> = text
+                    .lines()
+                    .filter_map(|l| {
+                        let (left, right) = l.split_once(" - ")?;
+                        let mp = PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(
+                            left.split(' ').nth(4)?,
+                        )));
+                        let fuse = right.split(' ').next()?.starts_with("fuse");
+                        (fuse || (mp.starts_with(&tmp) && mp != tmp)).then_some(mp)
+                    })
+                    .collect();
+                // Deepest first, so that each one is still reachable.
+                foreign.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+                for mp in &foreign {
+                    detach(mp);
+                }
+                f()
+            })
+            .expect("spawn a thread for the mount namespace");
+        match t.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Bind-mounts `from` over `to`; in a private mount namespace only.
+pub fn bind_mount(from: &Path, to: &Path) -> io::Result<()> {
+    let (a, b) = (cpath(from), cpath(to));
+    // SAFETY: NUL-terminated paths; no filesystem type or data for a bind mount.
+    let r = unsafe {
+        libc::mount(
+            a.as_ptr(),
+            b.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Lazily unmounts whatever is still mounted at its path when it drops: made before a
+/// command that must not mount there, so that one that does (and exits, leaving the
+/// mount to a watchdog) leaves nothing behind when the test fails on it.
+pub struct DetachOnDrop(pub PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        // Stacked mounts come off one at a time.
+        for _ in 0..8 {
+            if mounts_at(&self.0).is_empty() {
+                break;
+            }
+            detach(&self.0);
+        }
     }
 }
 
@@ -572,7 +677,7 @@ impl TestMount {
 
 /// Every mount point strictly below `root`, deepest first.
 fn mounts_below(root: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let text = fs::read_to_string(MOUNTINFO).unwrap_or_default();
     let mut out: Vec<PathBuf> = text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))

@@ -1,11 +1,14 @@
 //! Mount lifecycle on real mounts: daemon mode (returns only once the mount is live, or
-//! fails with the reason), `mount -t fuse.cachefs` through mount.fuse3 and `umount`,
-//! stale mounts left by a daemon and watchdog both killed (recovered by the next start and
-//! by `cachefs cleanup`), a second start on a live mount, and `-f` as a container's PID 1.
+//! fails with the reason), `mount -t fuse.cachefs` through mount.fuse3 and `umount` (in a
+//! private mount namespace where this build covers /usr/local/bin), stale mounts left by
+//! a daemon and watchdog both killed (recovered by the next start and by `cachefs
+//! cleanup`), a second start on a live mount, and `-f` as a container's PID 1. Every
+//! mount and daemon a test makes has a guard made before it, which removes it in `Drop`.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -18,6 +21,7 @@ use crate::common::{
 /// Temp SOURCE, CACHE and MNT for a daemon-mode mount, with a file in SOURCE.
 struct Dirs {
     _tmp: TempDir,
+    root: PathBuf,
     source: PathBuf,
     cache: PathBuf,
     mnt: PathBuf,
@@ -35,26 +39,46 @@ fn dirs() -> Dirs {
     fs::write(source.join("hello.txt"), b"hello\n").unwrap();
     Dirs {
         _tmp: tmp,
+        root,
         source,
         cache,
         mnt,
     }
 }
 
-/// A daemon-mode mount this test made. Drop stops it (`cachefs unmount`), falling back
-/// to a lazy unmount and SIGKILL of the daemon's own pid, and checks it is gone.
+/// The daemon-mode mounts a test makes (or must not make) at `mnt`, made before the
+/// command that mounts: whatever is mounted there when it drops, the test failed or not,
+/// is stopped (`cachefs unmount`), falling back to a lazy unmount and SIGKILL of that
+/// mount's daemon, and checked gone.
 struct Daemon {
     mnt: PathBuf,
-    pid: Option<u32>,
+}
+
+/// The pid the daemon at `mnt` reports, if one answers (never panics: used in `Drop`).
+fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg(mnt)
+        .arg("--json")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["pid"].as_u64().map(|p| p as u32)
 }
 
 impl Daemon {
-    fn attach(mnt: &Path) -> Daemon {
-        let pid = status_at(mnt)["pid"].as_u64().map(|p| p as u32);
+    fn expect(mnt: &Path) -> Daemon {
         Daemon {
             mnt: mnt.to_path_buf(),
-            pid,
         }
+    }
+
+    /// The pid of the daemon now serving the mount.
+    fn pid(&self) -> u32 {
+        status_at(&self.mnt)["pid"]
+            .as_u64()
+            .expect("status names the daemon's pid") as u32
     }
 }
 
@@ -63,6 +87,7 @@ impl Drop for Daemon {
         if mounts_at(&self.mnt).is_empty() {
             return;
         }
+        let pid = daemon_pid(&self.mnt);
         let _ = Command::new(BIN)
             .arg("unmount")
             .arg(&self.mnt)
@@ -71,7 +96,7 @@ impl Drop for Daemon {
             .status();
         if !wait_unmounted(&self.mnt, Duration::from_secs(10)) {
             detach(&self.mnt);
-            if let Some(pid) = self.pid {
+            if let Some(pid) = pid {
                 send_signal(pid, libc::SIGKILL);
             }
             if !std::thread::panicking() {
@@ -131,14 +156,14 @@ fn daemon_mode_returns_once_the_mount_is_live() {
         return;
     }
     let d = dirs();
+    let daemon = Daemon::expect(&d.mnt);
     let (ok, out) = daemon_mount(&d, &[]);
     assert!(ok, "daemon mode failed: {out}");
     // No polling: the mount is there the moment the command returns.
     let at = mounts_at(&d.mnt);
     assert_eq!(at.len(), 1, "right after the command returned: {at:?}");
-    let daemon = Daemon::attach(&d.mnt);
     assert_eq!(fs::read(d.mnt.join("hello.txt")).unwrap(), b"hello\n");
-    let pid = daemon.pid.expect("status names the daemon's pid");
+    let pid = daemon.pid();
     assert!(pid_alive(pid));
 
     // A second start on the live mount is refused and names the running daemon.
@@ -163,6 +188,7 @@ fn daemon_mode_reports_an_impossible_mount() {
     }
     // A cache path under a regular file cannot exist.
     let d = dirs();
+    let _none_expected = Daemon::expect(&d.mnt);
     let bad = d.source.join("hello.txt").join("cache");
     let (ok, out) = run(Command::new(BIN)
         .arg(&d.source)
@@ -192,6 +218,29 @@ fn daemon_mode_reports_an_impossible_mount() {
     );
 }
 
+/// A daemon that the command under test started and had to stop: killed on drop if it
+/// is still there (a cachefs whose command line names `mnt`: a pid that has exited and
+/// been reused by something else is left alone).
+struct Reap {
+    pid: u32,
+    mnt: PathBuf,
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let ours = fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"cachefs"))
+                && args
+                    .iter()
+                    .any(|a| *a == self.mnt.as_os_str().as_encoded_bytes())
+        });
+        if ours && pid_alive(self.pid) {
+            send_signal(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
 /// Resumes a stopped daemon on drop, so its mount's teardown works even if the test
 /// fails first.
 struct Resume(u32);
@@ -212,6 +261,7 @@ fn daemon_mode_times_out_on_a_source_that_hangs() {
     }
     let hung = TestMount::start();
     let d = dirs();
+    let _none_expected = Daemon::expect(&d.mnt);
     send_signal(hung.pid(), libc::SIGSTOP);
     let _resume = Resume(hung.pid());
     let started = Instant::now();
@@ -253,6 +303,10 @@ fn daemon_mode_times_out_on_a_source_that_hangs() {
         .and_then(|r| r.split(')').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in: {err}"));
+    let _child = Reap {
+        pid,
+        mnt: d.mnt.clone(),
+    };
     assert!(
         wait_gone(pid),
         "the timed-out daemon {pid} is still running"
@@ -260,43 +314,29 @@ fn daemon_mode_times_out_on_a_source_that_hangs() {
     assert!(mounts_at(&d.mnt).is_empty());
 }
 
-/// Makes `/usr/local/bin/cachefs` this build (mount.fuse3 runs helpers with no PATH, so
-/// the binary must be there) for the life of the guard.
-struct Installed(bool);
+/// Where mount.fuse3's `sh -c "'cachefs' ..."` finds the helper when PATH does not say:
+/// dash's and bash's default search path starts with these two.
+const HELPER_DIRS: [&str; 2] = ["/usr/local/sbin", "/usr/local/bin"];
 
-impl Installed {
-    fn ensure() -> Option<Installed> {
-        let link = Path::new("/usr/local/bin/cachefs");
-        let ours = Path::new(BIN).canonicalize().unwrap();
-        match fs::canonicalize(link) {
-            Ok(p) if p == ours => Some(Installed(false)),
-            Ok(p) => {
-                let msg = format!(
-                    "/usr/local/bin/cachefs is another build ({}): cannot test mount -t fuse.cachefs",
-                    p.display()
-                );
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("{msg}");
-                }
-                eprintln!("SKIPPED: {msg}");
-                None
-            }
-            Err(_) => {
-                std::os::unix::fs::symlink(&ours, link).expect("symlink into /usr/local/bin");
-                Some(Installed(true))
-            }
-        }
-    }
-}
+/// The PATH the mount commands get, so that one naming a user's own bin directory first
+/// (where an installed cachefs may be) is not what mount.fuse3 passes on.
+const HELPER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-impl Drop for Installed {
+/// A bind mount made in a private mount namespace, undone on drop.
+struct Bound(PathBuf);
+
+impl Drop for Bound {
     fn drop(&mut self) {
-        if self.0 {
-            let _ = fs::remove_file("/usr/local/bin/cachefs");
-        }
+        detach(&self.0);
     }
 }
 
+/// `mount -t fuse.cachefs` through mount.fuse3, the fstab form through `mount -T`, and
+/// `umount`. mount.fuse3 runs the helper by name, so the test runs in a private mount
+/// namespace where a temp directory holding only this build's `cachefs` covers
+/// /usr/local/sbin and /usr/local/bin: nothing outside temp dirs is written, and a
+/// cachefs installed anywhere neither stops the test nor is what it runs (the daemon's
+/// executable is checked to be this build).
 #[test]
 fn mount_t_fuse_cachefs_and_umount() {
     if !common::can_mount("mount_t_fuse_cachefs_and_umount") {
@@ -305,16 +345,39 @@ fn mount_t_fuse_cachefs_and_umount() {
     if Command::new("mount.fuse3").arg("-h").output().is_err() {
         panic!("mount.fuse3 is missing: install fuse3 (scripts/prereqs.sh does)");
     }
-    let Some(_installed) = Installed::ensure() else {
-        return;
-    };
     let d = dirs();
+    let bin = d.root.join("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(BIN, bin.join("cachefs")).unwrap();
+    common::in_private_mount_ns(|| {
+        let mut bound = Vec::new();
+        for dir in HELPER_DIRS
+            .map(Path::new)
+            .into_iter()
+            .filter(|p| p.is_dir())
+        {
+            common::bind_mount(&bin, dir)
+                .unwrap_or_else(|e| panic!("bind {} over {}: {e}", bin.display(), dir.display()));
+            bound.push(Bound(dir.to_path_buf()));
+        }
+        assert!(
+            !bound.is_empty(),
+            "neither of {HELPER_DIRS:?} exists to hold the helper"
+        );
+        mount_umount_through_mount_8(&d);
+    });
+}
+
+/// The body of `mount_t_fuse_cachefs_and_umount`, in its mount namespace.
+fn mount_umount_through_mount_8(d: &Dirs) {
+    let daemon = Daemon::expect(&d.mnt);
     assert!(mounts_at(&d.mnt).is_empty());
     let opts = format!(
         "cache={},allow_other,nofail,_netdev,x-systemd.automount,x-systemd.requires=local-fs.target,noatime",
         d.cache.display()
     );
     let (ok, out) = run(Command::new("mount")
+        .env("PATH", HELPER_PATH)
         .args(["-t", "fuse.cachefs"])
         .arg(&d.source)
         .arg(&d.mnt)
@@ -323,8 +386,16 @@ fn mount_t_fuse_cachefs_and_umount() {
     assert!(ok, "mount -t fuse.cachefs: {out}");
     let at = mounts_at(&d.mnt);
     assert_eq!(at.len(), 1, "{at:?}");
-    let daemon = Daemon::attach(&d.mnt);
-    let pid = daemon.pid.unwrap();
+    let pid = daemon.pid();
+    let (exe, ours) = (
+        fs::metadata(format!("/proc/{pid}/exe")).unwrap(),
+        fs::metadata(BIN).unwrap(),
+    );
+    assert_eq!(
+        (exe.dev(), exe.ino()),
+        (ours.dev(), ours.ino()),
+        "mount.fuse3 ran another cachefs than this build ({BIN})"
+    );
     let findmnt = run(Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE,SOURCE,OPTIONS"])
         .arg(&d.mnt))
@@ -345,7 +416,7 @@ fn mount_t_fuse_cachefs_and_umount() {
     assert!(wait_gone(pid), "daemon {pid} still running after umount");
 
     // The fstab form of the same line, through mount(8) with a private fstab.
-    let fstab = d.cache.parent().unwrap().join("fstab");
+    let fstab = d.root.join("fstab");
     fs::write(
         &fstab,
         format!(
@@ -356,12 +427,17 @@ fn mount_t_fuse_cachefs_and_umount() {
         ),
     )
     .unwrap();
-    let (ok, out) = run(Command::new("mount").arg("-T").arg(&fstab).arg(&d.mnt));
+    let (ok, out) = run(Command::new("mount")
+        .env("PATH", HELPER_PATH)
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&d.mnt));
     assert!(ok, "mount -T fstab: {out}");
-    let _daemon = Daemon::attach(&d.mnt);
     assert_eq!(fs::read(d.mnt.join("hello.txt")).unwrap(), b"hello\n");
+    let pid = daemon.pid();
     let (ok, out) = run(Command::new("umount").arg(&d.mnt));
     assert!(ok, "umount: {out}");
+    assert!(wait_gone(pid), "daemon {pid} still running after umount");
 }
 
 /// The pid of the daemon's watchdog: its child named `cachefs-watch`.
@@ -423,6 +499,27 @@ fn stale_mount_is_recovered_by_the_next_start_and_by_cleanup() {
     m.respawn();
 }
 
+/// `unshare` running cachefs as its PID 1 on `mnt`. If the test ends before the daemon
+/// has stopped, drop kills `unshare` (`--kill-child` takes cachefs, and its watchdog, with
+/// it) and detaches the mount they leave.
+struct Container {
+    outer: Child,
+    mnt: PathBuf,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // std keeps a reaped child's status: a pid already waited for is never signalled.
+        if let Ok(None) = self.outer.try_wait() {
+            let _ = self.outer.kill();
+            let _ = self.outer.wait();
+        }
+        if !wait_unmounted(&self.mnt, Duration::from_secs(5)) {
+            detach(&self.mnt);
+        }
+    }
+}
+
 #[test]
 fn foreground_as_container_pid_1_stops_cleanly_on_sigterm() {
     if !common::can_mount("foreground_as_container_pid_1_stops_cleanly_on_sigterm") {
@@ -430,7 +527,7 @@ fn foreground_as_container_pid_1_stops_cleanly_on_sigterm() {
     }
     let d = dirs();
     // A new PID namespace: cachefs is its PID 1, as a container's entrypoint is.
-    let mut outer = Command::new("unshare")
+    let outer = Command::new("unshare")
         .args(["--pid", "--fork", "--kill-child"])
         .arg(BIN)
         .arg(&d.source)
@@ -443,19 +540,23 @@ fn foreground_as_container_pid_1_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("unshare (util-linux)");
+    let mut c = Container {
+        outer,
+        mnt: d.mnt.clone(),
+    };
     let end = Instant::now() + Duration::from_secs(10);
     while mounts_at(&d.mnt).is_empty() {
-        if Instant::now() > end || outer.try_wait().unwrap().is_some() {
-            let _ = outer.kill();
+        if Instant::now() > end || c.outer.try_wait().unwrap().is_some() {
+            let _ = c.outer.kill();
             let mut err = String::new();
-            if let Some(mut e) = outer.stderr.take() {
+            if let Some(mut e) = c.outer.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut e, &mut err);
             }
             panic!("no mount from cachefs as PID 1: {err}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let inner: u32 = fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.id()))
+    let inner: u32 = fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.outer.id()))
         .unwrap()
         .split_whitespace()
         .next()
@@ -471,15 +572,8 @@ fn foreground_as_container_pid_1_stops_cleanly_on_sigterm() {
     // Hold a file open, as a player would, then stop the container.
     let held = fs::File::open(d.mnt.join("hello.txt")).unwrap();
     send_signal(inner, libc::SIGTERM);
-    let st = match wait_deadline(&mut outer, Duration::from_secs(10)) {
-        Some(st) => st,
-        None => {
-            detach(&d.mnt);
-            send_signal(inner, libc::SIGKILL);
-            let _ = outer.wait();
-            panic!("cachefs as PID 1 ignored SIGTERM for 10 s");
-        }
-    };
+    let st = wait_deadline(&mut c.outer, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("cachefs as PID 1 ignored SIGTERM for 10 s"));
     drop(held);
     assert!(st.success(), "exit status {}", describe_status(&st));
     assert!(

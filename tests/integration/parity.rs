@@ -1,7 +1,11 @@
 //! Parity: each script makes the same calls under a root, once inside a cachefs mount and
 //! once inside a plain directory on the same file system as SOURCE, and records every
 //! outcome (value or errno name, type, mode bits, owner; no times, inode numbers or paths).
-//! The two logs must be equal. A few further tests check that writes land in SOURCE.
+//! The two logs must be equal. Each script runs twice on a mount: with the default policy
+//! (nothing is promoted) and in `promoting`, where a file is promoted on its first read;
+//! there the scripts check that their files were promoted, that the steps meant to read a
+//! copy did, and that writes, truncates, renames and unlinks dropped or moved the copies
+//! (`Probe`). A few further tests check that writes land in SOURCE.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -10,20 +14,92 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::common::{
-    Outcomes, TestMount, assert_same, check, check_size, cpath, digest, errno, in_child, pattern,
-    plain_dir, rc,
+    Outcomes, TestMount, assert_same, check, check_size, cpath, digest, errno, in_child, num,
+    pattern, plain_dir, rc, status,
 };
 use crate::require_mount;
 
-/// One run of a script: the root it works under and what it saw.
-struct Ctx {
-    root: PathBuf,
-    out: Outcomes,
+/// What a script run on a mount sees of it besides the mount itself; `None` on the plain
+/// directory, where the same calls are made and nothing is checked.
+struct Probe<'a> {
+    m: &'a TestMount,
+    /// SOURCE/t: the script's root as the daemon reaches it.
+    source: PathBuf,
+    /// CACHE/data/t: where the copies of the script's files are published.
+    copies: PathBuf,
+    /// The mount promotes a file on its first read, so copies are expected.
+    promoting: bool,
+    /// Files seen promoted, and steps seen served from a copy: a promoting run that saw
+    /// none of either exercised no copy at all.
+    promoted: usize,
+    served: usize,
 }
 
-impl Ctx {
+/// How long a promotion of one small file may take in the background.
+const PROMOTION_DEADLINE: Duration = Duration::from_secs(20);
+
+impl Probe<'_> {
+    /// (hits, misses) from the daemon's status.
+    fn counters(&self) -> (u64, u64) {
+        let s = status(self.m);
+        (num(&s, "hits"), num(&s, "misses"))
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!(
+            "{what}\nstatus: {}\nlog:\n{}",
+            status(self.m),
+            self.m.log_contents()
+        )
+    }
+}
+
+/// `rel` for a message: a long one by its length and its end.
+fn short(rel: &str) -> String {
+    match rel.len() {
+        n if n > 80 => format!("{n}-byte path ...{:?}", &rel[n - 20..]),
+        _ => format!("{rel:?}"),
+    }
+}
+
+/// The bytes of the regular file `rel` below `base`, by one `openat` from a descriptor of
+/// `base` (a long `rel` is no longer than the caller's own paths). `None` when there is no
+/// regular file there.
+fn file_below(base: &Path, rel: &str) -> Option<Vec<u8>> {
+    let dir = File::open(base).ok()?;
+    let c = CString::new(rel).ok()?;
+    // SAFETY: dir is open, c is NUL-terminated.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut b = Vec::new();
+    f.read_to_end(&mut b).ok()?;
+    Some(b)
+}
+
+/// One run of a script: the root it works under and what it saw.
+struct Ctx<'a> {
+    root: PathBuf,
+    out: Outcomes,
+    probe: Option<Probe<'a>>,
+}
+
+impl<'a> Ctx<'a> {
     fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
@@ -64,6 +140,90 @@ impl Ctx {
                 self.sys::<()>(step, Err(e));
                 None
             }
+        }
+    }
+
+    fn promoting(&mut self) -> Option<&mut Probe<'a>> {
+        self.probe.as_mut().filter(|p| p.promoting)
+    }
+
+    /// Reads `rel` through the root (on every run, so that all make the same calls; the
+    /// outcome is not recorded) and, on a promoting mount, waits until the policy has
+    /// published a copy of it with SOURCE's bytes. The wait reads it again now and then:
+    /// a promotion the script's previous steps made fail (the file changed while it was
+    /// copied) is retried by the policy only on a later read.
+    fn promoted(&mut self, rel: &str) {
+        let root = self.root.clone();
+        let _ = file_below(&root, rel);
+        let Some(p) = self.promoting() else { return };
+        let end = Instant::now() + PROMOTION_DEADLINE;
+        let mut reread = Instant::now() + Duration::from_millis(500);
+        loop {
+            let src = file_below(&p.source, rel);
+            if src.is_some() && file_below(&p.copies, rel) == src {
+                p.promoted += 1;
+                return;
+            }
+            let now = Instant::now();
+            if now >= end {
+                p.fail(format!(
+                    "{} was read but not promoted within {PROMOTION_DEADLINE:?}",
+                    short(rel)
+                ));
+            }
+            if now >= reread {
+                let _ = file_below(&root, rel);
+                reread = now + Duration::from_millis(500);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Runs `op`, which opens regular files only to read them; on a promoting mount every
+    /// such open must be served from a cached copy: `hits` grows, `misses` does not.
+    fn served_from_copy<T>(&mut self, what: &str, op: impl FnOnce(&mut Self) -> T) -> T {
+        let before = self.promoting().map(|p| p.counters());
+        let r = op(self);
+        if let (Some((hits, misses)), Some(p)) = (before, self.promoting()) {
+            let (h, m) = p.counters();
+            if h <= hits || m != misses {
+                p.fail(format!(
+                    "{what}: not served from a cached copy (hits {hits} -> {h}, misses \
+                     {misses} -> {m})"
+                ));
+            }
+            p.served += 1;
+        }
+        r
+    }
+
+    /// Runs `op`; on a promoting mount none of its opens may be served from a copy (the
+    /// copies it could use no longer match their sources).
+    fn served_from_source<T>(&mut self, what: &str, op: impl FnOnce(&mut Self) -> T) -> T {
+        let before = self.promoting().map(|p| p.counters());
+        let r = op(self);
+        if let (Some((hits, _)), Some(p)) = (before, self.promoting()) {
+            let (h, _) = p.counters();
+            if h != hits {
+                p.fail(format!(
+                    "{what}: served from a copy that no longer matches SOURCE"
+                ));
+            }
+        }
+        r
+    }
+
+    /// On a promoting mount, after a step that changed or removed `rel` through the
+    /// mount: no copy of `rel` holds bytes SOURCE no longer has. The copy was dropped (or
+    /// refreshed); where `rel` is no regular file any more, there is none.
+    fn no_stale_copy(&mut self, rel: &str) {
+        let Some(p) = self.promoting() else { return };
+        let copy = file_below(&p.copies, rel);
+        if copy.is_some() && copy != file_below(&p.source, rel) {
+            p.fail(format!(
+                "{}: the cache still holds a copy of bytes SOURCE no longer has",
+                short(rel)
+            ));
         }
     }
 }
@@ -110,25 +270,37 @@ fn pwrite_all(fd: &OwnedFd, data: &[u8], off: i64) -> Result<usize, i32> {
     check_size(unsafe { libc::pwrite(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), off) })
 }
 
-/// Run `script` on a fresh mount and on a plain directory; compare the logs.
-fn run_parity(name: &str, script: fn(&mut Ctx), options: &[&str]) {
-    let m = options
-        .iter()
-        .fold(TestMount::builder(), |b, o| b.option(o))
-        .start();
+/// Run `script` on a fresh mount and on a plain directory; compare the logs. On a
+/// `promoting` mount (a file is promoted on its first read) the script must have seen at
+/// least one file promoted and one step served from a copy.
+fn run_parity(name: &str, script: fn(&mut Ctx<'_>), promoting: bool) {
+    let m = if promoting {
+        TestMount::builder().option("promote_after=0").start()
+    } else {
+        TestMount::start()
+    };
     let plain = plain_dir(false);
-    let run = |base: &Path| {
+    let run = |base: &Path, probe: Option<Probe<'_>>| {
         let root = base.join("t");
         fs::create_dir(&root).expect("mkdir t");
         let mut ctx = Ctx {
             root,
             out: Outcomes::default(),
+            probe,
         };
         script(&mut ctx);
-        ctx.out
+        (ctx.out, ctx.probe.map(|p| (p.promoted, p.served)))
     };
-    let on_mount = run(&m.mnt);
-    let on_plain = run(plain.path());
+    let probe = Probe {
+        m: &m,
+        source: m.source.join("t"),
+        copies: m.cache.join("data").join("t"),
+        promoting,
+        promoted: 0,
+        served: 0,
+    };
+    let (on_mount, seen) = run(&m.mnt, Some(probe));
+    let (on_plain, _) = run(plain.path(), None);
     if std::env::var_os("CACHEFS_TEST_DUMP").is_some() {
         // For reading what a script observed: CACHEFS_TEST_DUMP=1 cargo test NAME -- --nocapture
         eprintln!("--- {name} on the mount ---\n{}", on_mount.lines.join("\n"));
@@ -138,6 +310,15 @@ fn run_parity(name: &str, script: fn(&mut Ctx), options: &[&str]) {
         "{name}: script recorded nothing"
     );
     assert_same(name, &on_mount, &on_plain);
+    if promoting {
+        let (promoted, served) = seen.unwrap_or_default();
+        let s = status(&m);
+        assert!(
+            promoted > 0 && served > 0 && num(&s, "promotions_done") > 0 && num(&s, "hits") > 0,
+            "{name}: {promoted} file(s) seen promoted, {served} step(s) seen served from a \
+             copy; status: {s}"
+        );
+    }
 }
 
 macro_rules! parity {
@@ -146,24 +327,22 @@ macro_rules! parity {
             #[test]
             fn $name() {
                 require_mount!();
-                run_parity(stringify!($name), $script, &[]);
+                run_parity(stringify!($name), $script, false);
             }
         )*
 
         /// The same scripts on a mount that promotes a file into the cache on its first
-        /// read, so that later opens may be served from a cached copy while the script
-        /// keeps writing, truncating and renaming: the results must not change.
+        /// read, so that later opens are served from a cached copy while the script keeps
+        /// writing, truncating and renaming: the results must not change, each script
+        /// checks that its files were promoted and its reads served from the copies, and
+        /// that each change dropped or moved the copy it made stale.
         mod promoting {
             use super::*;
             $(
                 #[test]
                 fn $name() {
                     require_mount!();
-                    run_parity(
-                        concat!("promoting::", stringify!($name)),
-                        $script,
-                        &["promote_after=0"],
-                    );
+                    run_parity(concat!("promoting::", stringify!($name)), $script, true);
                 }
             )*
         }
@@ -203,6 +382,7 @@ parity! {
 
 fn s_lookup_getattr(c: &mut Ctx) {
     c.write("write f", "f", b"hello");
+    c.promoted("f");
     c.stat("lstat f", "f");
     c.stat("lstat missing", "missing");
     c.stat("lstat f/x", "f/x");
@@ -211,8 +391,9 @@ fn s_lookup_getattr(c: &mut Ctx) {
     c.stat("lstat d/.", "d/.");
     c.stat("lstat d/..", "d/..");
     c.stat("lstat d/../f", "d/../f");
-    // fstat agrees with lstat.
-    if let Some(fd) = c.open("open f", "f", libc::O_RDONLY, 0) {
+    // fstat agrees with lstat, on a descriptor served from the copy: the attributes are
+    // SOURCE's, not the copy's.
+    if let Some(fd) = c.served_from_copy("open f", |c| c.open("open f", "f", libc::O_RDONLY, 0)) {
         let a = fstat(&fd).map(|s| (s.st_mode, s.st_size, s.st_nlink, s.st_uid));
         let b = lstat_raw(&c.p("f")).map(|s| (s.st_mode, s.st_size, s.st_nlink, s.st_uid));
         c.note("fstat == lstat", a == b);
@@ -230,12 +411,18 @@ fn s_lookup_getattr(c: &mut Ctx) {
     c.write("write 255-byte name", &"n".repeat(255), b"x");
     c.stat("lstat 255-byte name after create", &"n".repeat(255));
     // Names with odd bytes.
-    c.write("write odd name", "sp ace\ttab\nnl\\", b"odd");
-    c.read("read odd name", "sp ace\ttab\nnl\\");
+    let odd = "sp ace\ttab\nnl\\";
+    c.write("write odd name", odd, b"odd");
+    c.read("read odd name", odd);
+    c.promoted(odd);
+    c.served_from_copy("read odd name", |c| {
+        c.read("read odd name from the copy", odd)
+    });
 }
 
 fn s_chmod_chown(c: &mut Ctx) {
     c.write("write f", "f", b"0123456789");
+    c.promoted("f");
     for mode in [0o640, 0o000, 0o777, 0o4755, 0o2755, 0o6711, 0o1644] {
         c.io(
             &format!("chmod {mode:o}"),
@@ -294,6 +481,8 @@ fn s_chmod_chown(c: &mut Ctx) {
     );
     c.stat("lstat l", "l");
     c.stat("lstat f", "f");
+    // Modes and owners changed, the bytes did not: the copy still serves.
+    c.served_from_copy("read after chmod and chown", |c| c.read("read f", "f"));
     // fchmod / fchown on an open descriptor.
     if let Some(fd) = c.open("open f", "f", libc::O_RDWR, 0) {
         // SAFETY: fd is open.
@@ -323,6 +512,7 @@ fn s_chmod_chown(c: &mut Ctx) {
 
 fn s_truncate(c: &mut Ctx) {
     c.write("write f", "f", b"0123456789");
+    c.promoted("f");
     let f = c.p("f");
     c.io(
         "truncate 4",
@@ -331,7 +521,9 @@ fn s_truncate(c: &mut Ctx) {
             .open(&f)
             .and_then(|h| h.set_len(4)),
     );
+    c.no_stale_copy("f");
     c.read("read", "f");
+    c.promoted("f");
     c.io("truncate(2) to 100", {
         let cp = cpath(&f);
         // SAFETY: valid path.
@@ -342,8 +534,10 @@ fn s_truncate(c: &mut Ctx) {
             Err(io::Error::last_os_error())
         }
     });
+    c.no_stale_copy("f");
     c.stat("lstat", "f");
-    c.read("read", "f");
+    c.promoted("f");
+    c.served_from_copy("read after truncate(2)", |c| c.read("read", "f"));
     c.io(
         "ftruncate 0",
         OpenOptions::new()
@@ -351,6 +545,7 @@ fn s_truncate(c: &mut Ctx) {
             .open(&f)
             .and_then(|h| h.set_len(0)),
     );
+    c.no_stale_copy("f");
     c.stat("lstat", "f");
     c.io(
         "truncate grow 3 MiB",
@@ -359,7 +554,8 @@ fn s_truncate(c: &mut Ctx) {
             .open(&f)
             .and_then(|h| h.set_len(3 << 20)),
     );
-    c.read("read", "f");
+    c.promoted("f");
+    c.served_from_copy("read after growing", |c| c.read("read", "f"));
     // Truncate while another descriptor has it open: the open one sees the new size.
     if let Some(fd) = c.open("open rw", "f", libc::O_RDWR, 0) {
         c.sys("pwrite at 10", pwrite_all(&fd, b"abc", 10));
@@ -373,6 +569,7 @@ fn s_truncate(c: &mut Ctx) {
         c.note("fstat size", format!("{:?}", fstat(&fd).map(|s| s.st_size)));
         c.sys("pread", pread_all(&fd, 100, 0).map(|b| show_bytes(&b)));
     }
+    c.no_stale_copy("f");
     c.io("truncate dir", {
         fs::create_dir(c.p("d")).and_then(|_| {
             let cp = c.c("d");
@@ -397,7 +594,9 @@ fn s_truncate(c: &mut Ctx) {
     });
     // O_TRUNC
     c.write("write g", "g", b"abcdef");
+    c.promoted("g");
     if let Some(_fd) = c.open("open g O_TRUNC", "g", libc::O_WRONLY | libc::O_TRUNC, 0) {}
+    c.no_stale_copy("g");
     c.stat("lstat g", "g");
 }
 
@@ -445,6 +644,8 @@ fn s_utimens(c: &mut Ctx) {
         utimens(&f, [ts(0, libc::UTIME_OMIT), ts(1_200_000_000, 5)], 0),
     );
     c.sys("times", times_of(&f));
+    // Promoted here, where the next step sets the atime its reads moved.
+    c.promoted("f");
     let t0 = now();
     c.sys(
         "utimensat atime NOW, mtime OMIT",
@@ -458,6 +659,8 @@ fn s_utimens(c: &mut Ctx) {
         }
         Err(e) => c.sys::<()>("times", Err(e)).unwrap_or(()),
     }
+    // An atime change keeps the copy; the next step sets the atime again.
+    c.served_from_copy("read after an atime change", |c| c.read("read f", "f"));
     let t0 = now();
     c.sys(
         "utimensat both NOW",
@@ -471,6 +674,9 @@ fn s_utimens(c: &mut Ctx) {
         }
         Err(e) => c.sys::<()>("times", Err(e)).unwrap_or(()),
     }
+    // A new mtime: the copy no longer matches its source (same bytes or not) and is
+    // not used. The next step sets the atime this read moves.
+    c.served_from_source("read after an mtime change", |c| c.read("read f", "f"));
     // NULL times = both now.
     let cf = cpath(&f);
     c.sys(
@@ -573,6 +779,7 @@ fn s_readdir(c: &mut Ctx) {
     c.io("mkdir d", fs::create_dir(c.p("d")));
     c.sys("readdir empty", readdir_raw(&c.p("d")));
     c.write("write d/a", "d/a", b"a");
+    c.promoted("d/a");
     c.io("mkdir d/b", fs::create_dir(c.p("d/b")));
     c.io("symlink d/c", std::os::unix::fs::symlink("a", c.p("d/c")));
     let fifo = c.c("d/e");
@@ -597,7 +804,10 @@ fn s_readdir(c: &mut Ctx) {
         Ok(v)
     });
     c.io("read_dir d", r);
+    // Listing a directory leaves its copies in place.
+    c.served_from_copy("read d/a after listing", |c| c.read("read d/a", "d/a"));
     c.io("remove d/a", fs::remove_file(c.p("d/a")));
+    c.no_stale_copy("d/a");
     c.sys("readdir d after unlink", readdir_raw(&c.p("d")));
     c.sys("opendir file", readdir_raw(&c.p("d/h")));
     c.sys("opendir missing", readdir_raw(&c.p("nope")));
@@ -618,6 +828,10 @@ fn s_readdir_big(c: &mut Ctx) {
         }
     }
     c.note("created", made);
+    // One of them gets bytes, to be promoted: a read of an empty file never reaches the
+    // daemon.
+    c.write("write big/f0000", "big/f0000", b"first");
+    c.promoted("big/f0000");
     match readdir_raw(&c.p("big")) {
         Ok(v) => {
             let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
@@ -637,11 +851,15 @@ fn s_readdir_big(c: &mut Ctx) {
         }
         Err(e) => c.sys::<()>("readdir big", Err(e)).unwrap_or(()),
     }
+    c.served_from_copy("read big/f0000 after listing", |c| {
+        c.read("read big/f0000", "big/f0000")
+    });
     // Remove every other entry and list again.
     for i in (0..2000).step_by(2) {
         let name = format!("big/f{i:04}{}", "x".repeat(i % 37));
         let _ = fs::remove_file(c.p(&name));
     }
+    c.no_stale_copy("big/f0000");
     match readdir_raw(&c.p("big")) {
         Ok(v) => {
             c.note("entries after removing half", v.len());
@@ -667,6 +885,7 @@ fn s_io(c: &mut Ctx) {
     })();
     c.io("create+write+fsync", r);
     c.read("read back", "f");
+    c.promoted("f");
     // Seek, overwrite, seek back, read.
     let r = (|| -> io::Result<String> {
         let mut h = OpenOptions::new().read(true).write(true).open(&f)?;
@@ -679,6 +898,7 @@ fn s_io(c: &mut Ctx) {
         Ok(format!("pos {pos} read {s:?}"))
     })();
     c.io("seek+write+read on one fd", r);
+    c.no_stale_copy("f");
     // Reads past EOF, at EOF, a hole in the middle.
     if let Some(fd) = c.open("open rw", "f", libc::O_RDWR, 0) {
         c.sys(
@@ -722,8 +942,12 @@ fn s_io(c: &mut Ctx) {
         c.sys("pwrite(…, 0) with O_APPEND", pwrite_all(&fd, b"P", 0));
         c.read("read", "f");
     }
-    // Wrong-mode descriptors.
-    if let Some(fd) = c.open("open O_RDONLY", "f", libc::O_RDONLY, 0) {
+    c.no_stale_copy("f");
+    // Wrong-mode descriptors; the read-only one served from the copy.
+    c.promoted("f");
+    if let Some(fd) = c.served_from_copy("open O_RDONLY", |c| {
+        c.open("open O_RDONLY", "f", libc::O_RDONLY, 0)
+    }) {
         c.sys("write on O_RDONLY", pwrite_all(&fd, b"x", 0));
     }
     if let Some(fd) = c.open("open O_WRONLY", "f", libc::O_WRONLY, 0) {
@@ -739,11 +963,14 @@ fn s_io(c: &mut Ctx) {
         "read 3 MiB",
         fs::read(c.p("big")).map(|b| (b.len(), b == data)),
     );
-    // Unaligned overwrite in the middle, read through a second descriptor.
-    if let (Some(w), Some(r)) = (
-        c.open("open big rw", "big", libc::O_RDWR, 0),
-        c.open("open big ro", "big", libc::O_RDONLY, 0),
-    ) {
+    c.promoted("big");
+    // Unaligned overwrite in the middle, read through a second descriptor that was open
+    // first, on the copy: it sees the new bytes as on a plain directory.
+    let r = c.served_from_copy("open big ro", |c| {
+        c.open("open big ro", "big", libc::O_RDONLY, 0)
+    });
+    let w = c.open("open big rw", "big", libc::O_RDWR, 0);
+    if let (Some(w), Some(r)) = (w, r) {
         c.sys(
             "pwrite 5000 @ 100001",
             pwrite_all(&w, &[0xAB; 5000], 100_001),
@@ -759,6 +986,7 @@ fn s_io(c: &mut Ctx) {
             }),
         );
     }
+    c.no_stale_copy("big");
     // Two descriptors write, both closed: contents are the last writes.
     if let (Some(a), Some(b)) = (
         c.open("open f2 a", "f2", libc::O_RDWR | libc::O_CREAT, 0o644),
@@ -783,31 +1011,59 @@ fn s_io(c: &mut Ctx) {
         c.sys("write after closing dup", pwrite_all(&fd, b"Z", 0));
     }
     c.read("read f2", "f2");
+    c.promoted("f2");
+    c.served_from_copy("read f2 again", |c| c.read("read f2 again", "f2"));
+}
+
+/// A shared mapping of the first `len` bytes of `fd`, or the errno.
+fn mmap_shared(fd: &OwnedFd, len: usize, prot: i32) -> Result<*mut libc::c_void, i32> {
+    // SAFETY: mapping an open fd; MAP_FAILED is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p)
+    }
 }
 
 fn s_mmap(c: &mut Ctx) {
     let data = pattern(20_000, 3);
     c.io("write f", fs::write(c.p("f"), &data));
+    c.promoted("f");
+    // A read-only shared mapping of the copy, its descriptor kept open while another one
+    // writes through a mapping of its own.
+    let ro = c.served_from_copy("open f ro", |c| c.open("open f ro", "f", libc::O_RDONLY, 0));
+    if let Some(ro) = &ro {
+        let len = data.len();
+        match mmap_shared(ro, len, libc::PROT_READ) {
+            Err(e) => c.note("mmap ro", format!("ERR {}", crate::common::errno_name(e))),
+            Ok(p) => {
+                // SAFETY: p maps len readable bytes until munmap.
+                let s = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+                c.note("ro mapped bytes equal", s == &data[..]);
+                // SAFETY: p/len as mapped; unmapped once.
+                unsafe { libc::munmap(p, len) };
+            }
+        }
+    }
     if let Some(fd) = c.open("open f rw", "f", libc::O_RDWR, 0) {
         let len = data.len();
-        // SAFETY: mapping an open fd; checked for MAP_FAILED below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
+        let p = match mmap_shared(&fd, len, libc::PROT_READ | libc::PROT_WRITE) {
+            Ok(p) => p,
+            Err(e) => {
+                c.note("mmap", format!("ERR {}", crate::common::errno_name(e)));
+                return;
+            }
         };
-        if p == libc::MAP_FAILED {
-            c.note(
-                "mmap",
-                format!("ERR {}", crate::common::errno_name(errno())),
-            );
-            return;
-        }
         c.note("mmap", "ok");
         // SAFETY: p maps len readable and writable bytes until munmap.
         let s = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
@@ -824,7 +1080,15 @@ fn s_mmap(c: &mut Ctx) {
             "pread after msync",
             pread_all(&fd, 5, 10).map(|b| show_bytes(&b)),
         );
+        if let Some(ro) = &ro {
+            c.sys(
+                "pread ro fd after msync",
+                pread_all(ro, 5, 10).map(|b| show_bytes(&b)),
+            );
+        }
     }
+    drop(ro);
+    c.no_stale_copy("f");
     c.io(
         "read whole",
         fs::read(c.p("f")).map(|b| (b.len(), part_eq(&b, 10..15, b"MMAP!"))),
@@ -836,12 +1100,19 @@ fn s_create(c: &mut Ctx) {
     drop(c.open("create O_EXCL 0640", "f", excl, 0o640));
     c.stat("lstat f", "f");
     drop(c.open("create O_EXCL again", "f", excl, 0o640));
+    // Bytes to promote (an empty file's reads never reach the daemon), then an O_CREAT
+    // open of it for writing.
+    c.write("write f", "f", b"data");
+    c.promoted("f");
+    c.served_from_copy("read f", |c| c.read("read f", "f"));
     drop(c.open(
         "O_CREAT without O_EXCL on existing",
         "f",
         libc::O_WRONLY | libc::O_CREAT,
         0o600,
     ));
+    // An open for writing drops the copy: none may outlive it.
+    c.served_from_source("read f after O_CREAT", |c| c.read("read f", "f"));
     c.stat("lstat f (mode unchanged)", "f");
     drop(c.open("create 0777 (umask applies)", "g", excl, 0o777));
     c.stat("lstat g", "g");
@@ -984,6 +1255,10 @@ fn s_umask_zero(c: &mut Ctx) {
     });
     c.out.code("create/mkdir/mknod under umask 0", code);
     c.stat("lstat f", "f");
+    // The file made under umask 0, served from its copy.
+    c.write("write f", "f", b"umask");
+    c.promoted("f");
+    c.served_from_copy("read f", |c| c.read("read f", "f"));
     c.stat("lstat d", "d");
     c.stat("lstat n", "n");
     let g = c.c("g");
@@ -1009,15 +1284,19 @@ fn s_umask_zero(c: &mut Ctx) {
 
 fn s_unlink_rmdir(c: &mut Ctx) {
     c.write("write f", "f", b"x");
+    c.promoted("f");
     c.io("unlink f", fs::remove_file(c.p("f")));
+    c.no_stale_copy("f");
     c.stat("lstat f", "f");
     c.io("unlink f again", fs::remove_file(c.p("f")));
     c.io("mkdir d", fs::create_dir(c.p("d")));
     c.write("write d/x", "d/x", b"x");
+    c.promoted("d/x");
     c.io("unlink dir", fs::remove_file(c.p("d")));
     c.io("rmdir non-empty", fs::remove_dir(c.p("d")));
     c.io("rmdir file", fs::remove_dir(c.p("d/x")));
     c.io("unlink d/x", fs::remove_file(c.p("d/x")));
+    c.no_stale_copy("d/x");
     let dot = c.c("d/.");
     // SAFETY: valid path.
     c.sys("rmdir d/.", check(unsafe { libc::rmdir(dot.as_ptr()) }));
@@ -1027,14 +1306,20 @@ fn s_unlink_rmdir(c: &mut Ctx) {
     c.io("unlink under file", fs::remove_file(c.p("d/x/y")));
     // Recreate with the same name: a fresh inode, old attributes gone.
     c.write("write f", "f", b"first");
+    c.promoted("f");
     c.io(
         "chmod f 600",
         fs::set_permissions(c.p("f"), fs::Permissions::from_mode(0o600)),
     );
+    c.served_from_copy("read f after chmod", |c| c.read("read f", "f"));
     c.io("unlink f", fs::remove_file(c.p("f")));
+    c.no_stale_copy("f");
     c.write("write f again", "f", b"second!");
     c.stat("lstat new f", "f");
-    c.read("read new f", "f");
+    // Not the old file's copy: a miss, then the new file's own copy.
+    c.served_from_source("read new f", |c| c.read("read new f", "f"));
+    c.promoted("f");
+    c.served_from_copy("read new f again", |c| c.read("read new f again", "f"));
     c.io(
         "mkdir f2 then file",
         fs::create_dir(c.p("f2"))
@@ -1053,9 +1338,19 @@ fn s_unlink_rmdir(c: &mut Ctx) {
 
 fn s_unlinked_open(c: &mut Ctx) {
     c.write("write f", "f", b"contents");
+    c.promoted("f");
+    // A reader on the copy, open before the writer: it follows every change, unlinked.
+    let ro = c.served_from_copy("open f ro", |c| c.open("open f ro", "f", libc::O_RDONLY, 0));
+    let ro_pread = |c: &mut Ctx, step: &str| {
+        if let Some(ro) = &ro {
+            c.sys(step, pread_all(ro, 100, 0).map(|b| show_bytes(&b)));
+        }
+    };
     if let Some(fd) = c.open("open f rw", "f", libc::O_RDWR, 0) {
         c.io("unlink f", fs::remove_file(c.p("f")));
+        c.no_stale_copy("f");
         c.stat("lstat f", "f");
+        ro_pread(c, "pread ro fd, unlinked");
         c.note(
             "fstat nlink",
             format!("{:?}", fstat(&fd).map(|s| (s.st_nlink, s.st_size))),
@@ -1069,12 +1364,14 @@ fn s_unlinked_open(c: &mut Ctx) {
             "pread unlinked",
             pread_all(&fd, 100, 0).map(|b| show_bytes(&b)),
         );
+        ro_pread(c, "pread ro fd after pwrite");
         // SAFETY: fd is open.
         c.sys(
             "ftruncate unlinked",
             check(unsafe { libc::ftruncate(fd.as_raw_fd(), 3) }),
         );
         c.note("fstat size", format!("{:?}", fstat(&fd).map(|s| s.st_size)));
+        ro_pread(c, "pread ro fd after ftruncate");
         // SAFETY: fd is open.
         c.sys(
             "fchmod unlinked",
@@ -1112,18 +1409,24 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), i32> {
 }
 
 fn s_rename(c: &mut Ctx) {
+    // A copy follows its file through renames.
     c.write("write a", "a", b"AAA");
+    c.promoted("a");
     c.io("rename a -> b", fs::rename(c.p("a"), c.p("b")));
+    c.no_stale_copy("a");
     c.stat("lstat a", "a");
-    c.read("read b", "b");
+    c.served_from_copy("read b", |c| c.read("read b", "b"));
     c.write("write c", "c", b"CCCCCC");
+    c.promoted("c");
     c.io("rename b over c", fs::rename(c.p("b"), c.p("c")));
-    c.read("read c", "c");
+    c.no_stale_copy("c");
+    c.served_from_copy("read c", |c| c.read("read c", "c"));
     c.stat("lstat b", "b");
     c.io("rename missing", fs::rename(c.p("missing"), c.p("x")));
     c.io("mkdir d1", fs::create_dir(c.p("d1")));
     c.io("mkdir d2", fs::create_dir(c.p("d2")));
     c.write("write d2/x", "d2/x", b"x");
+    c.promoted("d2/x");
     c.io(
         "rename dir over non-empty dir",
         fs::rename(c.p("d1"), c.p("d2")),
@@ -1142,12 +1445,13 @@ fn s_rename(c: &mut Ctx) {
     c.stat("lstat d1", "d1");
     c.stat("lstat d3", "d3");
     c.io("rename across dirs", fs::rename(c.p("c"), c.p("d3/c")));
-    c.read("read d3/c", "d3/c");
+    c.served_from_copy("read d3/c", |c| c.read("read d3/c", "d3/c"));
     c.io(
         "rename dir with contents",
         fs::rename(c.p("d2"), c.p("d3/d2")),
     );
-    c.read("read d3/d2/x", "d3/d2/x");
+    c.no_stale_copy("d2/x");
+    c.served_from_copy("read d3/d2/x", |c| c.read("read d3/d2/x", "d3/d2/x"));
     c.stat("lstat d3 (nlink)", "d3");
     c.io("rename to same name", fs::rename(c.p("d3/c"), c.p("d3/c")));
     c.io("hard link pair", fs::hard_link(c.p("d3/c"), c.p("d3/c2")));
@@ -1175,28 +1479,38 @@ fn s_rename(c: &mut Ctx) {
         fs::set_permissions(c.p("d3/d2/x"), fs::Permissions::from_mode(0o600)),
     );
     c.stat("lstat d3/d2/x", "d3/d2/x");
+    c.served_from_copy("read d3/d2/x after chmod", |c| {
+        c.read("read d3/d2/x after chmod", "d3/d2/x")
+    });
     c.sys("readdir d3", readdir_raw(&c.p("d3")));
 }
 
 fn s_rename2(c: &mut Ctx) {
     c.write("write x", "x", b"xxx");
     c.write("write y", "y", b"yy");
+    c.promoted("x");
+    c.promoted("y");
     c.sys(
         "NOREPLACE onto existing",
         renameat2(&c.p("x"), &c.p("y"), libc::RENAME_NOREPLACE),
     );
-    c.read("read x", "x");
-    c.read("read y", "y");
+    c.served_from_copy("read x, y after a failed rename", |c| {
+        c.read("read x", "x");
+        c.read("read y", "y");
+    });
     c.sys(
         "NOREPLACE onto new",
         renameat2(&c.p("x"), &c.p("z"), libc::RENAME_NOREPLACE),
     );
+    c.no_stale_copy("x");
     c.stat("lstat x", "x");
-    c.read("read z", "z");
+    c.served_from_copy("read z", |c| c.read("read z", "z"));
     c.sys(
         "EXCHANGE z <-> y",
         renameat2(&c.p("z"), &c.p("y"), libc::RENAME_EXCHANGE),
     );
+    c.no_stale_copy("z");
+    c.no_stale_copy("y");
     c.read("read z", "z");
     c.read("read y", "y");
     c.sys(
@@ -1205,10 +1519,14 @@ fn s_rename2(c: &mut Ctx) {
     );
     c.io("mkdir d", fs::create_dir(c.p("d")));
     c.write("write d/in", "d/in", b"inside");
+    c.promoted("d/in");
     c.sys(
         "EXCHANGE file <-> dir",
         renameat2(&c.p("z"), &c.p("d"), libc::RENAME_EXCHANGE),
     );
+    for rel in ["z", "d", "z/in", "d/in"] {
+        c.no_stale_copy(rel);
+    }
     c.stat("lstat z", "z");
     c.stat("lstat d", "d");
     c.read("read z/in", "z/in");
@@ -1229,34 +1547,53 @@ fn s_rename2(c: &mut Ctx) {
 fn s_rename_open(c: &mut Ctx) {
     c.io("mkdir d1", fs::create_dir(c.p("d1")));
     c.write("write d1/f", "d1/f", b"12345");
+    c.promoted("d1/f");
+    // A reader on the copy, open before the writer, follows the file's writes through
+    // both renames.
+    let ro = c.served_from_copy("open d1/f ro", |c| {
+        c.open("open d1/f ro", "d1/f", libc::O_RDONLY, 0)
+    });
+    let ro_pread = |c: &mut Ctx, step: &str| {
+        if let Some(ro) = &ro {
+            c.sys(step, pread_all(ro, 100, 0).map(|b| show_bytes(&b)));
+        }
+    };
     if let Some(fd) = c.open("open d1/f", "d1/f", libc::O_RDWR, 0) {
         c.io("rename d1 -> d2", fs::rename(c.p("d1"), c.p("d2")));
         c.sys("pwrite through old fd", pwrite_all(&fd, b"AB", 5));
         // SAFETY: fd is open.
         c.sys("fsync", check(unsafe { libc::fsync(fd.as_raw_fd()) }));
+        ro_pread(c, "pread ro fd");
         c.read("read d2/f", "d2/f");
         c.note("fstat size", format!("{:?}", fstat(&fd).map(|s| s.st_size)));
         c.io("rename d2/f -> top", fs::rename(c.p("d2/f"), c.p("top")));
         c.sys("pwrite again", pwrite_all(&fd, b"C", 7));
         drop(fd);
+        ro_pread(c, "pread ro fd again");
         c.read("read top", "top");
         c.stat("lstat top", "top");
     }
     // A file renamed over while open keeps its contents for the open descriptor.
     c.write("write a", "a", b"old a");
     c.write("write b", "b", b"new b");
-    if let Some(fd) = c.open("open a", "a", libc::O_RDONLY, 0) {
+    c.promoted("a");
+    c.promoted("b");
+    if let Some(fd) = c.served_from_copy("open a", |c| c.open("open a", "a", libc::O_RDONLY, 0)) {
         c.io("rename b over a", fs::rename(c.p("b"), c.p("a")));
+        c.no_stale_copy("a");
+        c.no_stale_copy("b");
         c.sys(
             "pread old a",
             pread_all(&fd, 100, 0).map(|b| show_bytes(&b)),
         );
-        c.read("read a", "a");
+        // The name now holds b, and b's copy moved with it.
+        c.served_from_copy("read a", |c| c.read("read a", "a"));
     }
 }
 
 fn s_symlink(c: &mut Ctx) {
     c.write("write f", "f", b"target data");
+    c.promoted("f");
     c.io("symlink l -> f", std::os::unix::fs::symlink("f", c.p("l")));
     c.io("readlink l", fs::read_link(c.p("l")));
     c.stat("lstat l", "l");
@@ -1264,7 +1601,7 @@ fn s_symlink(c: &mut Ctx) {
         "stat l (follows)",
         fs::metadata(c.p("l")).map(|m| crate::common::describe_meta(&m)),
     );
-    c.read("read via l", "l");
+    c.served_from_copy("read via l", |c| c.read("read via l", "l"));
     c.io(
         "symlink existing",
         std::os::unix::fs::symlink("f", c.p("l")),
@@ -1309,11 +1646,12 @@ fn s_symlink(c: &mut Ctx) {
     // Through a symlinked directory.
     c.io("mkdir d", fs::create_dir(c.p("d")));
     c.write("write d/x", "d/x", b"in d");
+    c.promoted("d/x");
     c.io(
         "symlink ld -> d",
         std::os::unix::fs::symlink("d", c.p("ld")),
     );
-    c.read("read ld/x", "ld/x");
+    c.served_from_copy("read ld/x", |c| c.read("read ld/x", "ld/x"));
     c.write("write ld/y", "ld/y", b"via link");
     c.read("read d/y", "d/y");
     c.io(
@@ -1351,13 +1689,15 @@ fn s_symlink(c: &mut Ctx) {
     c.read("read loop", "loop1");
     // Unlinking the link leaves the target.
     c.io("unlink l", fs::remove_file(c.p("l")));
-    c.read("read f", "f");
+    c.served_from_copy("read f", |c| c.read("read f", "f"));
     // Removing a symlink to a dir with rmdir fails.
     c.io("rmdir symlink", fs::remove_dir(c.p("ld")));
 }
 
 fn s_link(c: &mut Ctx) {
     c.write("write f", "f", b"shared");
+    c.promoted("f");
+    c.served_from_copy("read f", |c| c.read("read f before link", "f"));
     c.io("link f -> h", fs::hard_link(c.p("f"), c.p("h")));
     c.stat("lstat f", "f");
     c.stat("lstat h", "h");
@@ -1366,8 +1706,12 @@ fn s_link(c: &mut Ctx) {
         "same st_ino",
         ino(c.p("f")) == ino(c.p("h")) && ino(c.p("f")).is_ok(),
     );
+    // A write through the other name: the copy made under f is not served again. (It
+    // is not dropped either: copies are kept under the name the daemon last saw the
+    // file under, here h. The next open that finds it under f drops it.)
     c.io("write via h", fs::write(c.p("h"), b"changed via h"));
-    c.read("read f", "f");
+    c.no_stale_copy("h");
+    c.served_from_source("read f after a write via h", |c| c.read("read f", "f"));
     c.io(
         "chmod via f",
         fs::set_permissions(c.p("f"), fs::Permissions::from_mode(0o600)),
@@ -1381,8 +1725,10 @@ fn s_link(c: &mut Ctx) {
     c.io("link onto existing", fs::hard_link(c.p("f"), c.p("h")));
     c.io("link missing", fs::hard_link(c.p("missing"), c.p("m2")));
     c.io("unlink f", fs::remove_file(c.p("f")));
+    c.no_stale_copy("f");
     c.stat("lstat h (nlink 2)", "h");
-    c.read("read h", "h");
+    c.promoted("h");
+    c.served_from_copy("read h", |c| c.read("read h", "h"));
     c.io("unlink d/h2", fs::remove_file(c.p("d/h2")));
     c.stat("lstat h (nlink 1)", "h");
     // A hard link to a symlink is a link to the symlink itself.
@@ -1466,12 +1812,16 @@ fn s_statfs_access(c: &mut Ctx) {
         "access under file",
         check(unsafe { libc::access(cp.as_ptr(), libc::F_OK) }),
     );
-    // Executing a file with an x bit works through the mount (no noexec).
+    // Executing a file with an x bit works through the mount (no noexec), from its copy.
+    c.promoted("x");
     c.io(
         "chmod x 755",
         fs::set_permissions(c.p("x"), fs::Permissions::from_mode(0o755)),
     );
-    c.io("exec x", run_retrying_etxtbsy(&c.p("x")));
+    c.served_from_copy("exec x", |c| {
+        let p = c.p("x");
+        c.io("exec x", run_retrying_etxtbsy(&p))
+    });
 }
 
 /// Run an executable; another test thread's fork can briefly hold a writable descriptor
@@ -1567,6 +1917,7 @@ fn listxattr(p: &Path) -> Result<Vec<String>, i32> {
 
 fn s_xattr(c: &mut Ctx) {
     c.write("write f", "f", b"x");
+    c.promoted("f");
     let f = c.p("f");
     c.sys("list empty", listxattr(&f));
     c.sys("set user.a", setxattr(&f, "user.a", b"1", 0, false));
@@ -1673,6 +2024,8 @@ fn s_xattr(c: &mut Ctx) {
         setxattr(&c.p("l"), "user.vial", b"1", 0, false),
     );
     c.sys("list f", listxattr(&f));
+    // Extended attributes live in SOURCE; changing them leaves the bytes, and the copy.
+    c.served_from_copy("read f after xattr changes", |c| c.read("read f", "f"));
     // Attributes survive a rename and are shared by hard links.
     c.io("rename f -> g", fs::rename(&f, c.p("g")));
     c.sys("list g", listxattr(&c.p("g")));
@@ -1769,8 +2122,27 @@ fn s_fallocate(c: &mut Ctx) {
         if r == 0 { Ok(()) } else { Err(r) }
     });
     c.note("size", format!("{:?}", fstat(&fd).map(|s| s.st_size)));
-    if let Some(ro) = c.open("open f O_RDONLY", "f", libc::O_RDONLY, 0) {
+    c.promoted("f");
+    if let Some(ro) = c.served_from_copy("open f O_RDONLY", |c| {
+        c.open("open f O_RDONLY", "f", libc::O_RDONLY, 0)
+    }) {
         c.sys("fallocate on O_RDONLY fd", fallocate(&ro, 0, 0, 10));
+        // A hole punched through the writer while a reader is on the copy: the reader
+        // sees it, and the copy goes.
+        c.sys(
+            "PUNCH_HOLE|KEEP_SIZE 40K..44K beside a reader",
+            fallocate(
+                &fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                40960,
+                4096,
+            ),
+        );
+        c.no_stale_copy("f");
+        c.sys(
+            "reader sees the hole",
+            pread_all(&ro, 4096, 40960).map(|b| b.iter().all(|x| *x == 0)),
+        );
     }
 }
 
@@ -1832,6 +2204,25 @@ fn s_seek_hole(c: &mut Ctx) {
         c.sys("SEEK_DATA 0 in hole-only", lseek(&h, 0, libc::SEEK_DATA));
         c.sys("SEEK_HOLE 0 in hole-only", lseek(&h, 0, libc::SEEK_HOLE));
     }
+    // A descriptor served from the copy reports SOURCE's holes, not the copy's.
+    drop(fd);
+    c.promoted("sparse");
+    if let Some(ro) = c.served_from_copy("open sparse O_RDONLY", |c| {
+        c.open("open sparse O_RDONLY", "sparse", libc::O_RDONLY, 0)
+    }) {
+        for (name, off, whence) in [
+            ("copy: SEEK_HOLE 0", 0, libc::SEEK_HOLE),
+            ("copy: SEEK_DATA 4096", 4096, libc::SEEK_DATA),
+            ("copy: SEEK_HOLE 1 MiB", mib, libc::SEEK_HOLE),
+            ("copy: SEEK_DATA past size", size + 10, libc::SEEK_DATA),
+        ] {
+            c.sys(name, lseek(&ro, off, whence));
+        }
+        c.sys(
+            "copy: hole reads as zeros",
+            pread_all(&ro, 8192, 8192).map(|b| b.iter().all(|x| *x == 0)),
+        );
+    }
 }
 
 fn copy_range(
@@ -1867,8 +2258,9 @@ fn copy_range(
 fn s_copy_range(c: &mut Ctx) {
     let data = pattern(300_000, 5);
     c.io("write src", fs::write(c.p("src"), &data));
+    c.promoted("src");
     let (Some(s), Some(d)) = (
-        c.open("open src", "src", libc::O_RDONLY, 0),
+        c.served_from_copy("open src", |c| c.open("open src", "src", libc::O_RDONLY, 0)),
         c.open(
             "create dst",
             "dst",
@@ -1886,10 +2278,13 @@ fn s_copy_range(c: &mut Ctx) {
         "dst content",
         fs::read(c.p("dst")).map(|b| (b.len(), b[..] == data[1000..201_000])),
     );
+    // dst promoted while its writer is open: the writer's next copy drops that copy.
+    c.promoted("dst");
     c.sys(
         "copy into the middle at 50000",
         copy_range(&s, 0, &d, 50_000, 10),
     );
+    c.no_stale_copy("dst");
     c.io(
         "dst content",
         fs::read(c.p("dst")).map(|b| {
@@ -1913,6 +2308,7 @@ fn s_copy_range(c: &mut Ctx) {
             copy_range(&s, 0, &s2, 300_000, 100),
         );
     }
+    c.no_stale_copy("src");
     c.io(
         "src content",
         fs::read(c.p("src")).map(|b| (b.len(), digest(&b))),
@@ -1923,11 +2319,16 @@ fn s_copy_range(c: &mut Ctx) {
 /// F_SETLK: 0 or the errno. F_GETLK: 0 when it reports a write lock held by our pid,
 /// 100 + l_type for anything else, 200 for a foreign pid, or the errno.
 fn child_lock(path: &Path, cmd: i32, start: i64, len: i64) -> i32 {
+    child_lock_as(path, libc::O_RDWR, cmd, start, len)
+}
+
+/// `child_lock` through a descriptor opened with `open_flags`.
+fn child_lock_as(path: &Path, open_flags: i32, cmd: i32, start: i64, len: i64) -> i32 {
     let c = cpath(path);
     in_child(None, move || {
         // SAFETY: async-signal-safe calls; fl is a local.
         unsafe {
-            let fd = libc::open(c.as_ptr(), libc::O_RDWR);
+            let fd = libc::open(c.as_ptr(), open_flags);
             if fd < 0 {
                 return errno();
             }
@@ -2053,6 +2454,31 @@ fn s_locks(c: &mut Ctx) {
     if let Some(w) = c.open("open O_WRONLY", "f", libc::O_WRONLY, 0) {
         c.sys("F_RDLCK on O_WRONLY", setlk(&w, libc::F_RDLCK, 0, 1));
     }
+    drop(fd);
+    // Locks on a descriptor served from the copy hold against other readers. (Against
+    // a writer opened beside it they do not: regress::locks_hold_between_a_passthrough_
+    // reader_and_a_later_writer.)
+    c.promoted("f");
+    if let Some(ro) = c.served_from_copy("open f on the copy", |c| {
+        c.open("open f on the copy", "f", libc::O_RDONLY, 0)
+    }) {
+        c.sys(
+            "F_SETLK read 0..100 on the copy",
+            setlk(&ro, libc::F_RDLCK, 0, 100),
+        );
+        c.note(
+            "child F_GETLK (read-only) over the copy's read lock",
+            getlk_desc(child_lock_as(&f, libc::O_RDONLY, libc::F_GETLK, 0, 10)),
+        );
+        c.sys("F_UNLCK on the copy", setlk(&ro, libc::F_UNLCK, 0, 100));
+        // SAFETY: ro is open.
+        c.sys(
+            "flock LOCK_EX on the copy",
+            check(unsafe { libc::flock(ro.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }),
+        );
+        c.out
+            .code("child flock over the copy's lock", child_flock(&f));
+    }
 }
 
 fn s_errnos(c: &mut Ctx) {
@@ -2099,6 +2525,23 @@ fn s_errnos(c: &mut Ctx) {
     ) {
         c.sys("read(2) on dir fd", pread_all(&fd, 10, 0).map(|b| b.len()));
     }
+    // A descriptor served from the copy fails as the plain file's would.
+    c.promoted("f");
+    if let Some(fd) = c.served_from_copy("open f O_RDONLY", |c| {
+        c.open("open f O_RDONLY", "f", libc::O_RDONLY, 0)
+    }) {
+        c.sys(
+            "pread negative offset",
+            pread_all(&fd, 1, -1).map(|b| b.len()),
+        );
+        c.sys("pwrite on O_RDONLY", pwrite_all(&fd, b"y", 0));
+        c.sys("SEEK_DATA past EOF", lseek(&fd, 10, libc::SEEK_DATA));
+        // SAFETY: fd is open.
+        c.sys(
+            "ftruncate on O_RDONLY",
+            check(unsafe { libc::ftruncate(fd.as_raw_fd(), 0) }),
+        );
+    }
     c.stat("lstat 256-byte name (ENAMETOOLONG)", &"y".repeat(256));
     drop(c.open(
         "create 256-byte name",
@@ -2129,31 +2572,40 @@ fn s_errnos(c: &mut Ctx) {
     c.io("create empty name", File::create(c.p("d/")));
 }
 
+/// `openat(dir, rel, flags)` as an owned descriptor, or the errno.
+fn openat_fd(dir: &OwnedFd, rel: &str, flags: i32, mode: u32) -> Result<OwnedFd, i32> {
+    let c = CString::new(rel).expect("rel");
+    // SAFETY: dir is open, c is NUL-terminated.
+    let fd =
+        check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn s_long_paths(c: &mut Ctx) {
-    // Deep nesting, reached relative to a directory descriptor: each name is short for
-    // the caller, but SOURCE's prefix plus the whole relative path exceeds PATH_MAX.
-    let name = "d".repeat(250);
-    let root = cpath(&c.root);
-    // SAFETY: valid path.
-    let rootfd = unsafe {
-        libc::open(
-            root.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
+    // A file whose path below the script's root is PATH_MAX - 1 bytes, the longest a
+    // caller can pass, reached relative to a directory descriptor: each name is short,
+    // but SOURCE's prefix plus the whole path is far past PATH_MAX, so a daemon that
+    // joined SOURCE and the path into one string would fail every call below.
+    let path_max = libc::PATH_MAX as usize;
+    let mut levels = vec!["d".repeat(250); 16];
+    // 16 names of 250 bytes and their slashes are 4015 bytes; one more name brings the
+    // directory to 4093, and "/f" the file to 4095.
+    levels.push("e".repeat(path_max - 3 - (16 * 251)));
+    let rootfd: OwnedFd = match File::open(&c.root) {
+        Ok(f) => f.into(),
+        Err(e) => {
+            c.io::<()>("open root", Err(e));
+            return;
+        }
     };
-    if rootfd < 0 {
-        c.note("open root", crate::common::errno_name(errno()));
-        return;
-    }
-    // SAFETY: fresh fd.
-    let rootfd = unsafe { OwnedFd::from_raw_fd(rootfd) };
     let mut rel = String::new();
     let mut ok = 0;
-    for _ in 0..16 {
+    for name in &levels {
         if !rel.is_empty() {
             rel.push('/');
         }
-        rel.push_str(&name);
+        rel.push_str(name);
         let cr = CString::new(rel.clone()).expect("rel");
         // SAFETY: rootfd open, valid path.
         if unsafe { libc::mkdirat(rootfd.as_raw_fd(), cr.as_ptr(), 0o755) } == 0 {
@@ -2167,29 +2619,46 @@ fn s_long_paths(c: &mut Ctx) {
         }
     }
     c.note("levels made", ok);
-    let file = format!("{rel}/file");
+    let file = format!("{rel}/f");
+    let renamed = format!("{rel}/g");
+    assert_eq!(
+        file.len(),
+        path_max - 1,
+        "the deep file's path below the root"
+    );
     c.note("relative path length", file.len());
-    let cf = CString::new(file.clone()).expect("file");
-    // SAFETY: rootfd open, valid path.
-    let fd = unsafe {
-        libc::openat(
-            rootfd.as_raw_fd(),
-            cf.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        c.note("openat deep file", crate::common::errno_name(errno()));
-        return;
+    if let Some(p) = &c.probe {
+        // What a joining daemon would open: longer than PATH_MAX, which open(2) refuses.
+        let joined = p.source.join(&file);
+        assert!(
+            joined.as_os_str().len() >= path_max,
+            "SOURCE's prefix and the {} bytes below the root must reach PATH_MAX \
+             ({path_max}): {} bytes",
+            file.len(),
+            joined.as_os_str().len()
+        );
+        assert_eq!(
+            fs::File::create(&joined)
+                .map_err(|e| e.raw_os_error())
+                .err(),
+            Some(Some(libc::ENAMETOOLONG)),
+            "a joined path would fail"
+        );
     }
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = match openat_fd(&rootfd, &file, libc::O_RDWR | libc::O_CREAT, 0o644) {
+        Ok(fd) => fd,
+        Err(e) => {
+            c.note("openat deep file", crate::common::errno_name(e));
+            return;
+        }
+    };
     c.sys("write deep file", pwrite_all(&fd, b"deep", 0));
     c.sys(
         "read deep file",
         pread_all(&fd, 10, 0).map(|b| show_bytes(&b)),
     );
+    drop(fd);
+    let cf = CString::new(file.clone()).expect("file");
     // SAFETY: zeroed stat; valid fd and path.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -2205,7 +2674,18 @@ fn s_long_paths(c: &mut Ctx) {
         })
         .map(|_| st.st_size),
     );
-    let cr = CString::new(format!("{rel}/renamed")).expect("rel");
+    // The deep file promoted and read from its copy, which follows it through a rename.
+    let read_deep = |c: &mut Ctx, step: &str, rel: &str| {
+        let r = openat_fd(&rootfd, rel, libc::O_RDONLY, 0)
+            .and_then(|fd| pread_all(&fd, 10, 0))
+            .map(|b| show_bytes(&b));
+        c.sys(step, r);
+    };
+    c.promoted(&file);
+    c.served_from_copy("read deep file", |c| {
+        read_deep(c, "read deep file from the copy", &file)
+    });
+    let cr = CString::new(renamed.clone()).expect("renamed");
     // SAFETY: valid fds and paths.
     c.sys(
         "renameat deep file",
@@ -2218,11 +2698,16 @@ fn s_long_paths(c: &mut Ctx) {
             )
         }),
     );
+    c.no_stale_copy(&file);
+    c.served_from_copy("read renamed deep file", |c| {
+        read_deep(c, "read renamed deep file", &renamed)
+    });
     // SAFETY: valid fd and path.
     c.sys(
         "unlinkat deep file",
         check(unsafe { libc::unlinkat(rootfd.as_raw_fd(), cr.as_ptr(), 0) }),
     );
+    c.no_stale_copy(&renamed);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! Regression tests for defects found by outside suites, each named after what it guards:
-//! a case where a program saw on the mount what a plain directory would never show it.
+//! Regression tests for defects found by outside suites (and by this suite's own scripts),
+//! each named after what it guards: a case where a program saw on the mount what a plain
+//! directory would never show it.
 
 use std::ffi::CString;
 use std::fs;
@@ -620,4 +621,76 @@ fn change_through_one_kernel_inode_shows_through_the_other() {
     // And the other way: a write through the writer's inode shows through the name.
     writer.write_all_at(b"NEW", 0).unwrap();
     assert_eq!(&fs::read(m.path("film.mkv")).unwrap()[..3], b"NEW");
+}
+
+/// In a child process, opens `path` with `flags` and returns 0 if `f(fd)` returns 0, else
+/// the errno. Async-signal-safe.
+fn child_on(path: &std::path::Path, flags: i32, f: fn(libc::c_int) -> libc::c_int) -> i32 {
+    let c = cpath(path);
+    crate::common::in_child(None, move || {
+        // SAFETY: async-signal-safe calls on a prepared path.
+        unsafe {
+            let fd = libc::open(c.as_ptr(), flags);
+            if fd < 0 {
+                return errno();
+            }
+            if f(fd) != 0 {
+                return errno();
+            }
+            0
+        }
+    })
+}
+
+/// Found by the promoting parity scripts (locks on a descriptor served from a copy): a
+/// writer opened beside a passthrough reader is given a kernel inode of its own (its open
+/// is answered ESTALE, see `overlay::file`), and the kernel keeps POSIX and flock locks
+/// per inode, so the reader's locks do not exist for the writer. On a plain directory
+/// they conflict.
+#[test]
+#[ignore = "known defect: locks are not shared between a passthrough reader and a writer opened after it"]
+fn locks_hold_between_a_passthrough_reader_and_a_later_writer() {
+    crate::require_mount!();
+    use std::os::fd::AsRawFd;
+    let m = with_cached_file("f", &pattern(64 << 10, 51));
+    require_passthrough(&m);
+    let reader = fs::File::open(m.path("f")).unwrap();
+    // SAFETY: reader is open; fl is a local.
+    let rc = unsafe {
+        let mut fl: libc::flock = std::mem::zeroed();
+        fl.l_type = libc::F_RDLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_len = 100;
+        libc::fcntl(reader.as_raw_fd(), libc::F_SETLK, &mut fl)
+    };
+    assert_eq!(rc, 0, "F_SETLK read lock");
+    fn write_lock(fd: libc::c_int) -> libc::c_int {
+        // SAFETY: fd is open; fl is a local.
+        unsafe {
+            let mut fl: libc::flock = std::mem::zeroed();
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_len = 10;
+            libc::fcntl(fd, libc::F_SETLK, &mut fl)
+        }
+    }
+    assert_eq!(
+        child_on(&m.path("f"), libc::O_RDWR, write_lock),
+        libc::EAGAIN,
+        "a writer took a write lock over a passthrough reader's read lock"
+    );
+    // SAFETY: reader is open.
+    assert_eq!(
+        unsafe { libc::flock(reader.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    fn flock_ex(fd: libc::c_int) -> libc::c_int {
+        // SAFETY: fd is open.
+        unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }
+    }
+    assert_eq!(
+        child_on(&m.path("f"), libc::O_RDWR, flock_ex),
+        libc::EWOULDBLOCK,
+        "a writer took an flock held by a passthrough reader"
+    );
 }
