@@ -594,15 +594,7 @@ impl Overlay {
         } else {
             None
         };
-        // A copy published since this handle opened (another open read enough to promote
-        // it) is made stale by this write: drop it first.
-        if let (Some(cache), Some(rel)) = (&self.cache, &h.rel) {
-            let generation = cache.ledger.generation();
-            if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
-                cache.invalidate(rel);
-                self.readers_leave_copies(h.obj);
-            }
-        }
+        self.before_change(&h);
         let mut done = 0;
         while done < data.len() {
             let n = sys::pwrite(h.fd.as_fd(), &data[done..], offset + done as u64)?;
@@ -617,6 +609,24 @@ impl Overlay {
             drop_pages(&h, offset, done as u64, true);
         }
         Ok(done as u32)
+    }
+
+    /// The bytes of `h`'s file are about to change through it. A copy published since
+    /// the handle opened (another open read enough to promote it) is made stale by the
+    /// change: it is dropped first. A copy in flight is cancelled: it may have taken its
+    /// "before" stat after this change's timestamps moved and read some of its bytes
+    /// before they land, and its "after" stat would then match (a write moves the
+    /// timestamps once, before its bytes): a copy the source never held.
+    fn before_change(&self, h: &FileHandle) {
+        let (Some(cache), Some(rel)) = (&self.cache, &h.rel) else {
+            return;
+        };
+        cache.promoter.cancel(rel);
+        let generation = cache.ledger.generation();
+        if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
+            cache.invalidate(rel);
+            self.readers_leave_copies(h.obj);
+        }
     }
 
     pub fn flush(&self, fh: u64) -> io::Result<()> {
@@ -668,6 +678,7 @@ impl Overlay {
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let h = self.files.get(fh)?;
+        self.before_change(&h);
         sys::fallocate(h.fd.as_fd(), mode, offset, length)?;
         self.mirror(h.obj, |m| sys::fallocate(m.as_fd(), mode, offset, length));
         self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
@@ -691,6 +702,7 @@ impl Overlay {
         let fout = self.files.get(fh_out)?;
         // The reply carries a u32 count; the kernel asks again for the rest.
         let len = len.min(1 << 30) as usize;
+        self.before_change(&fout);
         let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
         // Passthrough readers of the target follow: the bytes, as they landed.
         self.mirror(fout.obj, |m| {

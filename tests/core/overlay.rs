@@ -434,8 +434,9 @@ fn the_policy_promotes_after_promote_after_bytes_and_the_reader_moves_to_the_cop
 
 #[test]
 fn a_write_open_during_a_copy_cancels_it() {
+    // 32 MiB at 8 MiB/s (one second of burst): 3 s or more unless cancelled.
     let (c, _) = core(&[], false, |cfg| cfg.promote_bw = 8 << 20);
-    c.dirs.put_sparse("big", 16 << 20);
+    c.dirs.put_sparse("big", 32 << 20);
     let job = c.cache().promote(Path::new("big"), Priority::Policy);
     wait_until("the copy to start", || {
         job.bytes_total.load(Ordering::Relaxed) > 0
@@ -461,4 +462,33 @@ fn a_read_only_mount_refuses_writes_and_an_unusable_cache_serves_source() {
     assert!(served_from_source(&h));
     c.check(&model, &k, &h);
     k.release(h);
+}
+
+/// A copy that starts while a write is landing: the write moves the source's timestamps
+/// once, before its bytes, so a copy whose "before" stat came after that and whose reads
+/// overlapped the bytes landing would pass the promoter's "after" check with bytes the
+/// source never held. The write cancels the copy in flight. Before it did, 4 rounds in
+/// 60 served such a copy here; now it must be none in 100.
+#[test]
+fn a_copy_racing_a_write_through_the_mount_is_never_served_mixed() {
+    const LEN: usize = 8 << 20;
+    let (c, _) = core(&[("a", pattern(LEN, 1))], false, |_| {});
+    let mut k = c.kernel();
+    let w = k.open("a", RW).expect("open for writing");
+    let who = c.dirs.caller();
+    let versions: Vec<Vec<u8>> = (0..2).map(|i| pattern(LEN, 50 + i)).collect();
+    for round in 0..100 {
+        let data = &versions[round % 2];
+        let job = c.cache().promote(Path::new("a"), Priority::Explicit);
+        // One request, one pwrite of the whole file.
+        c.ov.write(&who, w.fh, 0, data, false).expect("write");
+        let _ = job.wait(DEADLINE);
+        let st = cachefs::sys::stat_path(&c.dirs.src("a")).expect("stat");
+        if let Some(copy) = c.cache().lookup(Path::new("a"), &st) {
+            let mut got = vec![0u8; LEN];
+            copy.read_exact_at(&mut got, 0).expect("read the copy");
+            assert!(&got == data, "round {round}: a copy the source never held");
+        }
+    }
+    k.release(w);
 }
