@@ -16,7 +16,7 @@ use crate::model::{Rng, Tree, seen};
 use crate::overlay::{Core, core};
 
 const FILES: usize = 3;
-const OPS: usize = 1500;
+const OPS: usize = 1000;
 const MAX_LEN: usize = 512 << 10;
 
 struct World<'a> {
@@ -145,11 +145,13 @@ impl World<'_> {
             }
             85..=91 => {
                 self.log.push(format!("promote f{i}"));
-                // Queued, not waited for: whatever comes of it (a write may cancel it),
-                // readers must not notice.
-                self.c
+                // Waited for, so that copies exist to be served; whatever comes of it (a
+                // write may cancel it), readers must not notice.
+                let job = self
+                    .c
                     .cache()
                     .promote(&name(i), cachefs::cache::promoter::Priority::Explicit);
+                let _ = job.wait(crate::common::DEADLINE);
             }
             92..=95 => {
                 // Behind the mount, while nothing has the file open: readers holding it

@@ -251,11 +251,11 @@ fn min_free_in_percent_is_of_the_cache_filesystem_size() {
 
 #[test]
 fn evicting_a_file_while_it_is_copied_cancels_the_copy() {
-    // 16 MiB at 8 MiB/s: the copy takes a second or two unless cancelled.
+    // 32 MiB at 8 MiB/s (one second of burst): 3 s or more unless cancelled.
     let f = fixture_with(None, MinFree::Bytes(0), 1 << 40, 0, &[], |cfg| {
         cfg.promote_bw = 8 << 20
     });
-    f.dirs.put_sparse("big", 16 << 20);
+    f.dirs.put_sparse("big", 32 << 20);
     let job = f.cache.promote(Path::new("big"), Priority::Policy);
     wait_until("the copy to start", || {
         job.bytes_total.load(Ordering::Relaxed) > 0
