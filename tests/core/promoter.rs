@@ -176,10 +176,7 @@ fn concurrent_requests_join_the_one_copy_in_flight() {
             Call::Published(rel.into(), 100_000)
         ]
     );
-    assert_eq!(
-        std::fs::read(f.dirs.copy(rel)).expect("the copy"),
-        pattern(100_000, 0)
-    );
+    assert!(std::fs::read(f.dirs.copy(rel)).is_ok_and(|b| b == pattern(100_000, 0)));
     let stats = f.promoter.stats();
     assert_eq!(
         (
@@ -302,10 +299,7 @@ fn a_source_changed_or_replaced_during_the_copy_is_not_published() {
     // The next copy is of the source as it is now.
     let job = f.promoter.request(Path::new("rewritten"), Priority::Policy);
     assert_eq!(outcome(&job), Ok(()));
-    assert_eq!(
-        std::fs::read(f.dirs.copy("rewritten")).expect("copy"),
-        pattern(8192, 99)
-    );
+    assert!(std::fs::read(f.dirs.copy("rewritten")).is_ok_and(|b| b == pattern(8192, 99)));
 }
 
 #[test]
