@@ -33,6 +33,20 @@ const PINS_FILE: &str = "pins";
 /// How often the cache directory's health (and copies' age) is checked.
 const MAINTENANCE: Duration = Duration::from_secs(2);
 
+/// The free space of the cache's filesystem as (available, total) bytes: what the ledger
+/// weighs `min_free` and the size of a new copy against. The daemon's is statvfs of the
+/// cache directory (`Store::space`); the core tests give the ledger a filesystem of their
+/// own making, so that its arithmetic is checked to the byte.
+pub trait FreeSpace: Send + Sync {
+    fn space(&self) -> io::Result<(u64, u64)>;
+}
+
+impl FreeSpace for Store {
+    fn space(&self) -> io::Result<(u64, u64)> {
+        Store::space(self)
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -45,6 +59,8 @@ fn now() -> u64 {
 pub struct Ledger {
     store: Arc<Store>,
     dir: PathBuf,
+    /// The cache filesystem's free space (statvfs, unless a test gave another).
+    free: Arc<dyn FreeSpace>,
     entries: Mutex<Entries>,
     /// Sizes of copies in progress, counted against the limits before they exist.
     reserved: AtomicU64,
@@ -96,7 +112,7 @@ impl Ledger {
 
     /// `min_free` in bytes for the cache's filesystem now.
     pub fn min_free_now(&self) -> u64 {
-        self.store
+        self.free
             .space()
             .map_or(0, |(_, total)| self.min_free_bytes(total))
     }
@@ -175,7 +191,7 @@ impl Events for Ledger {
             Err(why)
         };
         // Would it fit once every unpinned copy were gone? If not, evict nothing.
-        let (avail, total) = self.store.space().map_err(|e| e.to_string())?;
+        let (avail, total) = self.free.space().map_err(|e| e.to_string())?;
         let min_free = self.min_free_bytes(total);
         // `reserved` is read under the entries lock: `published` moves a copy from one to
         // the other under it, so the two never miss a copy between them.
@@ -205,7 +221,7 @@ impl Events for Ledger {
                 e.bytes() + self.reserved.load(Ordering::Relaxed)
             };
             let fits_size = self.max_size.is_none_or(|max| used + size <= max);
-            let (avail, _) = self.store.space().map_err(|e| e.to_string())?;
+            let (avail, _) = self.free.space().map_err(|e| e.to_string())?;
             let fits_free = avail >= size + min_free;
             if fits_size && fits_free {
                 match alloc() {
@@ -317,11 +333,22 @@ impl Cache {
     /// `CACHE/data`), and starts the promoter, which reads SOURCE through `source`, an
     /// `O_PATH` descriptor of its root.
     pub fn open(cfg: &Config, source: std::os::fd::OwnedFd) -> io::Result<Arc<Cache>> {
+        Cache::open_with(cfg, source, None)
+    }
+
+    /// `open`, with the ledger reading the cache filesystem's free space from `free`
+    /// instead of statvfs when it is given (the core tests' seam).
+    pub fn open_with(
+        cfg: &Config,
+        source: std::os::fd::OwnedFd,
+        free: Option<Arc<dyn FreeSpace>>,
+    ) -> io::Result<Arc<Cache>> {
         let store = Arc::new(Store::open(&cfg.cache)?);
         let entries = load_index(&store)?;
         let ledger = Arc::new(Ledger {
             store: store.clone(),
             dir: cfg.cache.clone(),
+            free: free.unwrap_or_else(|| store.clone()),
             entries: Mutex::new(entries),
             reserved: AtomicU64::new(0),
             space: Mutex::new(()),

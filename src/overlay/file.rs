@@ -600,7 +600,7 @@ impl Overlay {
         } else {
             None
         };
-        self.drop_copy_published_since_open(&h);
+        self.before_change(&h);
         let mut done = 0;
         while done < data.len() {
             let n = sys::pwrite(h.fd.as_fd(), &data[done..], offset + done as u64)?;
@@ -617,16 +617,21 @@ impl Overlay {
         Ok(done as u32)
     }
 
-    /// A copy published since the writable handle `h` opened (another open read enough
-    /// to promote it) is made stale by the change `h` is about to make: drop it first,
-    /// and move the readers serving from it to SOURCE.
-    fn drop_copy_published_since_open(&self, h: &FileHandle) {
-        if let (Some(cache), Some(rel)) = (&self.cache, &h.rel) {
-            let generation = cache.ledger.generation();
-            if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
-                cache.invalidate(rel);
-                self.readers_leave_copies(h.obj);
-            }
+    /// The bytes of `h`'s file are about to change through it. A copy published since
+    /// the handle opened (another open read enough to promote it) is made stale by the
+    /// change: it is dropped first. A copy in flight is cancelled: it may have taken its
+    /// "before" stat after this change's timestamps moved and read some of its bytes
+    /// before they land, and its "after" stat would then match (a write moves the
+    /// timestamps once, before its bytes): a copy the source never held.
+    fn before_change(&self, h: &FileHandle) {
+        let (Some(cache), Some(rel)) = (&self.cache, &h.rel) else {
+            return;
+        };
+        cache.promoter.cancel(rel);
+        let generation = cache.ledger.generation();
+        if h.seen_generation.swap(generation, Ordering::Relaxed) != generation {
+            cache.invalidate(rel);
+            self.readers_leave_copies(h.obj);
         }
     }
 
@@ -679,7 +684,7 @@ impl Overlay {
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let h = self.files.get(fh)?;
-        self.drop_copy_published_since_open(&h);
+        self.before_change(&h);
         sys::fallocate(h.fd.as_fd(), mode, offset, length)?;
         self.mirror(h.obj, |m| sys::fallocate(m.as_fd(), mode, offset, length));
         self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
@@ -701,9 +706,9 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let fin = self.files.get(fh_in)?;
         let fout = self.files.get(fh_out)?;
-        self.drop_copy_published_since_open(&fout);
         // The reply carries a u32 count; the kernel asks again for the rest.
         let len = len.min(1 << 30) as usize;
+        self.before_change(&fout);
         let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
         // Passthrough readers of the target follow: the bytes, as they landed.
         self.mirror(fout.obj, |m| {

@@ -9,30 +9,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use crate::common::{TestMount, num, status};
+use model::{Rng, Tree, seen};
+
+/// What a reader must see, shared with the core tier (tests/core.rs).
+#[path = "../model/mod.rs"]
+mod model;
 
 const FILES: usize = 3;
 const OPS: usize = 2500;
 const MAX_LEN: usize = 1 << 20;
-
-/// xorshift64*: deterministic from the seed, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 struct Desc {
     file: File,
@@ -41,7 +26,7 @@ struct Desc {
 
 struct World<'a> {
     m: &'a TestMount,
-    model: Vec<Vec<u8>>,
+    model: Tree,
     descs: Vec<Vec<Desc>>,
     log: Vec<String>,
     seed: u64,
@@ -71,31 +56,19 @@ impl World<'_> {
         self.descs[i].push(Desc { file: f, writable });
     }
 
-    fn check_range(&self, i: usize, off: usize, got: &[u8], how: &str) {
-        let model = &self.model[i];
-        let end = (off + got.len()).min(model.len());
-        let want = if off < model.len() {
-            &model[off..end]
-        } else {
-            &[][..]
-        };
-        if got != want {
-            let at = got
-                .iter()
-                .zip(want)
-                .position(|(a, b)| a != b)
-                .unwrap_or(want.len().min(got.len()));
-            self.fail(&format!(
-                "f{i}: {how} at {off}: {} bytes, model has {}; first difference at +{at}",
-                got.len(),
-                want.len()
-            ));
+    /// A read of up to `want` bytes at `off` saw `got`: the model must agree.
+    fn check(&self, i: usize, off: usize, want: usize, got: &[u8], how: &str) {
+        if let Err(e) = self
+            .model
+            .check_read(Self::name(i), off as u64, want, Ok(got))
+        {
+            self.fail(&format!("{how}: {e}"));
         }
     }
 
     fn step(&mut self, rng: &mut Rng) {
         let i = rng.below(FILES);
-        let len = self.model[i].len();
+        let len = self.model.bytes(Self::name(i)).map_or(0, <[u8]>::len);
         match rng.below(100) {
             // Read through one of the open descriptors.
             0..=34 => {
@@ -110,7 +83,7 @@ impl World<'_> {
                     .unwrap_or_else(|e| self.fail(&format!("read f{i}: {e}")));
                 self.log
                     .push(format!("read f{i} desc {d} off {off} len {n} -> {got}"));
-                self.check_range(i, off, &buf[..got], "read");
+                self.check(i, off, n, &buf[..got], "read");
             }
             // Write through a writable descriptor.
             35..=54 => {
@@ -127,11 +100,7 @@ impl World<'_> {
                     .file
                     .write_all_at(&data, off as u64)
                     .unwrap_or_else(|e| self.fail(&format!("write f{i}: {e}")));
-                let model = &mut self.model[i];
-                if model.len() < off + n {
-                    model.resize(off + n, 0);
-                }
-                model[off..off + n].copy_from_slice(&data);
+                self.model.write(Self::name(i), off as u64, &data);
             }
             // Truncate, by path or through a descriptor.
             55..=61 => {
@@ -149,7 +118,7 @@ impl World<'_> {
                     self.descs[i][d].file.set_len(to as u64)
                 };
                 r.unwrap_or_else(|e| self.fail(&format!("truncate f{i}: {e}")));
-                self.model[i].resize(to, 0);
+                self.model.truncate(Self::name(i), to as u64);
             }
             // mmap a range of an open descriptor and compare it.
             62..=71 => {
@@ -183,7 +152,7 @@ impl World<'_> {
                     libc::munmap(p, n);
                     v
                 };
-                self.check_range(i, off, &bytes, "mmap read");
+                self.check(i, off, n, &bytes, "mmap read");
             }
             // Close one descriptor, or open another.
             72..=84 => {
@@ -200,22 +169,17 @@ impl World<'_> {
             // A whole read by path: a new open, often served from the cached copy.
             85..=94 => {
                 self.log.push(format!("read whole f{i}"));
-                let got = fs::read(self.m.path(Self::name(i)))
-                    .unwrap_or_else(|e| self.fail(&format!("read whole f{i}: {e}")));
-                self.check_range(i, 0, &got, "whole read");
-                if got.len() != len {
-                    self.fail(&format!(
-                        "f{i}: whole read of {} bytes, model {len}",
-                        got.len()
-                    ));
+                let got = fs::read(self.m.path(Self::name(i)));
+                if let Err(e) = self.model.check_whole(Self::name(i), seen(&got)) {
+                    self.fail(&format!("whole read: {e}"));
                 }
             }
             // SOURCE, the truth, holds the model.
             _ => {
                 self.log.push(format!("compare SOURCE f{i}"));
-                let src = fs::read(self.m.src(Self::name(i))).unwrap();
-                if src != self.model[i] {
-                    self.fail(&format!("SOURCE f{i} differs from the model"));
+                let src = fs::read(self.m.src(Self::name(i)));
+                if let Err(e) = self.model.check_whole(Self::name(i), seen(&src)) {
+                    self.fail(&format!("SOURCE: {e}"));
                 }
             }
         }
@@ -253,9 +217,13 @@ fn exercise(passthrough: &str, seed: u64) {
             }
         })
         .start();
+    let mut model = Tree::new();
+    for (i, data) in initial.into_iter().enumerate() {
+        model.put(World::name(i), data);
+    }
     let mut w = World {
         m: &m,
-        model: initial,
+        model,
         descs: (0..FILES).map(|_| Vec::new()).collect(),
         log: Vec::new(),
         seed,
@@ -265,16 +233,14 @@ fn exercise(passthrough: &str, seed: u64) {
     }
     w.descs.clear();
     for i in 0..FILES {
-        assert_eq!(
-            fs::read(m.path(World::name(i))).unwrap(),
-            w.model[i],
-            "f{i} at the end"
-        );
-        assert_eq!(
-            fs::read(m.src(World::name(i))).unwrap(),
-            w.model[i],
-            "SOURCE f{i}"
-        );
+        for (what, path) in [
+            ("mount", m.path(World::name(i))),
+            ("SOURCE", m.src(World::name(i))),
+        ] {
+            if let Err(e) = w.model.check_whole(World::name(i), seen(&fs::read(path))) {
+                panic!("{what} at the end: {e}");
+            }
+        }
     }
     let st = status(&m);
     // The run exercised what it is for: copies made and served while files changed.
