@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 
+use crate::fdio;
 use crate::source::Fds;
 use crate::sys;
 
@@ -123,7 +125,7 @@ impl InodeTable {
     /// `use_handles` asks for file handles; they are used only if a probe on the root
     /// shows they work here.
     pub fn new(root: OwnedFd, fds: Fds, use_handles: bool) -> io::Result<InodeTable> {
-        let st = sys::fstat(root.as_fd())?;
+        let st = rustix::fs::fstat(&root)?;
         let mount_fd = if use_handles {
             probe_handles(root.as_fd())
         } else {
@@ -330,7 +332,7 @@ impl InodeTable {
     /// it this node id anyway (node ids are inode numbers). A handle also carries the
     /// generation, so it never opens a reused number's new object.
     fn is_same(&self, inode: &Inode, fd: BorrowedFd<'_>) -> io::Result<bool> {
-        let st = sys::fstat(fd)?;
+        let st = rustix::fs::fstat(fd)?;
         Ok(st.st_dev == inode.dev
             && st.st_ino == inode.ino
             && st.st_mode & libc::S_IFMT == inode.kind())
@@ -342,7 +344,7 @@ impl InodeTable {
         let (Some(handle), Some(mount_fd)) = (*inode.handle.lock(), &self.mount_fd) else {
             return Ok(None);
         };
-        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        let flags = OFlags::PATH | OFlags::NOFOLLOW;
         match self
             .fds
             .retry(|| sys::open_by_handle(mount_fd.as_fd(), &handle, flags))
@@ -370,10 +372,10 @@ impl InodeTable {
             // Seen under another parent meanwhile: resolve that one instead.
             match loc.as_ref() {
                 Some(l) if Arc::ptr_eq(&l.parent, &parent) => {
-                    let flags = libc::O_PATH | libc::O_NOFOLLOW;
+                    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                     return match self
                         .fds
-                        .retry(|| sys::openat(pfd.as_fd(), &l.name, flags, 0))
+                        .retry(|| Ok(rustix::fs::openat(&*pfd, &*l.name, flags, Mode::empty())?))
                     {
                         Err(e)
                             if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
@@ -398,8 +400,8 @@ impl InodeTable {
         parent: &Arc<Inode>,
         pfd: BorrowedFd<'_>,
         name: &OsStr,
-    ) -> io::Result<(Arc<Inode>, sys::Stat)> {
-        let st = sys::fstatat(pfd, name, libc::AT_SYMLINK_NOFOLLOW)?;
+    ) -> io::Result<(Arc<Inode>, Stat)> {
+        let st = rustix::fs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
         let inode = self.insert(parent, name, &st, || sys::name_to_handle_at(pfd, name));
         Ok((inode, st))
     }
@@ -411,8 +413,8 @@ impl InodeTable {
         parent: &Arc<Inode>,
         name: &OsStr,
         fd: BorrowedFd<'_>,
-    ) -> io::Result<(Arc<Inode>, sys::Stat)> {
-        let st = sys::fstat(fd)?;
+    ) -> io::Result<(Arc<Inode>, Stat)> {
+        let st = rustix::fs::fstat(fd)?;
         let none = || Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         let inode = self.insert(parent, name, &st, none);
         // Set here, also on a known node whose inode number the filesystem gave to this
@@ -434,7 +436,7 @@ impl InodeTable {
         &self,
         parent: &Arc<Inode>,
         name: &OsStr,
-        st: &sys::Stat,
+        st: &Stat,
         handle: impl FnOnce() -> io::Result<sys::FileHandle>,
     ) -> Arc<Inode> {
         let nodeid = self.nodeid_of(st.st_dev, st.st_ino);
@@ -587,11 +589,11 @@ fn stale() -> io::Error {
 /// made for the root and opened again.
 fn probe_handles(root: BorrowedFd<'_>) -> Option<OwnedFd> {
     let probe = || -> io::Result<OwnedFd> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        let mount_fd = sys::open_path(&sys::proc_path(root), flags, 0)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mount_fd = rustix::fs::open(fdio::proc_path(root), flags, Mode::empty())?;
         let h = sys::name_to_handle(root)?;
-        let again = sys::open_by_handle(mount_fd.as_fd(), &h, libc::O_PATH)?;
-        let (a, b) = (sys::fstat(again.as_fd())?, sys::fstat(root)?);
+        let again = sys::open_by_handle(mount_fd.as_fd(), &h, OFlags::PATH)?;
+        let (a, b) = (rustix::fs::fstat(&again)?, rustix::fs::fstat(root)?);
         if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
             return Err(io::Error::other("the root's handle opens another object"));
         }
@@ -618,7 +620,8 @@ mod tests {
     use std::path::Path;
 
     fn table(dir: &Path, handles: bool, limit: u64) -> InodeTable {
-        let root = sys::open_path(&sys::cpath(dir).unwrap(), libc::O_PATH, 0).unwrap();
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let root = rustix::fs::open(dir, flags, Mode::empty()).unwrap();
         InodeTable::new(root, Fds::new(limit), handles).unwrap()
     }
 
@@ -660,7 +663,7 @@ mod tests {
             // Every one still resolves to its own object.
             for (i, inode) in inodes.iter().enumerate() {
                 let fd = t.fd(inode).unwrap();
-                let st = sys::fstat(fd.as_fd()).unwrap();
+                let st = rustix::fs::fstat(&*fd).unwrap();
                 let want = fs::symlink_metadata(d.path().join(format!("f{i}"))).unwrap();
                 assert_eq!(st.st_ino, std::os::unix::fs::MetadataExt::ino(&want));
             }
@@ -796,7 +799,7 @@ mod tests {
                     assert!(file.is_regular());
                     let fd = t.fd(&file).unwrap();
                     assert_eq!(
-                        sys::fstat(fd.as_fd()).unwrap().st_mode & libc::S_IFMT,
+                        rustix::fs::fstat(&*fd).unwrap().st_mode & libc::S_IFMT,
                         libc::S_IFREG
                     );
                     reused = true;

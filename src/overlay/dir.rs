@@ -11,15 +11,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rustix::fs::{FileType, Mode, OFlags};
 
 use super::{Caller, Entry, Overlay};
-use crate::sys;
+use crate::fdio;
 
 pub(super) struct DirHandle {
     /// The directory, opened as the caller; also its inode's descriptor while open.
     fd: Arc<OwnedFd>,
     nodeid: u64,
-    listing: Mutex<Vec<sys::DirEntry>>,
+    listing: Mutex<Vec<fdio::DirEntry>>,
 }
 
 /// One entry for a plain readdir reply.
@@ -32,6 +33,20 @@ pub struct DirEntryOut<'a> {
     pub next: u64,
 }
 
+/// The `DT_*` value of an entry's type.
+fn dtype(kind: FileType) -> u8 {
+    match kind {
+        FileType::RegularFile => libc::DT_REG,
+        FileType::Directory => libc::DT_DIR,
+        FileType::Symlink => libc::DT_LNK,
+        FileType::CharacterDevice => libc::DT_CHR,
+        FileType::BlockDevice => libc::DT_BLK,
+        FileType::Fifo => libc::DT_FIFO,
+        FileType::Socket => libc::DT_SOCK,
+        FileType::Unknown => libc::DT_UNKNOWN,
+    }
+}
+
 const DOT: &[u8] = b".";
 const DOTDOT: &[u8] = b"..";
 
@@ -42,9 +57,10 @@ impl Overlay {
             let _as = self.creds.enter(caller)?;
             // Through /proc/self/fd, as a file is opened: reading a directory needs read
             // permission only, where openat(dir, ".") would also need search permission.
-            let proc = sys::proc_path(path_fd.as_fd());
-            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-            Arc::new(self.inodes.fds.retry(|| sys::open_path(&proc, flags, 0))?)
+            let proc = fdio::proc_path(path_fd.as_fd());
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let open = || Ok(rustix::fs::open(&proc, flags, Mode::empty())?);
+            Arc::new(self.inodes.fds.retry(open)?)
         };
         let fh = self.dirs.insert(DirHandle {
             fd: fd.clone(),
@@ -62,7 +78,7 @@ impl Overlay {
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
-        sys::fsync(self.dirs.get(fh)?.fd.as_fd(), datasync)
+        fdio::sync(self.dirs.get(fh)?.fd.as_fd(), datasync)
     }
 
     /// The listing from `offset` on: `.`, `..`, then the directory's names. `add` returns
@@ -78,7 +94,7 @@ impl Overlay {
         let dir = self.dirs.get(fh)?;
         let mut listing = dir.listing.lock();
         if offset == 0 {
-            *listing = sys::read_dir_fd(dir.fd.as_fd())?;
+            *listing = fdio::read_dir(dir.fd.as_fd())?;
         }
         let dots = [(DOT, nodeid), (DOTDOT, nodeid)];
         let mut i = offset as usize;
@@ -98,7 +114,7 @@ impl Overlay {
         for (j, e) in listing.iter().enumerate().skip(i - 2) {
             let out = DirEntryOut {
                 ino: self.inodes.nodeid_of(inode.dev, e.ino),
-                kind: e.kind,
+                kind: dtype(e.kind),
                 name: &e.name,
                 next: j as u64 + 3,
             };
@@ -126,14 +142,11 @@ impl Overlay {
         let _as = self.creds.enter(caller)?;
         let mut listing = dir.listing.lock();
         if offset == 0 {
-            *listing = sys::read_dir_fd(dir.fd.as_fd())?;
+            *listing = fdio::read_dir(dir.fd.as_fd())?;
         }
         let mut i = offset as usize;
         if i < 2 {
-            let this = Entry {
-                nodeid,
-                stat: sys::fstat(dir.fd.as_fd())?,
-            };
+            let this = Entry::new(nodeid, &rustix::fs::fstat(&*dir.fd)?);
             while i < 2 {
                 let name = OsStr::from_bytes(if i == 0 { DOT } else { DOTDOT });
                 if add(name, &this, i as u64 + 1) {

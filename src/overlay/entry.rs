@@ -4,11 +4,13 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use rustix::fs::{Access, AtFlags, FileType, Gid, Mode, RenameFlags, Timespec, Timestamps, Uid};
+
 use super::{Caller, Entry, Overlay, check_writable};
-use crate::sys::{self, TimeSpec};
+use crate::{fdio, sys};
 
 /// A new timestamp in a setattr.
 #[derive(Debug, Clone, Copy)]
@@ -30,12 +32,18 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
-fn timespec(t: Option<Timestamp>) -> TimeSpec {
-    match t {
-        None => TimeSpec::Omit,
-        Some(Timestamp::Now) => TimeSpec::Now,
-        Some(Timestamp::At(s, ns)) => TimeSpec::Set(s, ns as i64),
-    }
+fn timespec(t: Option<Timestamp>) -> Timespec {
+    let (tv_sec, tv_nsec) = match t {
+        None => (0, rustix::fs::UTIME_OMIT),
+        Some(Timestamp::Now) => (0, rustix::fs::UTIME_NOW),
+        Some(Timestamp::At(s, ns)) => (s, ns.into()),
+    };
+    Timespec { tv_sec, tv_nsec }
+}
+
+/// The permission bits of a mode (its type bits are the file's, never changed here).
+fn perm(mode: u32) -> Mode {
+    Mode::from_raw_mode(mode & 0o7777)
 }
 
 impl Overlay {
@@ -48,10 +56,10 @@ impl Overlay {
     /// Attributes of a node; with `fh`, of that open file (which may be unlinked).
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> io::Result<sys::Stat> {
         if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
-            return sys::fstat(h.fd.as_fd());
+            return Ok(sys::libc_stat(&rustix::fs::fstat(&*h.fd)?));
         }
         let (_, fd) = self.node(nodeid)?;
-        sys::fstat(fd.as_fd())
+        Ok(sys::libc_stat(&rustix::fs::fstat(&*fd)?))
     }
 
     pub fn setattr(&self, caller: &Caller, nodeid: u64, set: &SetAttr) -> io::Result<sys::Stat> {
@@ -64,24 +72,30 @@ impl Overlay {
         }
         let fd = self.fd(&inode)?;
         let mut as_caller = Some(self.creds.enter(caller)?);
-        let proc = sys::proc_path(fd.as_fd());
+        let proc = fdio::proc_path(fd.as_fd());
 
         if let Some(mode) = set.mode {
             match &handle {
-                Some(h) => sys::fchmod(h.fd.as_fd(), mode & 0o7777)?,
+                Some(h) => rustix::fs::fchmod(&*h.fd, perm(mode))?,
                 // Symlinks have no mode of their own on Linux.
                 None if inode.is_symlink() => {
                     return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
                 }
-                None => sys::chmod_path(&proc, mode & 0o7777)?,
+                None => rustix::fs::chmod(&proc, perm(mode))?,
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::fchownat_fd(fd.as_fd(), set.uid, set.gid)?;
+            rustix::fs::chownat(
+                &*fd,
+                c"",
+                set.uid.map(Uid::from_raw),
+                set.gid.map(Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
         if let Some(size) = set.size {
             match &handle {
-                Some(h) => sys::ftruncate(h.fd.as_fd(), size)?,
+                Some(h) => rustix::fs::ftruncate(&*h.fd, size)?,
                 None => sys::truncate_path(&proc, size)?,
             }
             // Readers already open follow the new size; their copies are the daemon's own.
@@ -90,21 +104,19 @@ impl Overlay {
             as_caller = Some(self.creds.enter(caller)?);
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let (a, m) = (timespec(set.atime), timespec(set.mtime));
+            let times = Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
             if inode.is_symlink() {
-                sys::utimensat(
-                    fd.as_raw_fd(),
-                    c"",
-                    a,
-                    m,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )?;
+                let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+                rustix::fs::utimensat(&*fd, c"", &times, flags)?;
             } else {
-                sys::utimensat(libc::AT_FDCWD, &proc, a, m, 0)?;
+                rustix::fs::utimensat(rustix::fs::CWD, &proc, &times, AtFlags::empty())?;
             }
         }
         drop(as_caller);
-        let st = sys::fstat(fd.as_fd())?;
+        let st = rustix::fs::fstat(&*fd)?;
         if set.size.is_none()
             && set.mtime.is_none()
             && let (Some(cache), Some(rel)) = (&self.cache, self.rel_of(&inode))
@@ -112,7 +124,7 @@ impl Overlay {
             // A chmod, chown or atime change through the mount: the bytes are the same.
             cache.metadata_changed(&rel, &st);
         }
-        Ok(st)
+        Ok(sys::libc_stat(&st))
     }
 
     pub fn readlink(&self, nodeid: u64) -> io::Result<std::ffi::OsString> {
@@ -120,7 +132,10 @@ impl Overlay {
         if !inode.is_symlink() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        sys::readlink_fd(fd.as_fd())
+        let target = rustix::fs::readlinkat(&*fd, c"", Vec::new())?;
+        Ok(std::os::unix::ffi::OsStringExt::from_vec(
+            target.into_bytes(),
+        ))
     }
 
     pub fn mknod(
@@ -134,7 +149,12 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::mknodat(pfd.as_fd(), name, mode, rdev as u64)?;
+        // No type bits make a regular file, as mknod(2) does.
+        let kind = match mode & libc::S_IFMT {
+            0 => FileType::RegularFile,
+            t => FileType::from_raw_mode(t),
+        };
+        rustix::fs::mknodat(&*pfd, name, kind, perm(mode), rdev.into())?;
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
@@ -148,7 +168,7 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::mkdirat(pfd.as_fd(), name, mode)?;
+        rustix::fs::mkdirat(&*pfd, name, perm(mode))?;
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
@@ -162,7 +182,7 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::symlinkat(target, pfd.as_fd(), name)?;
+        rustix::fs::symlinkat(target, &*pfd, name)?;
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
 
@@ -178,32 +198,40 @@ impl Overlay {
         let (newparent, npfd) = self.node(newparent)?;
         // The name the copy (if any) is under, before the new link becomes the inode's.
         let rel = self.rel_of(&inode);
-        let entry = {
+        let (linked, st) = {
             let _as = self.creds.enter(caller)?;
-            sys::link_fd(fd.as_fd(), npfd.as_fd(), newname)?;
-            self.lookup_inode(&newparent, npfd.as_fd(), newname)?
+            // Through /proc/self/fd with AT_SYMLINK_FOLLOW, which, unlike AT_EMPTY_PATH,
+            // needs no CAP_DAC_READ_SEARCH, so it works with the caller's fsuid.
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                fdio::proc_path(fd.as_fd()),
+                &*npfd,
+                newname,
+                AtFlags::SYMLINK_FOLLOW,
+            )?;
+            self.inodes.lookup(&newparent, npfd.as_fd(), newname)?
         };
         // A new link changes the file's ctime, not its bytes.
         if let (Some(cache), Some(rel)) = (&self.cache, rel) {
-            cache.metadata_changed(&rel, &entry.stat);
+            cache.metadata_changed(&rel, &st);
         }
-        Ok(entry)
+        Ok(Entry::new(linked.nodeid, &st))
     }
 
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
-        self.remove(caller, parent, name, 0)
+        self.remove(caller, parent, name, AtFlags::empty())
     }
 
     pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
-        self.remove(caller, parent, name, libc::AT_REMOVEDIR)
+        self.remove(caller, parent, name, AtFlags::REMOVEDIR)
     }
 
-    fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
+    fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: AtFlags) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         {
             let _as = self.creds.enter(caller)?;
-            sys::unlinkat(pfd.as_fd(), name, flags)?;
+            rustix::fs::unlinkat(&*pfd, name, flags)?;
         }
         if let (Some(cache), Some(rel)) = (&self.cache, self.rel_child(&parent, name)) {
             cache.invalidate_below(&rel);
@@ -240,7 +268,8 @@ impl Overlay {
         }
         {
             let _as = self.creds.enter(caller)?;
-            sys::renameat2(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
+            let flags = RenameFlags::from_bits_retain(flags);
+            rustix::fs::renameat_with(&*pfd, name, &*npfd, newname, flags)?;
         }
         if let Some(inode) = moving {
             self.inodes.moved(&inode, &newparent, newname);
@@ -253,7 +282,8 @@ impl Overlay {
                 (Some(from), Some(to)) if flags & libc::RENAME_EXCHANGE == 0 => {
                     cache.renamed(from, to);
                     // A rename changes the moved file's ctime, not its bytes.
-                    if let Ok(st) = sys::fstatat(npfd.as_fd(), newname, libc::AT_SYMLINK_NOFOLLOW) {
+                    let st = rustix::fs::statat(&*npfd, newname, AtFlags::SYMLINK_NOFOLLOW);
+                    if let Ok(st) = st {
                         cache.metadata_changed(to, &st);
                     }
                 }
@@ -273,7 +303,7 @@ impl Overlay {
         dir: std::os::fd::BorrowedFd<'_>,
         name: &OsStr,
     ) -> Option<Arc<crate::inodes::Inode>> {
-        let st = sys::fstatat(dir, name, libc::AT_SYMLINK_NOFOLLOW).ok()?;
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
         self.inodes
             .get(self.inodes.nodeid_of(st.st_dev, st.st_ino))
             .ok()
@@ -289,11 +319,11 @@ impl Overlay {
         }
     }
 
-    pub fn statfs(&self, nodeid: u64) -> io::Result<libc::statvfs> {
-        match self.node(nodeid) {
-            Ok((_, fd)) => sys::fstatvfs(fd.as_fd()),
-            Err(_) => sys::fstatvfs(self.inodes.root_fd()),
-        }
+    pub fn statfs(&self, nodeid: u64) -> io::Result<rustix::fs::StatVfs> {
+        Ok(match self.node(nodeid) {
+            Ok((_, fd)) => rustix::fs::fstatvfs(&*fd)?,
+            Err(_) => rustix::fs::fstatvfs(self.inodes.root_fd())?,
+        })
     }
 
     pub fn access(&self, caller: &Caller, nodeid: u64, mask: i32) -> io::Result<()> {
@@ -303,6 +333,14 @@ impl Overlay {
             // access(2) follows symlinks; the kernel resolves them before asking us.
             return Ok(());
         }
-        sys::faccess(&sys::proc_path(fd.as_fd()), mask)
+        // With the thread's fs ids (AT_EACCESS, faccessat2), not its real ones.
+        let mask = Access::from_bits_retain(mask as u32);
+        let path = fdio::proc_path(fd.as_fd());
+        Ok(rustix::fs::accessat(
+            rustix::fs::CWD,
+            &path,
+            mask,
+            AtFlags::EACCESS,
+        )?)
     }
 }

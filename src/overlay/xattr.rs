@@ -6,8 +6,10 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
 
+use rustix::fs::XattrFlags;
+
 use super::{Caller, Overlay, check_writable};
-use crate::sys;
+use crate::fdio::proc_path;
 
 /// The answer to a get/list call: the size asked for with a zero-sized buffer, or the
 /// bytes themselves.
@@ -39,7 +41,12 @@ impl Overlay {
         let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::getxattr(&sys::proc_path(fd.as_fd()), name, &mut buf)?;
+        let path = proc_path(fd.as_fd());
+        // rustix answers a zero-sized buffer with 0: the size is asked for on its own.
+        let n = match size {
+            0 => rustix::fs::getxattr_query(path, name)?,
+            _ => rustix::fs::getxattr(path, name, &mut buf[..])?,
+        };
         reply(buf, n, size)
     }
 
@@ -47,7 +54,11 @@ impl Overlay {
         let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::listxattr(&sys::proc_path(fd.as_fd()), &mut buf)?;
+        let path = proc_path(fd.as_fd());
+        let n = match size {
+            0 => rustix::fs::listxattr_query(path)?,
+            _ => rustix::fs::listxattr(path, &mut buf[..])?,
+        };
         reply(buf, n, size)
     }
 
@@ -62,13 +73,19 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
-        sys::setxattr(&sys::proc_path(fd.as_fd()), name, value, flags)
+        let flags = XattrFlags::from_bits_retain(flags as u32);
+        Ok(rustix::fs::setxattr(
+            proc_path(fd.as_fd()),
+            name,
+            value,
+            flags,
+        )?)
     }
 
     pub fn removexattr(&self, caller: &Caller, nodeid: u64, name: &OsStr) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
-        sys::removexattr(&sys::proc_path(fd.as_fd()), name)
+        Ok(rustix::fs::removexattr(proc_path(fd.as_fd()), name)?)
     }
 }
