@@ -1218,46 +1218,29 @@ mod tests {
         let d = dirs(&["hdd", "media", "ssd"]);
         let root = d.root.clone();
         let result = std::thread::spawn(move || -> Result<(), String> {
-            use std::ffi::CString;
-            use std::os::unix::ffi::OsStrExt;
-            // SAFETY: plain syscalls on NUL-terminated strings this thread owns.
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(format!("unshare: {}", io::Error::last_os_error()));
-                }
-                let slash = c"/";
-                let flags = libc::MS_REC | libc::MS_PRIVATE;
-                if libc::mount(
-                    std::ptr::null(),
-                    slash.as_ptr(),
-                    std::ptr::null(),
-                    flags,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(format!("make-private: {}", io::Error::last_os_error()));
-                }
-                let fd = libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(format!("/dev/fuse: {}", io::Error::last_os_error()));
-                }
-                let target = CString::new(root.join("media").as_os_str().as_bytes())
+            use rustix::mount::{MountFlags, MountPropagationFlags};
+            use std::os::fd::AsRawFd;
+            crate::sys::unshare_mount_namespace().map_err(|e| format!("unshare: {e}"))?;
+            let private = MountPropagationFlags::REC | MountPropagationFlags::PRIVATE;
+            rustix::mount::mount_change("/", private).map_err(|e| format!("make-private: {e}"))?;
+            let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC;
+            let fuse = rustix::fs::open("/dev/fuse", flags, rustix::fs::Mode::empty())
+                .map_err(|e| format!("/dev/fuse: {e}"))?;
+            let fd = fuse.as_raw_fd();
+            let opts =
+                std::ffi::CString::new(format!("fd={fd},rootmode=40000,user_id=0,group_id=0"))
                     .map_err(|e| e.to_string())?;
-                let opts = CString::new(format!("fd={fd},rootmode=40000,user_id=0,group_id=0"))
-                    .map_err(|e| e.to_string())?;
-                let r = libc::mount(
-                    c"stale".as_ptr(),
-                    target.as_ptr(),
-                    c"fuse.cachefs".as_ptr(),
-                    0,
-                    opts.as_ptr().cast(),
-                );
-                let err = io::Error::last_os_error();
-                libc::close(fd);
-                if r != 0 {
-                    return Err(format!("mount: {err}"));
-                }
-            }
+            let target = root.join("media");
+            rustix::mount::mount(
+                "stale",
+                &target,
+                "fuse.cachefs",
+                MountFlags::empty(),
+                &*opts,
+            )
+            .map_err(|e| format!("mount: {e}"))?;
+            // Closed: the mount's daemon is gone, as after a crash.
+            drop(fuse);
             let stat = std::fs::metadata(root.join("media")).map(|_| ());
             assert!(stat.as_ref().is_err_and(is_enotconn), "not stale: {stat:?}");
 

@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 
+use crate::fdio;
 use crate::source::Fds;
 use crate::sys;
 
@@ -49,6 +51,32 @@ const MAX_DEPTH: usize = libc::PATH_MAX as usize / 2 + 1;
 struct Loc {
     parent: Arc<Inode>,
     name: Box<OsStr>,
+}
+
+/// What names an object in SOURCE: (st_dev, st_ino) and its type, from either stat.
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    mode: u32,
+}
+
+impl Identity {
+    fn of(st: &Stat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+        }
+    }
+
+    fn of_libc(st: &sys::Stat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+        }
+    }
 }
 
 /// One source object the kernel holds a reference to.
@@ -123,7 +151,7 @@ impl InodeTable {
     /// `use_handles` asks for file handles; they are used only if a probe on the root
     /// shows they work here.
     pub fn new(root: OwnedFd, fds: Fds, use_handles: bool) -> io::Result<InodeTable> {
-        let st = sys::fstat(root.as_fd())?;
+        let st = rustix::fs::fstat(&root)?;
         let mount_fd = if use_handles {
             probe_handles(root.as_fd())
         } else {
@@ -330,7 +358,7 @@ impl InodeTable {
     /// it this node id anyway (node ids are inode numbers). A handle also carries the
     /// generation, so it never opens a reused number's new object.
     fn is_same(&self, inode: &Inode, fd: BorrowedFd<'_>) -> io::Result<bool> {
-        let st = sys::fstat(fd)?;
+        let st = rustix::fs::fstat(fd)?;
         Ok(st.st_dev == inode.dev
             && st.st_ino == inode.ino
             && st.st_mode & libc::S_IFMT == inode.kind())
@@ -342,7 +370,7 @@ impl InodeTable {
         let (Some(handle), Some(mount_fd)) = (*inode.handle.lock(), &self.mount_fd) else {
             return Ok(None);
         };
-        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        let flags = OFlags::PATH | OFlags::NOFOLLOW;
         match self
             .fds
             .retry(|| sys::open_by_handle(mount_fd.as_fd(), &handle, flags))
@@ -370,10 +398,10 @@ impl InodeTable {
             // Seen under another parent meanwhile: resolve that one instead.
             match loc.as_ref() {
                 Some(l) if Arc::ptr_eq(&l.parent, &parent) => {
-                    let flags = libc::O_PATH | libc::O_NOFOLLOW;
+                    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                     return match self
                         .fds
-                        .retry(|| sys::openat(pfd.as_fd(), &l.name, flags, 0))
+                        .retry(|| Ok(rustix::fs::openat(&*pfd, &*l.name, flags, Mode::empty())?))
                     {
                         Err(e)
                             if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
@@ -398,9 +426,11 @@ impl InodeTable {
         parent: &Arc<Inode>,
         pfd: BorrowedFd<'_>,
         name: &OsStr,
-    ) -> io::Result<(Arc<Inode>, sys::Stat)> {
-        let st = sys::fstatat(pfd, name, libc::AT_SYMLINK_NOFOLLOW)?;
-        let inode = self.insert(parent, name, &st, || sys::name_to_handle_at(pfd, name));
+    ) -> io::Result<(Arc<Inode>, Stat)> {
+        let st = rustix::fs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let inode = self.insert(parent, name, Identity::of(&st), || {
+            sys::name_to_handle_at(pfd, name)
+        });
         Ok((inode, st))
     }
 
@@ -408,7 +438,7 @@ impl InodeTable {
     /// `parent/name`, with one kernel reference; SOURCE is not asked. A new node has no
     /// handle: it is reopened by its name when an operation needs it.
     pub fn insert_cached(&self, parent: &Arc<Inode>, name: &OsStr, st: &sys::Stat) -> Arc<Inode> {
-        self.insert(parent, name, st, || {
+        self.insert(parent, name, Identity::of_libc(st), || {
             Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
         })
     }
@@ -420,10 +450,10 @@ impl InodeTable {
         parent: &Arc<Inode>,
         name: &OsStr,
         fd: BorrowedFd<'_>,
-    ) -> io::Result<(Arc<Inode>, sys::Stat)> {
-        let st = sys::fstat(fd)?;
+    ) -> io::Result<(Arc<Inode>, Stat)> {
+        let st = rustix::fs::fstat(fd)?;
         let none = || Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-        let inode = self.insert(parent, name, &st, none);
+        let inode = self.insert(parent, name, Identity::of(&st), none);
         // Set here, also on a known node whose inode number the filesystem gave to this
         // new file.
         if self.mount_fd.is_some() && st.st_dev == self.root.dev {
@@ -443,23 +473,22 @@ impl InodeTable {
         &self,
         parent: &Arc<Inode>,
         name: &OsStr,
-        st: &sys::Stat,
+        id: Identity,
         handle: impl FnOnce() -> io::Result<sys::FileHandle>,
     ) -> Arc<Inode> {
-        let nodeid = self.nodeid_of(st.st_dev, st.st_ino);
+        let nodeid = self.nodeid_of(id.dev, id.ino);
         let known = self.by_id.read().get(&nodeid).cloned();
         match known {
             Some(inode) => {
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
                 self.moved(&inode, parent, name);
-                let kind = st.st_mode & libc::S_IFMT;
+                let kind = id.mode & libc::S_IFMT;
                 if inode.kind() != kind {
                     // A removed object's inode number, given to a new object of another
                     // type: the node is the new object now (the kernel makes a new inode
                     // for it too).
                     inode.kind.store(kind, Ordering::Relaxed);
-                    *inode.handle.lock() = if self.mount_fd.is_some() && st.st_dev == self.root.dev
-                    {
+                    *inode.handle.lock() = if self.mount_fd.is_some() && id.dev == self.root.dev {
                         handle().ok()
                     } else {
                         None
@@ -469,16 +498,16 @@ impl InodeTable {
                 inode
             }
             None => {
-                let handle = if self.mount_fd.is_some() && st.st_dev == self.root.dev {
+                let handle = if self.mount_fd.is_some() && id.dev == self.root.dev {
                     handle().ok()
                 } else {
                     None
                 };
                 let fresh = Arc::new(Inode {
                     nodeid,
-                    dev: st.st_dev,
-                    ino: st.st_ino,
-                    kind: AtomicU32::new(st.st_mode & libc::S_IFMT),
+                    dev: id.dev,
+                    ino: id.ino,
+                    kind: AtomicU32::new(id.mode & libc::S_IFMT),
                     nlookup: AtomicU64::new(0),
                     loc: Mutex::new(Some(Loc {
                         parent: parent.clone(),
@@ -498,7 +527,7 @@ impl InodeTable {
                 drop(map);
                 if created && nodeid >= ALIAS_BASE {
                     // The kernel now holds this alias node: changes must reach it.
-                    let key = (st.st_dev, st.st_ino);
+                    let key = (id.dev, id.ino);
                     self.live_aliases
                         .lock()
                         .entry(key)
@@ -530,10 +559,10 @@ impl InodeTable {
         let Ok(pfd) = self.fd(&parent) else {
             return Ok(());
         };
-        match sys::fstatat(pfd.as_fd(), &name, libc::AT_SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(&*pfd, &*name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if st.st_dev == inode.dev && st.st_ino == inode.ino => Ok(()),
             Ok(_) => Err(stale()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(stale()),
+            Err(rustix::io::Errno::NOENT) => Err(stale()),
             Err(_) => Ok(()),
         }
     }
@@ -627,11 +656,11 @@ fn stale() -> io::Error {
 /// made for the root and opened again.
 fn probe_handles(root: BorrowedFd<'_>) -> Option<OwnedFd> {
     let probe = || -> io::Result<OwnedFd> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        let mount_fd = sys::open_path(&sys::proc_path(root), flags, 0)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mount_fd = rustix::fs::open(fdio::proc_path(root), flags, Mode::empty())?;
         let h = sys::name_to_handle(root)?;
-        let again = sys::open_by_handle(mount_fd.as_fd(), &h, libc::O_PATH)?;
-        let (a, b) = (sys::fstat(again.as_fd())?, sys::fstat(root)?);
+        let again = sys::open_by_handle(mount_fd.as_fd(), &h, OFlags::PATH)?;
+        let (a, b) = (rustix::fs::fstat(&again)?, rustix::fs::fstat(root)?);
         if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
             return Err(io::Error::other("the root's handle opens another object"));
         }
@@ -658,7 +687,8 @@ mod tests {
     use std::path::Path;
 
     fn table(dir: &Path, handles: bool, limit: u64) -> InodeTable {
-        let root = sys::open_path(&sys::cpath(dir).unwrap(), libc::O_PATH, 0).unwrap();
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let root = rustix::fs::open(dir, flags, Mode::empty()).unwrap();
         InodeTable::new(root, Fds::new(limit), handles).unwrap()
     }
 
@@ -700,7 +730,7 @@ mod tests {
             // Every one still resolves to its own object.
             for (i, inode) in inodes.iter().enumerate() {
                 let fd = t.fd(inode).unwrap();
-                let st = sys::fstat(fd.as_fd()).unwrap();
+                let st = rustix::fs::fstat(&*fd).unwrap();
                 let want = fs::symlink_metadata(d.path().join(format!("f{i}"))).unwrap();
                 assert_eq!(st.st_ino, std::os::unix::fs::MetadataExt::ino(&want));
             }
@@ -836,7 +866,7 @@ mod tests {
                     assert!(file.is_regular());
                     let fd = t.fd(&file).unwrap();
                     assert_eq!(
-                        sys::fstat(fd.as_fd()).unwrap().st_mode & libc::S_IFMT,
+                        rustix::fs::fstat(&*fd).unwrap().st_mode & libc::S_IFMT,
                         libc::S_IFREG
                     );
                     reused = true;

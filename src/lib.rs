@@ -14,7 +14,8 @@
 //! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
 //!   that fills it (`cache::promoter`, steered by `policy`).
 //! - `exit`: the exit codes, one documented table.
-//! - `sys`: the only `unsafe`, thin libc wrappers.
+//! - `fdio`: descriptor helpers over rustix (whole directories, full reads and writes).
+//! - `sys`: the only `unsafe`: what rustix does not wrap safely.
 //!
 //! Invariants (ARCHITECTURE.md): the source is the truth; no stale bytes; reads never
 //! wait for promotion; nothing partial is visible; no path escapes SOURCE.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod exit;
+pub mod fdio;
 pub mod fuse;
 pub mod inodes;
 pub mod lifecycle;

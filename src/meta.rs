@@ -23,7 +23,7 @@
 //! st_dev and st_ino, node count, then per node: st_dev, st_ino, attribute fetch time
 //! (ms since the epoch, 0 for none) and, if set, the attributes; a listing flag and, if
 //! set, its fetch time, its names as one byte string and per entry (name offset u32,
-//! name length u8, d_type u8, d_ino u64), sorted by name.
+//! name length u8, type (S_IFMT >> 12) u8, d_ino u64), sorted by name.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -37,7 +37,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use crate::codec::{Reader, Writer};
-use crate::sys::{self, DirEntry, Stat};
+use rustix::fs::FileType;
+
+use crate::fdio::DirEntry;
+use crate::sys::{self, Stat};
 
 /// An object of SOURCE: (st_dev, st_ino).
 pub type Key = (u64, u64);
@@ -148,7 +151,8 @@ impl Attr {
     }
 }
 
-/// One name of a listing: where it lies in the listing's name bytes, its type and d_ino.
+/// One name of a listing: where it lies in the listing's name bytes, its type (the
+/// `S_IFMT` bits shifted down to fit a byte) and d_ino.
 #[derive(Debug, Clone, Copy)]
 struct Kid {
     off: u32,
@@ -178,7 +182,7 @@ impl Listing {
                 off: u32::try_from(names.len()).ok()?,
                 // NAME_MAX is 255; a longer name is not a name this cache can hold.
                 len: u8::try_from(b.len()).ok()?,
-                kind: e.kind,
+                kind: (e.kind.as_raw_mode() >> 12) as u8,
                 ino: e.ino,
             });
             names.extend_from_slice(b);
@@ -206,7 +210,7 @@ impl Listing {
             .iter()
             .map(|k| DirEntry {
                 ino: k.ino,
-                kind: k.kind,
+                kind: FileType::from_raw_mode((k.kind as u32) << 12),
                 name: OsString::from(OsStr::from_bytes(self.name(k))),
             })
             .collect()
@@ -582,7 +586,7 @@ mod tests {
         st
     }
 
-    fn entry(name: &str, ino: u64, kind: u8) -> DirEntry {
+    fn entry(name: &str, ino: u64, kind: FileType) -> DirEntry {
         DirEntry {
             ino,
             kind,
@@ -597,8 +601,8 @@ mod tests {
         m.put_listing(
             (1, 10),
             &[
-                entry("b.srt", 12, libc::DT_REG),
-                entry("a.mkv", 11, libc::DT_REG),
+                entry("b.srt", 12, FileType::RegularFile),
+                entry("a.mkv", 11, FileType::RegularFile),
             ],
         );
         m.put_attr(&stat(1, 11, 700 << 20, libc::S_IFREG | 0o644));
@@ -641,7 +645,7 @@ mod tests {
     #[test]
     fn a_name_resolves_only_with_the_childs_attributes() {
         let m = MetaCache::new(Duration::from_secs(3600), 1000);
-        m.put_listing((1, 10), &[entry("sub", 20, libc::DT_DIR)]);
+        m.put_listing((1, 10), &[entry("sub", 20, FileType::Directory)]);
         assert!(matches!(m.lookup((1, 10), "sub".as_ref()), Lookup::Unknown));
     }
 
@@ -667,7 +671,7 @@ mod tests {
     fn nothing_is_served_past_the_ttl() {
         let m = MetaCache::new(Duration::ZERO, 1000);
         m.put_attr(&stat(1, 11, 1, libc::S_IFREG));
-        m.put_listing((1, 10), &[entry("a", 11, libc::DT_REG)]);
+        m.put_listing((1, 10), &[entry("a", 11, FileType::RegularFile)]);
         assert!(m.attr((1, 11)).is_none());
         assert!(matches!(m.lookup((1, 10), "a".as_ref()), Lookup::Unknown));
         assert!(m.listing((1, 10)).is_none());
@@ -727,7 +731,13 @@ mod tests {
     #[test]
     fn an_unsorted_listing_in_a_snapshot_is_refused() {
         let m = MetaCache::new(Duration::from_secs(3600), 1000);
-        m.put_listing((1, 10), &[entry("a", 1, 8), entry("b", 2, 8)]);
+        m.put_listing(
+            (1, 10),
+            &[
+                entry("a", 1, FileType::RegularFile),
+                entry("b", 2, FileType::RegularFile),
+            ],
+        );
         let mut data = m.encode((1, 10));
         // Swap the two names' bytes ("ab" -> "ba") and reseal.
         let body = data.len() - 8;

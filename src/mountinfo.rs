@@ -7,8 +7,6 @@ use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-use crate::sys;
-
 /// One line of /proc/self/mountinfo that matters here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
@@ -92,9 +90,11 @@ pub fn cleanup(named: &[PathBuf]) -> u8 {
     }
     let mut removed = 0;
     for t in &targets {
-        match sys::statfs_path(t) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                match sys::cpath(t).and_then(|c| sys::umount2(&c, libc::MNT_DETACH)) {
+        // statfs, unlike stat, is never answered from the kernel's attribute cache: on a
+        // mount whose daemon is gone it fails with ENOTCONN at once.
+        match rustix::fs::statfs(t) {
+            Err(rustix::io::Errno::NOTCONN) => {
+                match rustix::mount::unmount(t, rustix::mount::UnmountFlags::DETACH) {
                     Ok(()) => {
                         println!("removed the stale mount at {}", t.display());
                         removed += 1;

@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::config::{Config, MinFree};
-use crate::sys;
 use index::{Entries, Meta};
 use promoter::{Events, Job, Priority, Promoter};
 use store::{Lookup, Provenance, Store};
@@ -426,7 +425,7 @@ impl Cache {
     }
 
     /// The valid copy of `rel`, if there is one; `source` is the source's stat now.
-    pub fn lookup(&self, rel: &Path, source: &sys::Stat) -> Option<File> {
+    pub fn lookup(&self, rel: &Path, source: &rustix::fs::Stat) -> Option<File> {
         if !self.ledger.usable() {
             return None;
         }
@@ -483,7 +482,7 @@ impl Cache {
     /// `from` was renamed to `to` through the mount: the copies move along (they still
     /// match their source: a rename changes neither size, mtime nor inode), and so do pins.
     /// `rel`'s source, now `st`, changed in its metadata only, through the mount.
-    pub fn metadata_changed(&self, rel: &Path, st: &sys::Stat) {
+    pub fn metadata_changed(&self, rel: &Path, st: &rustix::fs::Stat) {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return;
         }

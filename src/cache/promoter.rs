@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,8 +26,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, select_biased};
 use parking_lot::{Condvar, Mutex};
 
+use rustix::fs::{Advice, FallocateFlags, FileType};
+use rustix::io::Errno;
+
 use super::store::{self, Provenance, Store};
-use crate::sys;
+use crate::{fdio, sys};
 
 const CHUNK: u64 = 4 << 20;
 
@@ -298,7 +302,7 @@ impl Shared {
         let Some(name) = rel.file_name() else { return };
         let parent = rel.parent().unwrap_or(Path::new(""));
         let entries = match store::open_dir_below(self.source.as_fd(), parent)
-            .and_then(|d| sys::read_dir_fd(d.as_fd()))
+            .and_then(|d| fdio::read_dir(d.as_fd()))
         {
             Ok(e) => e,
             Err(e) => {
@@ -308,7 +312,7 @@ impl Shared {
         };
         let names: Vec<&std::ffi::OsStr> = entries
             .iter()
-            .filter(|e| e.kind == libc::DT_REG)
+            .filter(|e| e.kind == FileType::RegularFile)
             .map(|e| e.name.as_os_str())
             .collect();
         for next in crate::policy::next_files(name, &names, n) {
@@ -375,7 +379,7 @@ fn changed() -> io::Error {
 /// Copies one file into a temporary file and publishes it.
 fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
     let src = store::open_below(shared.source.as_fd(), &job.rel)?;
-    let before = sys::fstat(src.as_fd())?;
+    let before = rustix::fs::fstat(&src)?;
     if before.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(io::Error::other("not a regular file"));
     }
@@ -400,9 +404,9 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
     job.bytes_total.store(total.max(1), Ordering::Relaxed);
     let r = copy_into(shared, job, &src, &tmp, total).and_then(|()| {
         tmp.sync_all()?;
-        let after = sys::fstat(src.as_fd())?;
+        let after = rustix::fs::fstat(&src)?;
         // Still the same file, unchanged, and still at the same path.
-        let now_at_path = sys::fstat(store::open_below(shared.source.as_fd(), &job.rel)?.as_fd())?;
+        let now_at_path = rustix::fs::fstat(store::open_below(shared.source.as_fd(), &job.rel)?)?;
         let prov = Provenance::of(&before);
         if Provenance::of(&after) != prov || Provenance::of(&now_at_path) != prov {
             return Err(changed());
@@ -429,14 +433,14 @@ fn allocate(f: &File, size: u64) -> io::Result<()> {
     if size == 0 {
         return Ok(());
     }
-    match sys::fallocate(f.as_fd(), 0, 0, size) {
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => sys::ftruncate(f.as_fd(), size),
-        r => r,
+    match rustix::fs::fallocate(f, FallocateFlags::empty(), 0, size) {
+        Err(Errno::OPNOTSUPP) => Ok(rustix::fs::ftruncate(f, size)?),
+        r => Ok(r?),
     }
 }
 
 fn copy_into(shared: &Shared, job: &Job, src: &File, dst: &File, total: u64) -> io::Result<()> {
-    let _ = sys::fadvise(src.as_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    let _ = rustix::fs::fadvise(src, 0, None, Advice::Sequential);
     let start = (job.start_hint.load(Ordering::Relaxed) / CHUNK * CHUNK).min(total);
     let mut use_cfr = true;
     let mut buf = Vec::new();
@@ -450,9 +454,9 @@ fn copy_into(shared: &Shared, job: &Job, src: &File, dst: &File, total: u64) -> 
             shared.limit.take(n);
             copy_chunk(src, dst, off, n, &mut use_cfr, &mut buf)?;
             let _ = sys::sync_range(dst.as_fd(), off, n);
-            let _ = sys::fadvise(dst.as_fd(), off, n, libc::POSIX_FADV_DONTNEED);
+            let _ = rustix::fs::fadvise(dst, off, NonZeroU64::new(n), Advice::DontNeed);
             if !job.reader_active.load(Ordering::Relaxed) {
-                let _ = sys::fadvise(src.as_fd(), off, n, libc::POSIX_FADV_DONTNEED);
+                let _ = rustix::fs::fadvise(src, off, NonZeroU64::new(n), Advice::DontNeed);
             }
             off += n;
             job.bytes_done.fetch_add(n, Ordering::Relaxed);
@@ -475,34 +479,31 @@ fn copy_chunk(
         let at = off + done;
         let want = (n - done) as usize;
         if *use_cfr {
-            match sys::copy_file_range(src.as_fd(), at, dst.as_fd(), at, want) {
+            let (mut off_in, mut off_out) = (at, at);
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want)
+            {
                 Ok(0) => return Err(changed()),
                 Ok(k) => {
                     done += k as u64;
                     continue;
                 }
                 // Across filesystems, or a filesystem without it: copy by hand from now on.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-                    ) =>
-                {
+                Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL) => {
                     *use_cfr = false;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         if buf.len() < CHUNK as usize {
             buf.resize(CHUNK as usize, 0);
         }
-        let k = sys::pread(src.as_fd(), &mut buf[..want], at)?;
+        let k = rustix::io::pread(src, &mut buf[..want], at)?;
         if k == 0 {
             return Err(changed());
         }
         let mut w = 0;
         while w < k {
-            w += sys::pwrite(dst.as_fd(), &buf[w..k], at + w as u64)?;
+            w += rustix::io::pwrite(dst, &buf[w..k], at + w as u64)?;
         }
         done += k as u64;
     }

@@ -20,7 +20,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sys;
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat, XattrFlags};
+use rustix::io::Errno;
+
+use crate::fdio;
 
 pub const XATTR: &str = "user.cachefs.src";
 
@@ -47,13 +50,13 @@ pub enum Match {
 }
 
 impl Provenance {
-    pub fn of(st: &sys::Stat) -> Provenance {
+    pub fn of(st: &Stat) -> Provenance {
         Provenance {
             size: st.st_size as u64,
             mtime_sec: st.st_mtime,
-            mtime_nsec: st.st_mtime_nsec,
+            mtime_nsec: st.st_mtime_nsec as i64,
             ino: st.st_ino,
-            ctime: Some((st.st_ctime, st.st_ctime_nsec)),
+            ctime: Some((st.st_ctime, st.st_ctime_nsec as i64)),
         }
     }
 
@@ -125,16 +128,16 @@ pub fn walk_parent<'a>(
     let (last, dirs) = comps
         .split_last()
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut dir = sys::openat(root, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    for name in dirs {
-        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        dir = match sys::openat(dir.as_fd(), name, flags, 0) {
-            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
-                match sys::mkdirat(dir.as_fd(), name, 0o700) {
-                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+    let mut dir = openat(root, ".", OFlags::PATH | OFlags::DIRECTORY)?;
+    for &name in dirs {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+        dir = match openat(dir.as_fd(), name, flags) {
+            Err(Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(&dir, name, Mode::RWXU) {
+                    Err(e) if e != Errno::EXIST => return Err(e.into()),
                     _ => {}
                 }
-                sys::openat(dir.as_fd(), name, flags, 0)?
+                openat(dir.as_fd(), name, flags)?
             }
             r => r?,
         };
@@ -142,22 +145,31 @@ pub fn walk_parent<'a>(
     Ok((dir, last))
 }
 
+/// `openat` of an existing object, close-on-exec.
+fn openat<P: rustix::path::Arg>(
+    dir: BorrowedFd<'_>,
+    name: P,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(dir, name, flags | OFlags::CLOEXEC, Mode::empty())
+}
+
 /// Opens `rel` below `root` read-only, following no symlink on the way.
 pub fn open_below(root: BorrowedFd<'_>, rel: &Path) -> io::Result<File> {
     let (dir, name) = walk_parent(root, rel, false)?;
-    let fd = sys::openat(dir.as_fd(), name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+    let fd = openat(dir.as_fd(), name, OFlags::RDONLY | OFlags::NOFOLLOW)?;
     Ok(File::from(fd))
 }
 
 /// Opens the directory `rel` below `root` for reading (the empty path is `root`
 /// itself), following no symlink on the way.
 pub fn open_dir_below(root: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY;
     if rel.as_os_str().is_empty() {
-        return sys::openat(root, OsStr::new("."), flags, 0);
+        return Ok(openat(root, ".", flags)?);
     }
     let (dir, name) = walk_parent(root, rel, false)?;
-    sys::openat(dir.as_fd(), name, flags | libc::O_NOFOLLOW, 0)
+    Ok(openat(dir.as_fd(), name, flags | OFlags::NOFOLLOW)?)
 }
 
 /// The result of looking a copy up for an open.
@@ -173,7 +185,7 @@ pub enum Lookup {
 /// The provenance recorded on a copy, if it has a readable one.
 fn read_provenance(copy: &File) -> Option<Provenance> {
     let mut buf = [0u8; 160];
-    let n = sys::fgetxattr(copy.as_fd(), OsStr::new(XATTR), &mut buf).ok()?;
+    let n = rustix::fs::fgetxattr(copy, XATTR, &mut buf).ok()?;
     Provenance::decode(&buf[..n])
 }
 
@@ -183,8 +195,8 @@ fn same_bytes(a: &File, b: &File, len: u64) -> io::Result<bool> {
     let mut off = 0u64;
     while off < len {
         let want = ((len - off) as usize).min(x.len());
-        let n = sys::pread_full(a.as_fd(), &mut x[..want], off)?;
-        let m = sys::pread_full(b.as_fd(), &mut y[..want], off)?;
+        let n = fdio::pread_full(a.as_fd(), &mut x[..want], off)?;
+        let m = fdio::pread_full(b.as_fd(), &mut y[..want], off)?;
         if n != want || m != want || x[..n] != y[..m] {
             return Ok(false);
         }
@@ -208,22 +220,26 @@ impl Store {
     /// of copies a previous run left unfinished.
     pub fn open(dir: &Path) -> io::Result<Store> {
         std::fs::create_dir_all(dir)?;
-        let root = sys::open_path(&sys::cpath(dir)?, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let root = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         // Copies of files only some users may read live here: root only.
         for sub in ["data", "tmp"] {
-            match sys::mkdirat(root.as_fd(), OsStr::new(sub), 0o700) {
-                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            match rustix::fs::mkdirat(&root, sub, Mode::RWXU) {
+                Err(e) if e != Errno::EXIST => return Err(e.into()),
                 _ => {}
             }
         }
-        let lock = File::from(sys::openat(
-            root.as_fd(),
-            OsStr::new("lock"),
-            libc::O_RDWR | libc::O_CREAT,
-            0o644,
+        let lock = File::from(rustix::fs::openat(
+            &root,
+            "lock",
+            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
         )?);
-        sys::flock_exclusive_nb(lock.as_fd()).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+            if e == Errno::WOULDBLOCK {
                 io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(
@@ -232,12 +248,12 @@ impl Store {
                     ),
                 )
             } else {
-                e
+                e.into()
             }
         })?;
-        let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let data = sys::openat(root.as_fd(), OsStr::new("data"), dir_flags, 0)?;
-        let tmp = sys::openat(root.as_fd(), OsStr::new("tmp"), dir_flags, 0)?;
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+        let data = openat(root.as_fd(), "data", dir_flags)?;
+        let tmp = openat(root.as_fd(), "tmp", dir_flags)?;
         let store = Store {
             root,
             data,
@@ -250,8 +266,8 @@ impl Store {
     }
 
     pub fn clean_tmp(&self) -> io::Result<()> {
-        for e in sys::read_dir_fd(self.tmp.as_fd())? {
-            if let Err(err) = sys::unlinkat(self.tmp.as_fd(), &e.name, 0) {
+        for e in fdio::read_dir(self.tmp.as_fd())? {
+            if let Err(err) = rustix::fs::unlinkat(&self.tmp, &e.name, AtFlags::empty()) {
                 tracing::warn!("cannot remove unfinished copy tmp/{:?}: {err}", e.name);
             } else {
                 tracing::info!("removed unfinished copy tmp/{}", e.name.to_string_lossy());
@@ -262,7 +278,7 @@ impl Store {
 
     /// The copy of `rel` if it still matches the source's `current` attributes. A copy
     /// that does not match is removed (it can never become valid again).
-    pub fn lookup(&self, rel: &Path, current: &sys::Stat) -> io::Result<Lookup> {
+    pub fn lookup(&self, rel: &Path, current: &Stat) -> io::Result<Lookup> {
         let file = match open_below(self.data.as_fd(), rel) {
             Ok(f) => f,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
@@ -272,7 +288,7 @@ impl Store {
         };
         let m = read_provenance(&file)
             .map_or(Match::Different, |p| p.compare(&Provenance::of(current)));
-        let st = sys::fstat(file.as_fd())?;
+        let st = rustix::fs::fstat(&file)?;
         if st.st_size as u64 == current.st_size as u64 {
             match m {
                 Match::Same => return Ok(Lookup::Hit(file)),
@@ -297,23 +313,19 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let before = sys::fstat(src.as_fd())?;
+        let before = rustix::fs::fstat(src)?;
         let keep = match read_provenance(&copy).map(|p| p.compare(&Provenance::of(&before))) {
             Some(Match::Same) => return Ok(true),
             Some(Match::CtimeOnly) => {
                 let size = before.st_size as u64;
-                sys::fstat(copy.as_fd())?.st_size as u64 == size
+                rustix::fs::fstat(&copy)?.st_size as u64 == size
                     && same_bytes(src, &copy, size)?
-                    && Provenance::of(&sys::fstat(src.as_fd())?) == Provenance::of(&before)
+                    && Provenance::of(&rustix::fs::fstat(src)?) == Provenance::of(&before)
             }
             _ => false,
         };
         if keep {
-            sys::fsetxattr(
-                copy.as_fd(),
-                OsStr::new(XATTR),
-                Provenance::of(&before).encode().as_bytes(),
-            )?;
+            set_provenance(&copy, &Provenance::of(&before))?;
         } else {
             self.remove(rel)?;
         }
@@ -323,7 +335,7 @@ impl Store {
     /// The source of `rel` changed through the mount in its metadata only (a rename, a
     /// chmod, a link): a copy that matched it but for the ctime takes the new one, so the
     /// daemon's own changes never cost a re-check. Anything else is left to `lookup`.
-    pub fn metadata_changed(&self, rel: &Path, now: &sys::Stat) -> io::Result<()> {
+    pub fn metadata_changed(&self, rel: &Path, now: &Stat) -> io::Result<()> {
         let copy = match open_below(self.data.as_fd(), rel) {
             Ok(f) => f,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
@@ -334,7 +346,7 @@ impl Store {
         let now = Provenance::of(now);
         match read_provenance(&copy) {
             Some(p) if p.ctime.is_some() && p.compare(&now) == Match::CtimeOnly => {
-                sys::fsetxattr(copy.as_fd(), OsStr::new(XATTR), now.encode().as_bytes())
+                set_provenance(&copy, &now)
             }
             _ => Ok(()),
         }
@@ -349,10 +361,10 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        match sys::unlinkat(dir.as_fd(), name, 0) {
+        match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
             Ok(()) => Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EISDIR)) => Ok(false),
-            Err(e) => Err(e),
+            Err(Errno::NOENT | Errno::ISDIR) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -373,9 +385,9 @@ impl Store {
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fdir, fname) = walk_parent(self.data.as_fd(), from, false)?;
         // Check there is something to move before making the target's directories.
-        sys::fstatat(fdir.as_fd(), fname, libc::AT_SYMLINK_NOFOLLOW)?;
+        rustix::fs::statat(&fdir, fname, AtFlags::SYMLINK_NOFOLLOW)?;
         let (tdir, tname) = walk_parent(self.data.as_fd(), to, true)?;
-        sys::renameat2(fdir.as_fd(), fname, tdir.as_fd(), tname, 0)
+        Ok(rustix::fs::renameat(&fdir, fname, &tdir, tname)?)
     }
 
     /// A new temporary file for a copy in progress, and its name in `tmp/`.
@@ -385,17 +397,17 @@ impl Store {
             std::process::id(),
             self.next_tmp.fetch_add(1, Ordering::Relaxed)
         );
-        let fd = sys::openat(
-            self.tmp.as_fd(),
-            OsStr::new(&name),
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-            0o644,
+        let fd = rustix::fs::openat(
+            &self.tmp,
+            &name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
         )?;
         Ok((File::from(fd), name))
     }
 
     pub fn discard_temp(&self, name: &str) {
-        let _ = sys::unlinkat(self.tmp.as_fd(), OsStr::new(name), 0);
+        let _ = rustix::fs::unlinkat(&self.tmp, name, AtFlags::empty());
     }
 
     /// Publishes a finished, fsynced temporary file as the copy of `rel`, recording its
@@ -407,32 +419,21 @@ impl Store {
         rel: &Path,
         prov: &Provenance,
     ) -> io::Result<()> {
-        sys::fsetxattr(file.as_fd(), OsStr::new(XATTR), prov.encode().as_bytes())?;
+        set_provenance(file, prov)?;
         let (dir, name) = walk_parent(self.data.as_fd(), rel, true)?;
-        sys::renameat2(self.tmp.as_fd(), OsStr::new(tmp_name), dir.as_fd(), name, 0)?;
+        rustix::fs::renameat(&self.tmp, tmp_name, &dir, name)?;
         // The rename is durable once the directory is; a crash before that loses the copy
         // (fine), never half of it.
-        let _ = sys::fsync(dir.as_fd(), false).or_else(|_| {
+        let _ = rustix::fs::fsync(&dir).or_else(|_| {
             // An O_PATH directory cannot be fsynced; reopen it for reading.
-            sys::openat(
-                dir.as_fd(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            )
-            .and_then(|d| sys::fsync(d.as_fd(), false))
+            openat(dir.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY).and_then(rustix::fs::fsync)
         });
         Ok(())
     }
 
     /// The whole of a small file in the cache directory (`index`, `pins`).
     pub fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
-        let fd = sys::openat(
-            self.root.as_fd(),
-            OsStr::new(name),
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let fd = openat(self.root.as_fd(), name, OFlags::RDONLY | OFlags::NOFOLLOW)?;
         let mut buf = Vec::new();
         io::Read::read_to_end(&mut File::from(fd), &mut buf)?;
         Ok(buf)
@@ -441,34 +442,29 @@ impl Store {
     /// Replaces a small file in the cache directory as a whole (temp file, fsync, rename).
     pub fn write_file(&self, name: &str, data: &[u8]) -> io::Result<()> {
         let tmp = format!("{name}.new");
-        let fd = sys::openat(
-            self.root.as_fd(),
-            OsStr::new(&tmp),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-            0o600,
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW;
+        let fd = rustix::fs::openat(
+            &self.root,
+            &tmp,
+            flags | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
         )?;
         let mut f = File::from(fd);
         io::Write::write_all(&mut f, data)?;
         f.sync_all()?;
-        sys::renameat2(
-            self.root.as_fd(),
-            OsStr::new(&tmp),
-            self.root.as_fd(),
-            OsStr::new(name),
-            0,
-        )
+        Ok(rustix::fs::renameat(&self.root, &tmp, &self.root, name)?)
     }
 
     pub fn remove_file(&self, name: &str) -> io::Result<()> {
-        match sys::unlinkat(self.root.as_fd(), OsStr::new(name), 0) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        match rustix::fs::unlinkat(&self.root, name, AtFlags::empty()) {
+            Err(e) if e != Errno::NOENT => Err(e.into()),
             _ => Ok(()),
         }
     }
 
     /// (available, total) bytes of the cache's filesystem.
     pub fn space(&self) -> io::Result<(u64, u64)> {
-        let s = sys::fstatvfs(self.data.as_fd())?;
+        let s = rustix::fs::fstatvfs(&self.data)?;
         Ok((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize))
     }
 
@@ -476,9 +472,9 @@ impl Store {
     /// once someone removed or replaced it under the running mount.
     pub fn intact(&self, dir: &Path) -> bool {
         let (Ok(now), Ok(ours), Ok(data)) = (
-            sys::stat_path(dir),
-            sys::fstat(self.root.as_fd()),
-            sys::fstat(self.data.as_fd()),
+            rustix::fs::stat(dir),
+            rustix::fs::fstat(&self.root),
+            rustix::fs::fstat(&self.data),
         ) else {
             return false;
         };
@@ -489,29 +485,20 @@ impl Store {
     /// when there is no index to trust.
     pub fn scan(&self) -> io::Result<Vec<(std::path::PathBuf, u64, i64)>> {
         let mut out = Vec::new();
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
         let mut stack = vec![(
-            sys::openat(
-                self.data.as_fd(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            )?,
+            openat(self.data.as_fd(), ".", dir_flags)?,
             std::path::PathBuf::new(),
         )];
         while let Some((dir, prefix)) = stack.pop() {
-            for e in sys::read_dir_fd(dir.as_fd())? {
+            for e in fdio::read_dir(dir.as_fd())? {
                 let rel = prefix.join(&e.name);
-                if e.kind == libc::DT_DIR {
-                    if let Ok(d) = sys::openat(
-                        dir.as_fd(),
-                        &e.name,
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                        0,
-                    ) {
+                if e.kind == FileType::Directory {
+                    if let Ok(d) = openat(dir.as_fd(), &e.name, dir_flags | OFlags::NOFOLLOW) {
                         stack.push((d, rel));
                     }
-                } else if e.kind == libc::DT_REG
-                    && let Ok(st) = sys::fstatat(dir.as_fd(), &e.name, libc::AT_SYMLINK_NOFOLLOW)
+                } else if e.kind == FileType::RegularFile
+                    && let Ok(st) = rustix::fs::statat(&dir, &e.name, AtFlags::SYMLINK_NOFOLLOW)
                 {
                     out.push((rel, st.st_size as u64, st.st_mtime));
                 }
@@ -521,22 +508,32 @@ impl Store {
     }
 }
 
+/// Records a copy's provenance on it.
+fn set_provenance(copy: &File, prov: &Provenance) -> io::Result<()> {
+    let value = prov.encode();
+    Ok(rustix::fs::fsetxattr(
+        copy,
+        XATTR,
+        value.as_bytes(),
+        XattrFlags::empty(),
+    )?)
+}
+
 /// Removes `name` under `dir`: a file, or a directory and everything below it.
 fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    match sys::unlinkat(dir, name, 0) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR | libc::EPERM)) => {}
-        r => return r,
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Err(Errno::ISDIR | Errno::PERM) => {}
+        r => return Ok(r?),
     }
-    let sub = sys::openat(
+    let sub = openat(
         dir,
         name,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
     )?;
-    for e in sys::read_dir_fd(sub.as_fd())? {
+    for e in fdio::read_dir(sub.as_fd())? {
         remove_all(sub.as_fd(), &e.name)?;
     }
-    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
 }
 
 #[cfg(test)]
@@ -591,7 +588,7 @@ mod tests {
         let publish = |name: &str, bytes: &[u8]| {
             let src = dir.path().join(name);
             std::fs::write(&src, bytes).unwrap();
-            let st = sys::stat_path(&src).unwrap();
+            let st = rustix::fs::stat(&src).unwrap();
             let (f, tmp) = store.temp_file().unwrap();
             io::Write::write_all(&mut &f, bytes).unwrap();
             f.sync_all().unwrap();
@@ -615,7 +612,7 @@ mod tests {
             .set_modified(old)
             .unwrap();
         for (src, rel, kept) in [(&same, "same", true), (&changed, "changed", false)] {
-            let st = sys::stat_path(src).unwrap();
+            let st = rustix::fs::stat(src).unwrap();
             assert!(matches!(
                 store.lookup(Path::new(rel), &st).unwrap(),
                 Lookup::Recheck
@@ -632,7 +629,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.bin");
         std::fs::write(&src, b"hello").unwrap();
-        let st = sys::stat_path(&src).unwrap();
+        let st = rustix::fs::stat(&src).unwrap();
         let store = Store::open(&dir.path().join("cache")).unwrap();
         // A second instance on the same cache is refused.
         assert!(Store::open(&dir.path().join("cache")).is_err());

@@ -7,6 +7,10 @@
 //! user, not a squashed root). Switching fsuid away from 0 also drops the thread's
 //! filesystem capabilities, so root's overrides do not leak into a user's request.
 //!
+//! Every switch is per thread: raw syscalls (`rustix::thread::set_thread_groups`,
+//! `sys::set_thread_fs_ids`), never glibc's setgroups or setuid, which apply to every
+//! thread of the process.
+//!
 //! Supplementary groups come from `/proc/PID/status` of the calling process, cached per
 //! pid for a second so a burst of calls from one player reads the file once.
 
@@ -15,6 +19,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rustix::process::Gid;
 
 use crate::sys;
 
@@ -39,7 +44,7 @@ const GROUPS_TTL: Duration = Duration::from_secs(1);
 struct CachedGroups {
     uid: u32,
     gid: u32,
-    groups: Vec<u32>,
+    groups: Vec<Gid>,
     at: Instant,
 }
 
@@ -48,7 +53,7 @@ pub struct Creds {
     /// operation runs with the daemon's own identity.
     enabled: bool,
     /// The daemon's own supplementary groups, restored after each switch.
-    own_groups: Vec<u32>,
+    own_groups: Vec<Gid>,
     groups: Mutex<HashMap<u32, CachedGroups>>,
 }
 
@@ -60,7 +65,7 @@ pub struct CredGuard<'a> {
 impl Drop for CredGuard<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.creds
-            && let Err(e) = sys::set_thread_creds(0, 0, &c.own_groups)
+            && let Err(e) = set_thread_creds(0, 0, &c.own_groups)
         {
             // A thread left with a user's identity would act as that user for the next
             // caller: no way to continue safely.
@@ -73,7 +78,7 @@ impl Drop for CredGuard<'_> {
 impl Creds {
     pub fn new() -> Creds {
         Creds {
-            enabled: sys::geteuid() == 0,
+            enabled: rustix::process::geteuid().is_root(),
             own_groups: own_groups(),
             groups: Mutex::new(HashMap::new()),
         }
@@ -85,11 +90,11 @@ impl Creds {
             return Ok(CredGuard { creds: None });
         }
         let groups = self.groups_of(caller);
-        sys::set_thread_creds(caller.uid, caller.gid, &groups)?;
+        set_thread_creds(caller.uid, caller.gid, &groups)?;
         Ok(CredGuard { creds: Some(self) })
     }
 
-    fn groups_of(&self, caller: &Caller) -> Vec<u32> {
+    fn groups_of(&self, caller: &Caller) -> Vec<Gid> {
         let now = Instant::now();
         let mut cache = self.groups.lock();
         if let Some(c) = cache.get(&caller.pid)
@@ -122,8 +127,14 @@ impl Default for Creds {
     }
 }
 
+/// Sets this thread's supplementary groups, then its filesystem gid and uid.
+fn set_thread_creds(uid: u32, gid: u32, groups: &[Gid]) -> io::Result<()> {
+    rustix::thread::set_thread_groups(groups)?;
+    sys::set_thread_fs_ids(uid, gid)
+}
+
 /// The `Groups:` line of /proc/PID/status.
-fn proc_groups(pid: u32) -> Option<Vec<u32>> {
+fn proc_groups(pid: u32) -> Option<Vec<Gid>> {
     if pid == 0 {
         return None;
     }
@@ -131,19 +142,19 @@ fn proc_groups(pid: u32) -> Option<Vec<u32>> {
     parse_groups(&status)
 }
 
-fn own_groups() -> Vec<u32> {
+fn own_groups() -> Vec<Gid> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| parse_groups(&s))
         .unwrap_or_default()
 }
 
-fn parse_groups(status: &str) -> Option<Vec<u32>> {
+fn parse_groups(status: &str) -> Option<Vec<Gid>> {
     let line = status.lines().find(|l| l.starts_with("Groups:"))?;
     Some(
         line["Groups:".len()..]
             .split_whitespace()
-            .filter_map(|g| g.parse().ok())
+            .filter_map(|g| g.parse().ok().map(Gid::from_raw))
             .collect(),
     )
 }
@@ -155,7 +166,8 @@ mod tests {
     #[test]
     fn groups_line() {
         let s = "Name:\tx\nGroups:\t4 24 1000 \nNgid:\t0\n";
-        assert_eq!(parse_groups(s), Some(vec![4, 24, 1000]));
+        let want = [4, 24, 1000].map(Gid::from_raw).to_vec();
+        assert_eq!(parse_groups(s), Some(want));
         assert_eq!(parse_groups("Groups:\t\n"), Some(vec![]));
         assert_eq!(parse_groups("Name: x\n"), None);
     }

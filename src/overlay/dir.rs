@@ -11,10 +11,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
+use rustix::fs::{FileType, Mode, OFlags};
 
 use super::{Caller, Entry, Overlay};
 use crate::inodes::Inode;
-use crate::sys;
+use crate::{fdio, sys};
 
 pub(super) struct DirHandle {
     /// The directory, opened as the caller; also its inode's descriptor while open.
@@ -25,7 +26,7 @@ pub(super) struct DirHandle {
     nodeid: u64,
     /// Read on the first readdir of the handle, at whatever offset (the kernel goes on
     /// from its own cache of the directory with a new handle), and again at offset 0.
-    listing: Mutex<Option<Vec<sys::DirEntry>>>,
+    listing: Mutex<Option<Vec<fdio::DirEntry>>>,
 }
 
 /// One entry for a plain readdir reply.
@@ -36,6 +37,20 @@ pub struct DirEntryOut<'a> {
     pub name: &'a OsStr,
     /// The offset of the entry after this one.
     pub next: u64,
+}
+
+/// The `DT_*` value of an entry's type.
+fn dtype(kind: FileType) -> u8 {
+    match kind {
+        FileType::RegularFile => libc::DT_REG,
+        FileType::Directory => libc::DT_DIR,
+        FileType::Symlink => libc::DT_LNK,
+        FileType::CharacterDevice => libc::DT_CHR,
+        FileType::BlockDevice => libc::DT_BLK,
+        FileType::Fifo => libc::DT_FIFO,
+        FileType::Socket => libc::DT_SOCK,
+        FileType::Unknown => libc::DT_UNKNOWN,
+    }
 }
 
 const DOT: &[u8] = b".";
@@ -70,11 +85,10 @@ impl Overlay {
         let _as = caller.map(|c| self.creds.enter(c)).transpose()?;
         // Through /proc/self/fd, as a file is opened: reading a directory needs read
         // permission only, where openat(dir, ".") would also need search permission.
-        let proc = sys::proc_path(path_fd.as_fd());
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        Ok(Arc::new(
-            self.inodes.fds.retry(|| sys::open_path(&proc, flags, 0))?,
-        ))
+        let proc = fdio::proc_path(path_fd.as_fd());
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let open = || Ok(rustix::fs::open(&proc, flags, Mode::empty())?);
+        Ok(Arc::new(self.inodes.fds.retry(open)?))
     }
 
     /// The handle's descriptor, opened now if opendir did not need one.
@@ -97,16 +111,16 @@ impl Overlay {
         dir: &DirHandle,
         fh: u64,
         inode: &Inode,
-        listing: &'a mut Option<Vec<sys::DirEntry>>,
+        listing: &'a mut Option<Vec<fdio::DirEntry>>,
         offset: u64,
-    ) -> io::Result<&'a [sys::DirEntry]> {
+    ) -> io::Result<&'a [fdio::DirEntry]> {
         if offset == 0 || listing.is_none() {
             let key = (inode.dev, inode.ino);
             let cached = self.meta.as_ref().and_then(|m| m.listing(key));
             *listing = Some(match cached {
                 Some(l) => l,
                 None => {
-                    let l = sys::read_dir_fd(self.dir_fd(dir, fh, inode)?.as_fd())?;
+                    let l = fdio::read_dir(self.dir_fd(dir, fh, inode)?.as_fd())?;
                     if let Some(meta) = &self.meta {
                         meta.put_listing(key, &l);
                     }
@@ -126,7 +140,7 @@ impl Overlay {
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
         let dir = self.dirs.get(fh)?;
         let inode = self.inode(dir.nodeid)?;
-        sys::fsync(self.dir_fd(&dir, fh, &inode)?.as_fd(), datasync)
+        fdio::sync(self.dir_fd(&dir, fh, &inode)?.as_fd(), datasync)
     }
 
     /// The listing from `offset` on: `.`, `..`, then the directory's names. `add` returns
@@ -160,7 +174,7 @@ impl Overlay {
         for (j, e) in listing.iter().enumerate().skip(i - 2) {
             let out = DirEntryOut {
                 ino: self.inodes.nodeid_of(inode.dev, e.ino),
-                kind: e.kind,
+                kind: dtype(e.kind),
                 name: &e.name,
                 next: j as u64 + 3,
             };
@@ -190,17 +204,15 @@ impl Overlay {
         let listing = self.listing(&dir, fh, &inode, &mut guard, offset)?;
         let mut i = offset as usize;
         if i < 2 {
-            let this = Entry {
-                nodeid,
-                stat: match self
-                    .meta
-                    .as_ref()
-                    .and_then(|m| m.attr((inode.dev, inode.ino)))
-                {
-                    Some(st) => st,
-                    None => sys::fstat(self.dir_fd(&dir, fh, &inode)?.as_fd())?,
-                },
+            let stat = match self
+                .meta
+                .as_ref()
+                .and_then(|m| m.attr((inode.dev, inode.ino)))
+            {
+                Some(st) => st,
+                None => sys::libc_stat(&rustix::fs::fstat(&*self.dir_fd(&dir, fh, &inode)?)?),
             };
+            let this = Entry { nodeid, stat };
             while i < 2 {
                 let name = OsStr::from_bytes(if i == 0 { DOT } else { DOTDOT });
                 if add(name, &this, i as u64 + 1) {

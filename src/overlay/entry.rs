@@ -4,12 +4,14 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
+
+use rustix::fs::{Access, AtFlags, FileType, Gid, Mode, RenameFlags, Timespec, Timestamps, Uid};
 
 use super::{Caller, Entry, Overlay, check_writable};
 use crate::meta::Lookup;
-use crate::sys::{self, TimeSpec};
+use crate::{fdio, sys};
 
 /// A new timestamp in a setattr.
 #[derive(Debug, Clone, Copy)]
@@ -31,12 +33,18 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
-fn timespec(t: Option<Timestamp>) -> TimeSpec {
-    match t {
-        None => TimeSpec::Omit,
-        Some(Timestamp::Now) => TimeSpec::Now,
-        Some(Timestamp::At(s, ns)) => TimeSpec::Set(s, ns as i64),
-    }
+fn timespec(t: Option<Timestamp>) -> Timespec {
+    let (tv_sec, tv_nsec) = match t {
+        None => (0, rustix::fs::UTIME_OMIT),
+        Some(Timestamp::Now) => (0, rustix::fs::UTIME_NOW),
+        Some(Timestamp::At(s, ns)) => (s, ns.into()),
+    };
+    Timespec { tv_sec, tv_nsec }
+}
+
+/// The permission bits of a mode (its type bits are the file's, never changed here).
+fn perm(mode: u32) -> Mode {
+    Mode::from_raw_mode(mode & 0o7777)
 }
 
 impl Overlay {
@@ -74,7 +82,7 @@ impl Overlay {
     /// Attributes of a node; with `fh`, of that open file (which may be unlinked).
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> io::Result<sys::Stat> {
         if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
-            return sys::fstat(h.fd.as_fd());
+            return Ok(sys::libc_stat(&rustix::fs::fstat(&*h.fd)?));
         }
         if let Some(meta) = &self.meta {
             let inode = self.inode(nodeid)?;
@@ -83,7 +91,7 @@ impl Overlay {
             }
         }
         let (_, fd) = self.node(nodeid)?;
-        let st = sys::fstat(fd.as_fd())?;
+        let st = sys::libc_stat(&rustix::fs::fstat(&*fd)?);
         if let Some(meta) = &self.meta {
             meta.put_attr(&st);
         }
@@ -100,24 +108,30 @@ impl Overlay {
         }
         let fd = self.fd(&inode)?;
         let mut as_caller = Some(self.creds.enter(caller)?);
-        let proc = sys::proc_path(fd.as_fd());
+        let proc = fdio::proc_path(fd.as_fd());
 
         if let Some(mode) = set.mode {
             match &handle {
-                Some(h) => sys::fchmod(h.fd.as_fd(), mode & 0o7777)?,
+                Some(h) => rustix::fs::fchmod(&*h.fd, perm(mode))?,
                 // Symlinks have no mode of their own on Linux.
                 None if inode.is_symlink() => {
                     return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
                 }
-                None => sys::chmod_path(&proc, mode & 0o7777)?,
+                None => rustix::fs::chmod(&proc, perm(mode))?,
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::fchownat_fd(fd.as_fd(), set.uid, set.gid)?;
+            rustix::fs::chownat(
+                &*fd,
+                c"",
+                set.uid.map(Uid::from_raw),
+                set.gid.map(Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
         if let Some(size) = set.size {
             match &handle {
-                Some(h) => sys::ftruncate(h.fd.as_fd(), size)?,
+                Some(h) => rustix::fs::ftruncate(&*h.fd, size)?,
                 None => sys::truncate_path(&proc, size)?,
             }
             // Readers already open follow the new size; their copies are the daemon's own.
@@ -126,22 +140,20 @@ impl Overlay {
             as_caller = Some(self.creds.enter(caller)?);
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let (a, m) = (timespec(set.atime), timespec(set.mtime));
+            let times = Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
             if inode.is_symlink() {
-                sys::utimensat(
-                    fd.as_raw_fd(),
-                    c"",
-                    a,
-                    m,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )?;
+                let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+                rustix::fs::utimensat(&*fd, c"", &times, flags)?;
             } else {
-                sys::utimensat(libc::AT_FDCWD, &proc, a, m, 0)?;
+                rustix::fs::utimensat(rustix::fs::CWD, &proc, &times, AtFlags::empty())?;
             }
         }
         drop(as_caller);
         self.meta_changed((inode.dev, inode.ino));
-        let st = sys::fstat(fd.as_fd())?;
+        let st = rustix::fs::fstat(&*fd)?;
         if set.size.is_none()
             && set.mtime.is_none()
             && let (Some(cache), Some(rel)) = (&self.cache, self.rel_of(&inode))
@@ -149,7 +161,7 @@ impl Overlay {
             // A chmod, chown or atime change through the mount: the bytes are the same.
             cache.metadata_changed(&rel, &st);
         }
-        Ok(st)
+        Ok(sys::libc_stat(&st))
     }
 
     pub fn readlink(&self, nodeid: u64) -> io::Result<std::ffi::OsString> {
@@ -157,7 +169,10 @@ impl Overlay {
         if !inode.is_symlink() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        sys::readlink_fd(fd.as_fd())
+        let target = rustix::fs::readlinkat(&*fd, c"", Vec::new())?;
+        Ok(std::os::unix::ffi::OsStringExt::from_vec(
+            target.into_bytes(),
+        ))
     }
 
     pub fn mknod(
@@ -171,7 +186,12 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::mknodat(pfd.as_fd(), name, mode, rdev as u64)?;
+        // No type bits make a regular file, as mknod(2) does.
+        let kind = match mode & libc::S_IFMT {
+            0 => FileType::RegularFile,
+            t => FileType::from_raw_mode(t),
+        };
+        rustix::fs::mknodat(&*pfd, name, kind, perm(mode), rdev.into())?;
         self.meta_name_changed(&parent, name);
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
@@ -186,7 +206,7 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::mkdirat(pfd.as_fd(), name, mode)?;
+        rustix::fs::mkdirat(&*pfd, name, perm(mode))?;
         self.meta_name_changed(&parent, name);
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
@@ -201,7 +221,7 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        sys::symlinkat(target, pfd.as_fd(), name)?;
+        rustix::fs::symlinkat(target, &*pfd, name)?;
         self.meta_name_changed(&parent, name);
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }
@@ -218,34 +238,42 @@ impl Overlay {
         let (newparent, npfd) = self.node(newparent)?;
         // The name the copy (if any) is under, before the new link becomes the inode's.
         let rel = self.rel_of(&inode);
-        let entry = {
+        let (linked, st) = {
             let _as = self.creds.enter(caller)?;
-            sys::link_fd(fd.as_fd(), npfd.as_fd(), newname)?;
+            // Through /proc/self/fd with AT_SYMLINK_FOLLOW, which, unlike AT_EMPTY_PATH,
+            // needs no CAP_DAC_READ_SEARCH, so it works with the caller's fsuid.
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                fdio::proc_path(fd.as_fd()),
+                &*npfd,
+                newname,
+                AtFlags::SYMLINK_FOLLOW,
+            )?;
             self.meta_changed((inode.dev, inode.ino));
             self.meta_name_changed(&newparent, newname);
-            self.lookup_inode(&newparent, npfd.as_fd(), newname)?
+            self.inodes.lookup(&newparent, npfd.as_fd(), newname)?
         };
         // A new link changes the file's ctime, not its bytes.
         if let (Some(cache), Some(rel)) = (&self.cache, rel) {
-            cache.metadata_changed(&rel, &entry.stat);
+            cache.metadata_changed(&rel, &st);
         }
-        Ok(entry)
+        Ok(Entry::new(linked.nodeid, &st))
     }
 
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
-        self.remove(caller, parent, name, 0)
+        self.remove(caller, parent, name, AtFlags::empty())
     }
 
     pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<()> {
-        self.remove(caller, parent, name, libc::AT_REMOVEDIR)
+        self.remove(caller, parent, name, AtFlags::REMOVEDIR)
     }
 
-    fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: i32) -> io::Result<()> {
+    fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: AtFlags) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         {
             let _as = self.creds.enter(caller)?;
-            sys::unlinkat(pfd.as_fd(), name, flags)?;
+            rustix::fs::unlinkat(&*pfd, name, flags)?;
         }
         self.meta_name_changed(&parent, name);
         if let (Some(cache), Some(rel)) = (&self.cache, self.rel_child(&parent, name)) {
@@ -283,7 +311,8 @@ impl Overlay {
         }
         {
             let _as = self.creds.enter(caller)?;
-            sys::renameat2(pfd.as_fd(), name, npfd.as_fd(), newname, flags)?;
+            let flags = RenameFlags::from_bits_retain(flags);
+            rustix::fs::renameat_with(&*pfd, name, &*npfd, newname, flags)?;
         }
         // Both names, both directories, and the objects moved (their ctime, and a
         // directory's `..`).
@@ -303,7 +332,8 @@ impl Overlay {
                 (Some(from), Some(to)) if flags & libc::RENAME_EXCHANGE == 0 => {
                     cache.renamed(from, to);
                     // A rename changes the moved file's ctime, not its bytes.
-                    if let Ok(st) = sys::fstatat(npfd.as_fd(), newname, libc::AT_SYMLINK_NOFOLLOW) {
+                    let st = rustix::fs::statat(&*npfd, newname, AtFlags::SYMLINK_NOFOLLOW);
+                    if let Ok(st) = st {
                         cache.metadata_changed(to, &st);
                     }
                 }
@@ -323,7 +353,7 @@ impl Overlay {
         dir: std::os::fd::BorrowedFd<'_>,
         name: &OsStr,
     ) -> Option<Arc<crate::inodes::Inode>> {
-        let st = sys::fstatat(dir, name, libc::AT_SYMLINK_NOFOLLOW).ok()?;
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
         self.inodes
             .get(self.inodes.nodeid_of(st.st_dev, st.st_ino))
             .ok()
@@ -342,15 +372,15 @@ impl Overlay {
     /// The filesystem of a node: SOURCE's own, asked through the root's descriptor, for
     /// every node on SOURCE's device (no descriptor of the node is opened for it: a
     /// scanner's statfs must not reach the disk); the node's for one mounted inside.
-    pub fn statfs(&self, nodeid: u64) -> io::Result<libc::statvfs> {
+    pub fn statfs(&self, nodeid: u64) -> io::Result<rustix::fs::StatVfs> {
         let root = self.inodes.root_fd();
-        match self.inode(nodeid) {
+        Ok(match self.inode(nodeid) {
             Ok(inode) if inode.dev != self.inodes.root().dev => match self.fd(&inode) {
-                Ok(fd) => sys::fstatvfs(fd.as_fd()),
-                Err(_) => sys::fstatvfs(root),
+                Ok(fd) => rustix::fs::fstatvfs(&*fd)?,
+                Err(_) => rustix::fs::fstatvfs(root)?,
             },
-            _ => sys::fstatvfs(root),
-        }
+            _ => rustix::fs::fstatvfs(root)?,
+        })
     }
 
     pub fn access(&self, caller: &Caller, nodeid: u64, mask: i32) -> io::Result<()> {
@@ -360,6 +390,14 @@ impl Overlay {
             // access(2) follows symlinks; the kernel resolves them before asking us.
             return Ok(());
         }
-        sys::faccess(&sys::proc_path(fd.as_fd()), mask)
+        // With the thread's fs ids (AT_EACCESS, faccessat2), not its real ones.
+        let mask = Access::from_bits_retain(mask as u32);
+        let path = fdio::proc_path(fd.as_fd());
+        Ok(rustix::fs::accessat(
+            rustix::fs::CWD,
+            &path,
+            mask,
+            AtFlags::EACCESS,
+        )?)
     }
 }

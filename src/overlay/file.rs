@@ -17,17 +17,19 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use rustix::fs::{Advice, AtFlags, FallocateFlags, OFlags, SeekFrom};
 
 use super::{Caller, Entry, Overlay, check_writable};
 use crate::cache::promoter::Job;
 use crate::config::PromoteMode;
-use crate::sys;
+use crate::{fdio, sys};
 
 /// How an open inode is being served.
 #[derive(Default)]
@@ -110,6 +112,11 @@ pub struct Opened {
 const STRIP: i32 =
     libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_DIRECT;
 
+/// FUSE's open flags (an i32) as rustix's, close-on-exec.
+fn oflags(flags: i32) -> OFlags {
+    OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
+}
+
 fn is_write(flags: i32) -> bool {
     matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR) || flags & libc::O_TRUNC != 0
 }
@@ -131,12 +138,15 @@ impl Overlay {
         }
         let fd = {
             let _as = self.creds.enter(caller)?;
-            let proc = sys::proc_path(path_fd.as_fd());
-            Arc::new(
-                self.inodes
-                    .fds
-                    .retry(|| sys::open_path(&proc, flags & !STRIP, 0))?,
-            )
+            let proc = fdio::proc_path(path_fd.as_fd());
+            let open = || {
+                Ok(rustix::fs::open(
+                    &proc,
+                    oflags(flags & !STRIP),
+                    rustix::fs::Mode::empty(),
+                )?)
+            };
+            Arc::new(self.inodes.fds.retry(open)?)
         };
         drop(path_fd);
         let regular = inode.is_regular();
@@ -156,7 +166,7 @@ impl Overlay {
                     self.readers_leave_copies((inode.dev, inode.ino));
                     None
                 } else {
-                    let st = sys::fstat(fd.as_fd())?;
+                    let st = rustix::fs::fstat(&*fd)?;
                     cache.lookup(rel, &st).map(Arc::new)
                 }
             }
@@ -277,7 +287,7 @@ impl Overlay {
     pub(super) fn truncated(&self, inode: &crate::inodes::Inode, size: u64) {
         self.readers_leave_copies((inode.dev, inode.ino));
         let obj = (inode.dev, inode.ino);
-        self.mirror(obj, |m| sys::ftruncate(m.as_fd(), size));
+        self.mirror(obj, |m| Ok(rustix::fs::ftruncate(m, size)?));
         if let Ok(fd) = self.fd(inode) {
             self.others_changed(obj, inode.nodeid, fd.as_fd());
         }
@@ -318,7 +328,8 @@ impl Overlay {
             return;
         }
         // The daemon's own identity: the copy is the daemon's file.
-        match sys::open_path(&sys::proc_path(backing.as_fd()), libc::O_WRONLY, 0) {
+        let proc = fdio::proc_path(backing.as_fd());
+        match rustix::fs::open(&proc, oflags(libc::O_WRONLY), rustix::fs::Mode::empty()) {
             Ok(fd) => {
                 mirrors
                     .entry(obj)
@@ -362,7 +373,7 @@ impl Overlay {
         if others.is_empty() {
             return;
         }
-        let size = sys::fstat(fd).ok().map(|st| st.st_size as u64);
+        let size = rustix::fs::fstat(fd).ok().map(|st| st.st_size as u64);
         for n in others {
             invalidate(n, true, size);
         }
@@ -438,7 +449,7 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         // O_CREAT of an existing file that readers have open by passthrough: as in `open`.
-        if let Ok(st) = sys::fstatat(pfd.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+        if let Ok(st) = rustix::fs::statat(&*pfd, name, AtFlags::SYMLINK_NOFOLLOW)
             && let Ok(existing) = self.inode(self.inodes.nodeid_of(st.st_dev, st.st_ino))
         {
             self.refuse_beside_passthrough(&existing)?;
@@ -447,11 +458,8 @@ impl Overlay {
             let _as = self.creds.enter(caller)?;
             let flags =
                 (flags & !(libc::O_NOCTTY | libc::O_DIRECT)) | libc::O_CREAT | libc::O_NOFOLLOW;
-            Arc::new(
-                self.inodes
-                    .fds
-                    .retry(|| sys::openat(pfd.as_fd(), name, flags, mode))?,
-            )
+            let create = || Ok(rustix::fs::openat(&*pfd, name, oflags(flags), mode.into())?);
+            Arc::new(self.inodes.fds.retry(create)?)
         };
         // The inode's identity comes from the open file itself, not from the name, which
         // another process could already have replaced.
@@ -494,10 +502,7 @@ impl Overlay {
         });
         self.inodes.fds.pin(inode.nodeid, fh, fd);
         Ok((
-            Entry {
-                nodeid: inode.nodeid,
-                stat,
-            },
+            Entry::new(inode.nodeid, &stat),
             Opened {
                 fh,
                 passthrough: None,
@@ -513,7 +518,7 @@ impl Overlay {
         let copy = h.copy.lock().clone();
         let mut buf = vec![0u8; size as usize];
         let n = match &copy {
-            Some(c) => match sys::pread_full(c.as_fd(), &mut buf, offset) {
+            Some(c) => match fdio::pread_full(c.as_fd(), &mut buf, offset) {
                 Ok(n) => n,
                 // A cache-side failure never reaches the reader (invariant 8).
                 Err(e) => {
@@ -523,10 +528,10 @@ impl Overlay {
                             .mark_unusable(&format!("reading a cached copy: {e}"));
                     }
                     *h.copy.lock() = None;
-                    sys::pread_full(h.fd.as_fd(), &mut buf, offset)?
+                    fdio::pread_full(h.fd.as_fd(), &mut buf, offset)?
                 }
             },
-            None => sys::pread_full(h.fd.as_fd(), &mut buf, offset)?,
+            None => fdio::pread_full(h.fd.as_fd(), &mut buf, offset)?,
         };
         if h.o_direct && copy.is_none() {
             drop_pages(&h, offset, n as u64, false);
@@ -572,7 +577,7 @@ impl Overlay {
         if h.copy.lock().is_some() {
             return;
         }
-        let Ok(st) = sys::fstat(h.fd.as_fd()) else {
+        let Ok(st) = rustix::fs::fstat(&*h.fd) else {
             return;
         };
         if let Some(copy) = cache.lookup(rel, &st) {
@@ -603,13 +608,15 @@ impl Overlay {
         self.before_change(&h);
         let mut done = 0;
         while done < data.len() {
-            let n = sys::pwrite(h.fd.as_fd(), &data[done..], offset + done as u64)?;
+            let n = rustix::io::pwrite(&*h.fd, &data[done..], offset + done as u64)?;
             if n == 0 {
                 break;
             }
             done += n;
         }
-        self.mirror(h.obj, |m| sys::pwrite_all(m.as_fd(), &data[..done], offset));
+        self.mirror(h.obj, |m| {
+            fdio::pwrite_all(m.as_fd(), &data[..done], offset)
+        });
         self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
         if h.o_direct {
             drop_pages(&h, offset, done as u64, true);
@@ -635,12 +642,15 @@ impl Overlay {
         }
     }
 
+    /// close(dup(fd)): lets the source filesystem see a close (NFS flushes there) while
+    /// the handle itself stays open.
     pub fn flush(&self, fh: u64) -> io::Result<()> {
-        sys::flush(self.files.get(fh)?.fd.as_fd())
+        drop(self.files.get(fh)?.fd.try_clone()?);
+        Ok(())
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
-        sys::fsync(self.files.get(fh)?.fd.as_fd(), datasync)
+        fdio::sync(self.files.get(fh)?.fd.as_fd(), datasync)
     }
 
     /// Closes a handle. The last passthrough open of an inode closes its backing file's
@@ -685,14 +695,27 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let h = self.files.get(fh)?;
         self.before_change(&h);
-        sys::fallocate(h.fd.as_fd(), mode, offset, length)?;
-        self.mirror(h.obj, |m| sys::fallocate(m.as_fd(), mode, offset, length));
+        let mode = FallocateFlags::from_bits_retain(mode as u32);
+        rustix::fs::fallocate(&*h.fd, mode, offset, length)?;
+        self.mirror(h.obj, |m| {
+            Ok(rustix::fs::fallocate(m, mode, offset, length)?)
+        });
         self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
         Ok(())
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
-        sys::lseek(self.files.get(fh)?.fd.as_fd(), offset, whence)
+        let h = self.files.get(fh)?;
+        // Offsets pass through as the kernel's signed ones: a negative one is its EINVAL.
+        let pos = match whence {
+            libc::SEEK_SET => SeekFrom::Start(offset as u64),
+            libc::SEEK_CUR => SeekFrom::Current(offset),
+            libc::SEEK_END => SeekFrom::End(offset),
+            libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        Ok(rustix::fs::seek(&*h.fd, pos)? as i64)
     }
 
     pub fn copy_file_range(
@@ -709,12 +732,19 @@ impl Overlay {
         // The reply carries a u32 count; the kernel asks again for the rest.
         let len = len.min(1 << 30) as usize;
         self.before_change(&fout);
-        let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
+        let (mut at_in, mut at_out) = (off_in, off_out);
+        let n = rustix::fs::copy_file_range(
+            &*fin.fd,
+            Some(&mut at_in),
+            &*fout.fd,
+            Some(&mut at_out),
+            len,
+        )?;
         // Passthrough readers of the target follow: the bytes, as they landed.
         self.mirror(fout.obj, |m| {
             let mut buf = vec![0u8; n];
-            let got = sys::pread_full(fout.fd.as_fd(), &mut buf, off_out)?;
-            sys::pwrite_all(m.as_fd(), &buf[..got], off_out)
+            let got = fdio::pread_full(fout.fd.as_fd(), &mut buf, off_out)?;
+            fdio::pwrite_all(m.as_fd(), &buf[..got], off_out)
         });
         self.others_changed(fout.obj, fout.nodeid, fout.fd.as_fd());
         Ok(n as u32)
@@ -730,5 +760,5 @@ fn drop_pages(h: &FileHandle, offset: u64, len: u64, written: bool) {
     if written {
         let _ = sys::sync_range(h.fd.as_fd(), offset, len);
     }
-    let _ = sys::fadvise(h.fd.as_fd(), offset, len, libc::POSIX_FADV_DONTNEED);
+    let _ = rustix::fs::fadvise(&*h.fd, offset, NonZeroU64::new(len), Advice::DontNeed);
 }

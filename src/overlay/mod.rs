@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use rustix::fs::{FileType, Mode, OFlags};
 
 pub use creds::Caller;
 pub use dir::DirEntryOut;
@@ -33,7 +34,7 @@ use crate::config::{Config, Passthrough};
 use crate::inodes::{Inode, InodeTable};
 use crate::meta::{MetaCache, MetaStats};
 use crate::source::{FdStats, Fds};
-use crate::sys;
+use crate::{fdio, sys};
 
 /// Asks the kernel to drop its cached attributes of a node, and its cached data too when
 /// the flag is set (a fuser notifier, wrapped so that the core knows nothing of fuser).
@@ -43,11 +44,21 @@ use crate::sys;
 /// would otherwise raise SIGBUS, as the kernel does not ask for attributes there).
 pub type Invalidator = Box<dyn Fn(u64, bool, Option<u64>) + Send + Sync>;
 
-/// A looked-up object: its node id and the source's attributes.
+/// A looked-up object: its node id and the source's attributes (in the layout
+/// `crate::fuse` reads).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
     pub nodeid: u64,
     pub stat: sys::Stat,
+}
+
+impl Entry {
+    fn new(nodeid: u64, st: &rustix::fs::Stat) -> Entry {
+        Entry {
+            nodeid,
+            stat: sys::libc_stat(st),
+        }
+    }
 }
 
 pub struct Overlay {
@@ -120,11 +131,11 @@ impl Overlay {
     /// Opens SOURCE's root. The daemon's umask is cleared: the kernel has already applied
     /// the caller's umask to every mode it sends.
     pub fn new(cfg: Arc<Config>) -> io::Result<Overlay> {
-        let root_path = sys::cpath(&cfg.source)?;
-        let root: OwnedFd = sys::open_path(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        sys::set_umask(0);
-        let (limit, _) = sys::nofile_limit()?;
-        let fds = Fds::new(limit);
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root: OwnedFd = rustix::fs::open(&cfg.source, flags, Mode::empty())?;
+        rustix::process::umask(Mode::empty());
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let fds = Fds::new(limit.unwrap_or(u64::MAX));
         let cache = match Cache::open(&cfg, root.try_clone()?) {
             Ok(c) => Some(c),
             // Another instance owns this cache: refuse, never share (invariant 5).
@@ -273,13 +284,11 @@ impl Overlay {
         name: &OsStr,
     ) -> io::Result<Entry> {
         let (inode, stat) = self.inodes.lookup(parent, pfd, name)?;
+        let entry = Entry::new(inode.nodeid, &stat);
         if let Some(meta) = &self.meta {
-            meta.put_attr(&stat);
+            meta.put_attr(&entry.stat);
         }
-        Ok(Entry {
-            nodeid: inode.nodeid,
-            stat,
-        })
+        Ok(entry)
     }
 
     /// Inodes the kernel remembers, and the descriptor cache's state.
@@ -310,22 +319,22 @@ impl Overlay {
             // Not a directory: a regular file is its own list.
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
                 let f = crate::cache::store::open_below(self.inodes.root_fd(), rel)?;
-                return match sys::fstat(f.as_fd())?.st_mode & libc::S_IFMT {
+                return match rustix::fs::fstat(&f)?.st_mode & libc::S_IFMT {
                     libc::S_IFREG => Ok(vec![rel.to_path_buf()]),
                     _ => Err(io::Error::other("not a regular file or directory")),
                 };
             }
             Err(e) => return Err(e),
         };
-        let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut out = Vec::new();
         let mut stack = vec![(start, rel.to_path_buf())];
         while let Some((dir, prefix)) = stack.pop() {
-            for e in sys::read_dir_fd(dir.as_fd())? {
+            for e in fdio::read_dir(dir.as_fd())? {
                 match e.kind {
-                    libc::DT_REG => out.push(prefix.join(&e.name)),
-                    libc::DT_DIR => {
-                        if let Ok(d) = sys::openat(dir.as_fd(), &e.name, dir_flags, 0) {
+                    FileType::RegularFile => out.push(prefix.join(&e.name)),
+                    FileType::Directory => {
+                        if let Ok(d) = rustix::fs::openat(&dir, &e.name, dir_flags, Mode::empty()) {
                             stack.push((d, prefix.join(&e.name)));
                         }
                     }
@@ -345,6 +354,6 @@ impl Overlay {
         let Ok(src) = crate::cache::store::open_below(self.inodes.root_fd(), rel) else {
             return false;
         };
-        sys::fstat(src.as_fd()).is_ok_and(|st| cache.lookup(rel, &st).is_some())
+        rustix::fs::fstat(&src).is_ok_and(|st| cache.lookup(rel, &st).is_some())
     }
 }

@@ -6,8 +6,10 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
 
+use rustix::fs::XattrFlags;
+
 use super::{Caller, Overlay, check_writable};
-use crate::sys;
+use crate::fdio::proc_path;
 
 /// The answer to a get/list call: the size asked for with a zero-sized buffer, or the
 /// bytes themselves.
@@ -39,7 +41,12 @@ impl Overlay {
         let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::getxattr(&sys::proc_path(fd.as_fd()), name, &mut buf)?;
+        let path = proc_path(fd.as_fd());
+        // rustix answers a zero-sized buffer with 0: the size is asked for on its own.
+        let n = match size {
+            0 => rustix::fs::getxattr_query(path, name)?,
+            _ => rustix::fs::getxattr(path, name, &mut buf[..])?,
+        };
         reply(buf, n, size)
     }
 
@@ -47,7 +54,11 @@ impl Overlay {
         let (_, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::listxattr(&sys::proc_path(fd.as_fd()), &mut buf)?;
+        let path = proc_path(fd.as_fd());
+        let n = match size {
+            0 => rustix::fs::listxattr_query(path)?,
+            _ => rustix::fs::listxattr(path, &mut buf[..])?,
+        };
         reply(buf, n, size)
     }
 
@@ -63,7 +74,8 @@ impl Overlay {
         let (inode, fd) = self.node(nodeid)?;
         {
             let _as = self.creds.enter(caller)?;
-            sys::setxattr(&sys::proc_path(fd.as_fd()), name, value, flags)?;
+            let flags = XattrFlags::from_bits_retain(flags as u32);
+            rustix::fs::setxattr(proc_path(fd.as_fd()), name, value, flags)?;
         }
         self.xattrs_changed(&inode, fd.as_fd());
         Ok(())
@@ -74,7 +86,7 @@ impl Overlay {
         let (inode, fd) = self.node(nodeid)?;
         {
             let _as = self.creds.enter(caller)?;
-            sys::removexattr(&sys::proc_path(fd.as_fd()), name)?;
+            rustix::fs::removexattr(proc_path(fd.as_fd()), name)?;
         }
         self.xattrs_changed(&inode, fd.as_fd());
         Ok(())
@@ -85,7 +97,8 @@ impl Overlay {
     /// next open a miss and a re-read of the whole file from SOURCE.
     fn xattrs_changed(&self, inode: &crate::inodes::Inode, fd: std::os::fd::BorrowedFd<'_>) {
         self.meta_changed((inode.dev, inode.ino));
-        if let (Some(cache), Some(rel), Ok(st)) = (&self.cache, self.rel_of(inode), sys::fstat(fd))
+        if let (Some(cache), Some(rel), Ok(st)) =
+            (&self.cache, self.rel_of(inode), rustix::fs::fstat(fd))
         {
             cache.metadata_changed(&rel, &st);
         }

@@ -74,7 +74,7 @@ impl Fixture {
 
     /// An open of `rel` served from its copy: the copy becomes the most recently used.
     fn open(&self, rel: &str) {
-        let st = cachefs::sys::stat_path(&self.dirs.src(rel)).expect("stat of SOURCE");
+        let st = rustix::fs::stat(self.dirs.src(rel)).expect("stat of SOURCE");
         assert!(
             self.cache.lookup(Path::new(rel), &st).is_some(),
             "{rel} has a valid copy"

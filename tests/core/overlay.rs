@@ -484,7 +484,7 @@ fn a_copy_racing_a_write_through_the_mount_is_never_served_mixed() {
         // One request, one pwrite of the whole file.
         c.ov.write(&who, w.fh, 0, data, false).expect("write");
         let _ = job.wait(DEADLINE);
-        let st = cachefs::sys::stat_path(&c.dirs.src("a")).expect("stat");
+        let st = rustix::fs::stat(c.dirs.src("a")).expect("stat");
         if let Some(copy) = c.cache().lookup(Path::new("a"), &st) {
             let mut got = vec![0u8; LEN];
             copy.read_exact_at(&mut got, 0).expect("read the copy");
