@@ -384,7 +384,7 @@ cell() { # SYSTEM METRIC NATIVE_METRIC READS
     local v n out
     v=$(med "$1" "$2")
     if [ "$1" = native ]; then
-        out="$v s"
+        out=$(awk -v v="$v" 'BEGIN { printf "%.3f s\n", v }')
     else
         n=$(med native "$3")
         out=$(ratio "$v" "$n")
