@@ -3,7 +3,7 @@
 # when they are installed, against the same SOURCE read directly ("native"), in one run,
 # printed as one Markdown table (each row a ratio to native, native in seconds).
 #
-#   scripts/bench-scan.sh                  (as root; about 5 minutes)
+#   scripts/bench-scan.sh                  (as root; about 4 minutes at BENCH_REPS=3)
 #   MERGERFS=/path/to/mergerfs RCLONE=/path/to/rclone scripts/bench-scan.sh
 #
 # SOURCE is an ext4 image on a loop device, so /sys/block/loopN/stat (field 1, read
