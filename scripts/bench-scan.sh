@@ -13,7 +13,7 @@
 # counts say what a real disk would add (BENCH_IMAGE_DIR puts the image on one). It holds
 # 100 shows x 5 seasons x 100 episodes (sparse files), the .nfo/.jpg a scraper leaves, and
 # one season of 1,500 episodes (scripts/bench-scan.py). For each system, BENCH_REPS times
-# (a fresh mount each time; within a rep the systems take turns, each rep starting one
+# (a fresh mount and an empty cache each time; within a rep the systems take turns, each rep starting one
 # further on):
 #
 #   first scan   caches dropped (echo 3 >/proc/sys/vm/drop_caches), then
@@ -180,6 +180,7 @@ IMAGE=$IMAGE_TMP/source.img
 
 # ---- the binary ---------------------------------------------------------------------------
 
+CACHEFS_GIVEN=${CACHEFS_BIN:-}
 private_binary
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -329,6 +330,9 @@ run() { # SYSTEM
     if [ "$s" = native ]; then
         root=$SRC
     else
+        # An empty cache each rep: a first scan must not be answered from what the last
+        # rep left (cachefs's metadata snapshot in CACHE/meta, rclone's cache dir).
+        rm -rf "$WORK/cache-$s" "$WORK/rclone-cache"
         start_system "$s"
     fi
     scan "$root" 1
@@ -403,9 +407,13 @@ label() {
     esac
 }
 
-REV=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-    REV="$REV+changes"
+if [ -n "${CACHEFS_GIVEN:-}" ]; then
+    REV="binary $CACHEFS_GIVEN"
+else
+    REV=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+        REV="$REV+changes"
+    fi
 fi
 
 {
