@@ -13,8 +13,8 @@
 # counts say what a real disk would add (BENCH_IMAGE_DIR puts the image on one). It holds
 # 100 shows x 5 seasons x 100 episodes (sparse files), the .nfo/.jpg a scraper leaves, and
 # one season of 1,500 episodes (scripts/bench-scan.py). For each system, BENCH_REPS times
-# (a fresh mount and an empty cache each time; within a rep the systems take turns, each rep starting one
-# further on):
+# (a fresh mount and an empty cache each time; within a rep the systems take turns, each
+# rep starting one further on):
 #
 #   first scan   caches dropped (echo 3 >/proc/sys/vm/drop_caches), then
 #                `find MNT -printf '%s %T@\n'`; with the SOURCE reads it caused
