@@ -4,15 +4,22 @@
 //! - `cli`, `options`, `config`: argv (direct or fstab form) to one validated `Config`.
 //! - `lifecycle`: start (foreground or daemon), the stale-mount check, the FUSE session,
 //!   the watchdog, a clean stop on signals; the process-wide state in one place.
+//! - `control`: the control socket: the typed protocol (`proto`), its server, its client,
+//!   what a person sees (`render`) and the subcommands (`run`).
+//! - `daemon`: the running daemon's answers on the control socket (status, promote...).
 //! - `mountinfo`: /proc/self/mountinfo parsed, mounts found, stale ones removed.
-//! - `fuse`: the one `fuser::Filesystem` impl, a thin adapter over `overlay`.
+//! - `logging`: stderr, syslog or a log file.
+//! - `fuse`: the one `fuser::Filesystem` impl, a thin adapter over `overlay` that logs
+//!   each error it answers once.
 //! - `overlay`: the core; every operation passed through to SOURCE with the caller's
 //!   identity, through directory descriptors and single names (never joined paths).
+//! - `meta`: the metadata cache (`meta_ttl`) and its snapshot.
 //! - `inodes`: node ids <-> source objects (a file handle, or parent and name, each;
 //!   no descriptor held), lookup counts.
 //! - `source`: the bounded cache of SOURCE descriptors; shedding it when they run short.
 //! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
 //!   that fills it (`cache::promoter`, steered by `policy`).
+//! - `codec`: the sealed little-endian format of the daemon's own files (index, snapshot).
 //! - `exit`: the exit codes, one documented table.
 //! - `fdio`: descriptor helpers over rustix (whole directories, full reads and writes).
 //! - `sys`: the only `unsafe`: what rustix does not wrap safely.
