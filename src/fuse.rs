@@ -27,6 +27,9 @@ pub struct CachefsFs {
     attr_ttl: Duration,
     entry_ttl: Duration,
     negative_ttl: Duration,
+    /// The kernel reads directories without opening them (set at init): no OPENDIR and
+    /// RELEASEDIR round trip per directory of a rescan.
+    no_opendir: bool,
 }
 
 impl CachefsFs {
@@ -37,6 +40,7 @@ impl CachefsFs {
             attr_ttl: cfg.attr_timeout,
             entry_ttl: cfg.entry_timeout,
             negative_ttl: cfg.negative_timeout,
+            no_opendir: false,
         }
     }
 
@@ -206,6 +210,11 @@ impl Filesystem for CachefsFs {
             // Symlink targets are kept in the page cache: a symlink's target never
             // changes (a new target is a new object).
             | InitFlags::FUSE_CACHE_SYMLINKS
+            // Directories are read without OPENDIR (answered ENOSYS once, then never sent
+            // again): the kernel opens them itself with FOPEN_CACHE_DIR|FOPEN_KEEP_CACHE,
+            // and reads come with handle 0. Read permission is the kernel's to check
+            // (default_permissions, with allow_other) or the mount owner's alone.
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT
             // The daemon clears setuid/setgid on a non-owner's write itself, as the source
             // filesystem would; without it the kernel asks for a chmod as the writer, which
             // a non-owner may not do, and the write fails.
@@ -214,6 +223,7 @@ impl Filesystem for CachefsFs {
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!("kernel lacks FUSE capabilities {missing:?}");
         }
+        self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         let want_pt = self.core.wants_passthrough();
         let has_pt = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
         let pt = want_pt
@@ -507,6 +517,9 @@ impl Filesystem for CachefsFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.core.opendir(&caller(req), ino.0) {
             // The kernel keeps the listing, across opens, while the directory's mtime
             // and change counter stay the same: a change through the mount bumps the
@@ -585,7 +598,12 @@ impl Filesystem for CachefsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "fsyncdir", ino.0, self.core.fsyncdir(fh.0, datasync));
+        empty(
+            reply,
+            "fsyncdir",
+            ino.0,
+            self.core.fsyncdir(ino.0, fh.0, datasync),
+        );
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {

@@ -53,6 +53,9 @@ fn dtype(kind: FileType) -> u8 {
     }
 }
 
+/// The handle of a directory read the kernel did not open (no-opendir mode).
+const NO_HANDLE: u64 = 0;
+
 const DOT: &[u8] = b".";
 const DOTDOT: &[u8] = b"..";
 
@@ -137,9 +140,12 @@ impl Overlay {
         }
     }
 
-    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
+    pub fn fsyncdir(&self, nodeid: u64, fh: u64, datasync: bool) -> io::Result<()> {
+        let inode = self.inode(nodeid)?;
+        if fh == NO_HANDLE {
+            return fdio::sync(self.open_dir(None, &inode)?.as_fd(), datasync);
+        }
         let dir = self.dirs.get(fh)?;
-        let inode = self.inode(dir.nodeid)?;
         fdio::sync(self.dir_fd(&dir, fh, &inode)?.as_fd(), datasync)
     }
 
@@ -153,9 +159,10 @@ impl Overlay {
         mut add: impl FnMut(DirEntryOut<'_>) -> bool,
     ) -> io::Result<()> {
         let inode = self.inode(nodeid)?;
-        let dir = self.dirs.get(fh)?;
+        let dir = self.dir_handle(nodeid, fh)?;
         let mut guard = dir.listing.lock();
         let listing = self.listing(&dir, fh, &inode, &mut guard, offset)?;
+        let mut eof = true;
         let dots = [(DOT, nodeid), (DOTDOT, nodeid)];
         let mut i = offset as usize;
         while i < 2 {
@@ -179,9 +186,12 @@ impl Overlay {
                 next: j as u64 + 3,
             };
             if add(out) {
+                eof = false;
                 break;
             }
         }
+        drop(guard);
+        self.read_to_end(nodeid, fh, eof);
         Ok(())
     }
 
@@ -198,8 +208,9 @@ impl Overlay {
         mut add: impl FnMut(&OsStr, &Entry, u64) -> bool,
     ) -> io::Result<()> {
         let inode = self.inode(nodeid)?;
-        let dir = self.dirs.get(fh)?;
+        let dir = self.dir_handle(nodeid, fh)?;
         let _as = self.creds.enter(caller)?;
+        let mut eof = true;
         let mut guard = dir.listing.lock();
         let listing = self.listing(&dir, fh, &inode, &mut guard, offset)?;
         let mut i = offset as usize;
@@ -235,9 +246,48 @@ impl Overlay {
             };
             if add(&e.name, &entry, j as u64 + 3) {
                 self.inodes.forget(entry.nodeid, 1);
+                eof = false;
                 break;
             }
         }
+        drop(guard);
+        self.read_to_end(nodeid, fh, eof);
         Ok(())
+    }
+
+    /// The handle a read comes with; handle 0 (the kernel no longer opens directories,
+    /// see `fuse.rs` init) is the node's own, made on its first read.
+    fn dir_handle(&self, nodeid: u64, fh: u64) -> io::Result<Arc<DirHandle>> {
+        if fh != NO_HANDLE {
+            return self.dirs.get(fh);
+        }
+        Ok(self
+            .node_dirs
+            .lock()
+            .entry(nodeid)
+            .or_insert_with(|| {
+                Arc::new(DirHandle {
+                    fd: OnceLock::new(),
+                    nodeid,
+                    listing: Mutex::new(None),
+                })
+            })
+            .clone())
+    }
+
+    /// A node's own listing goes once a read has reached its end: the kernel keeps the
+    /// entries from there (FOPEN_CACHE_DIR), and the next read from offset 0 is a new
+    /// scan that must see the directory as it is then.
+    fn read_to_end(&self, nodeid: u64, fh: u64, eof: bool) {
+        if fh == NO_HANDLE && eof {
+            self.forget_node_dir(nodeid);
+        }
+    }
+
+    /// Drops a node's own directory handle and its pinned descriptor, if it has one.
+    pub(super) fn forget_node_dir(&self, nodeid: u64) {
+        if self.node_dirs.lock().remove(&nodeid).is_some() {
+            self.inodes.fds.unpin(nodeid, NO_HANDLE);
+        }
     }
 }

@@ -67,6 +67,9 @@ pub struct Overlay {
     creds: creds::Creds,
     files: Handles<file::FileHandle>,
     dirs: Handles<dir::DirHandle>,
+    /// Directories read without an open handle (the kernel's no-opendir mode), by node,
+    /// from the read at offset 0 until a read reaches the end.
+    node_dirs: Mutex<HashMap<u64, Arc<dir::DirHandle>>>,
     /// `None` when the cache directory could not be used: SOURCE is served alone.
     pub cache: Option<Arc<Cache>>,
     /// Set once the kernel has agreed to FUSE passthrough.
@@ -164,6 +167,7 @@ impl Overlay {
             creds: creds::Creds::new(),
             files: Handles::new(),
             dirs: Handles::new(),
+            node_dirs: Mutex::new(HashMap::new()),
             cache,
             passthrough: AtomicBool::new(false),
             io: Mutex::new(HashMap::new()),
@@ -275,6 +279,9 @@ impl Overlay {
 
     pub fn forget(&self, nodeid: u64, n: u64) {
         self.inodes.forget(nodeid, n);
+        if self.inodes.get(nodeid).is_err() {
+            self.forget_node_dir(nodeid);
+        }
     }
 
     fn lookup_inode(
