@@ -4,19 +4,16 @@
 //! errno unchanged. What is left here: per-thread filesystem ids (setfsuid has no safe
 //! wrapper; glibc's own credential calls broadcast to every thread), file handles,
 //! truncate(2) and sync_file_range(2), fork, _exit, signal dispositions and masks,
-//! syslog, and unsharing the mount namespace in a test. A section at the end keeps the
-//! safe wrappers that `mount`, `control` and `fuse` still call by these names.
+//! syslog, and unsharing the mount namespace in a test; and the conversion of rustix's
+//! stat to the libc layout the FUSE replies are built from.
 
 use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
-use rustix::fs::{Mode, OFlags};
-use rustix::io::retry_on_intr;
-use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::fs::OFlags;
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -299,26 +296,6 @@ pub fn libc_stat(st: &rustix::fs::Stat) -> Stat {
     s
 }
 
-pub fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| errno(libc::EINVAL))
-}
-
-/// statfs(2) of a path. Unlike stat, FUSE never answers it from the kernel's attribute
-/// cache, so on a mount whose daemon is gone it fails with ENOTCONN at once.
-pub fn statfs_path(path: &Path) -> io::Result<rustix::fs::StatFs> {
-    Ok(rustix::fs::statfs(path)?)
-}
-
-pub fn mount(src: &CStr, target: &CStr, fstype: &CStr, flags: u64, data: &CStr) -> io::Result<()> {
-    let flags = rustix::mount::MountFlags::from_bits_retain(flags as _);
-    Ok(rustix::mount::mount(src, target, fstype, flags, data)?)
-}
-
-pub fn umount2(target: &CStr, flags: i32) -> io::Result<()> {
-    let flags = rustix::mount::UnmountFlags::from_bits_retain(flags as _);
-    Ok(rustix::mount::unmount(target, flags)?)
-}
-
 /// The uid of the process at the other end of a Unix stream socket (SO_PEERCRED).
 pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(rustix::net::sockopt::socket_peercred(fd)?.uid.as_raw())
@@ -326,95 +303,4 @@ pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
 
 pub fn geteuid() -> u32 {
     rustix::process::geteuid().as_raw()
-}
-
-pub fn getegid() -> u32 {
-    rustix::process::getegid().as_raw()
-}
-
-pub fn getpid() -> u32 {
-    rustix::process::getpid().as_raw_nonzero().get() as u32
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard one and returns it. The hard limit is the
-/// administrator's (systemd's `LimitNOFILE=`, `prlimit`) and is never raised: the daemon
-/// sizes its descriptor cache from whatever it gets (see `source.rs`).
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    setrlimit(Resource::Nofile, lim)?;
-    Ok(lim.maximum.unwrap_or(u64::MAX))
-}
-
-/// A pipe: (read end, write end), both close-on-exec.
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
-}
-
-fn pid(pid: u32) -> io::Result<Pid> {
-    Pid::from_raw(pid as i32).ok_or_else(|| errno(libc::EINVAL))
-}
-
-/// Waits for a child process to exit; returns its raw wait status.
-pub fn waitpid(child: u32) -> io::Result<i32> {
-    let child = pid(child)?;
-    let r = retry_on_intr(|| rustix::process::waitpid(Some(child), WaitOptions::empty()))?;
-    Ok(r.map_or(0, |(_, status)| status.as_raw()))
-}
-
-/// Reaps any exited child, waiting if there is none yet; `None` when there are no
-/// children at all (or the wait was interrupted).
-pub fn reap_any() -> Option<u32> {
-    let (child, _) = rustix::process::wait(WaitOptions::empty()).ok()??;
-    Some(child.as_raw_nonzero().get() as u32)
-}
-
-/// Sends `sig` to a process this one started.
-pub fn kill(child: u32, sig: i32) -> io::Result<()> {
-    let sig = Signal::from_named_raw(sig).ok_or_else(|| errno(libc::EINVAL))?;
-    Ok(rustix::process::kill_process(pid(child)?, sig)?)
-}
-
-/// Sends `sig` to this process (a stop request reaches the signal thread this way).
-pub fn signal_self(sig: i32) -> io::Result<()> {
-    kill(getpid(), sig)
-}
-
-/// Detaches from the controlling terminal and the caller's session, works from `/`, and
-/// points stdin, stdout and stderr at /dev/null (a daemon's logs go elsewhere).
-pub fn daemonize_io() -> io::Result<()> {
-    rustix::process::setsid()?;
-    rustix::process::chdir("/")?;
-    let null = rustix::fs::open("/dev/null", OFlags::RDWR, Mode::empty())?;
-    rustix::stdio::dup2_stdin(&null)?;
-    rustix::stdio::dup2_stdout(&null)?;
-    rustix::stdio::dup2_stderr(&null)?;
-    if null.as_raw_fd() <= 2 {
-        // It is one of the three now: closing it would undo its dup2.
-        let _ = null.into_raw_fd();
-    }
-    Ok(())
-}
-
-/// Names the calling thread (what `ps -L` and `top` show).
-pub fn set_thread_name(name: &CStr) {
-    let _ = rustix::thread::set_name(name);
-}
-
-/// Reads until end of file or error, discarding the bytes.
-pub fn wait_eof(fd: BorrowedFd<'_>) {
-    let mut b = [0u8; 64];
-    while let Ok(1..) = retry_on_intr(|| rustix::io::read(fd, &mut b)) {}
-}
-
-/// Waits up to `timeout_ms` (negative: forever) for `fd` to be readable or closed.
-pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let timeout = (timeout_ms >= 0).then(|| Timespec {
-        tv_sec: (timeout_ms / 1000).into(),
-        tv_nsec: (timeout_ms % 1000 * 1_000_000).into(),
-    });
-    let mut p = [PollFd::new(&fd, PollFlags::IN)];
-    Ok(retry_on_intr(|| poll(&mut p, timeout.as_ref()))? > 0)
 }

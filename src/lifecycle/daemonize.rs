@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::process;
 use super::{MountError, PROCESS, err, run_foreground};
 use crate::config::Config;
 use crate::exit;
@@ -27,14 +28,14 @@ pub fn run_daemon(
     check: fn(&mut Config) -> Result<(), String>,
 ) -> Result<(), DaemonError> {
     let failed = |m: String| DaemonError::Failed(err(m));
-    let (rx, tx) = sys::pipe().map_err(|e| failed(format!("cannot make a pipe: {e}")))?;
+    let (rx, tx) = process::pipe().map_err(|e| failed(format!("cannot make a pipe: {e}")))?;
     match sys::fork().map_err(|e| failed(format!("cannot fork the daemon: {e}")))? {
         sys::Forked::Parent(pid) => {
             drop(tx);
             let Some(answer) = read_ready_line(rx, cfg.mount_timeout) else {
                 // The child is stuck (on SOURCE, most likely): stop it, so that a mount
                 // reported as failed never appears later.
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = process::kill(pid, libc::SIGKILL);
                 return Err(failed(format!(
                     "the mount was not live after {} s (is SOURCE {} responding?); the daemon \
                      (pid {pid}) was stopped. mount_timeout=SECS sets how long to wait",
@@ -63,7 +64,7 @@ pub fn run_daemon(
                 Some(p) => logging::Target::File(p),
                 None => logging::Target::Syslog,
             };
-            let r = sys::daemonize_io()
+            let r = process::daemonize_io()
                 .map_err(|e| err(format!("cannot detach: {e}")))
                 .and_then(|()| {
                     logging::init(cfg.debug, target)
@@ -113,7 +114,7 @@ fn read_ready_line(rx: OwnedFd, timeout: Duration) -> Option<String> {
                 left.as_millis().clamp(1, i32::MAX as u128) as i32
             }
         };
-        match sys::wait_readable(f.as_fd(), wait_ms) {
+        match process::wait_readable(f.as_fd(), wait_ms) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(_) => break,

@@ -14,6 +14,7 @@
 //! process-wide state.
 
 mod daemonize;
+mod process;
 mod session;
 mod signals;
 mod stale;
@@ -71,7 +72,7 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     // Also before any thread, and before /dev/fuse and the cache lock are opened, so the
     // watchdog holds neither.
     watchdog::start(&cfg.mountpoint)?;
-    match crate::sys::raise_nofile_limit() {
+    match process::raise_nofile_limit() {
         Ok(n) => tracing::debug!("open-file limit {n}"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }

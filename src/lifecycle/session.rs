@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use super::process;
 use super::{MountError, err, stale};
 use crate::config::Config;
 use crate::control;
@@ -87,7 +88,7 @@ fn fuse_mount(cfg: &Config, dev: &OwnedFd) -> io::Result<()> {
         "fd={},rootmode=40000,user_id={},group_id={}",
         dev.as_raw_fd(),
         sys::geteuid(),
-        sys::getegid()
+        process::getegid()
     );
     if cfg.allow_other {
         data.push_str(",allow_other,default_permissions");
@@ -112,9 +113,9 @@ fn fuse_mount(cfg: &Config, dev: &OwnedFd) -> io::Result<()> {
     // fsname: SOURCE, so `findmnt` and `df` say what is mounted. Commas would split the
     // options, so they are not allowed there; the source path goes in mount's own field.
     let source = CString::new(cfg.source.as_os_str().as_bytes())?;
-    let target = sys::cpath(&cfg.mountpoint)?;
+    let target = process::cpath(&cfg.mountpoint)?;
     let data = CString::new(data)?;
-    sys::mount(&source, &target, c"fuse.cachefs", flags, &data)
+    process::mount(&source, &target, c"fuse.cachefs", flags, &data)
 }
 
 /// The core's way to tell the kernel that another inode of an object changed. The

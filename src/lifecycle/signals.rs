@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::process;
 use super::{MountError, err, shutdown, stale, watchdog};
 use crate::control;
 use crate::exit;
@@ -21,12 +22,12 @@ pub(super) fn block() -> Result<(), MountError> {
 /// Starts the thread that waits for a stop signal and, when the process is PID 1 (a
 /// container's entrypoint), the thread that reaps the orphans it inherits.
 pub(super) fn start(mountpoint: &Path) -> Result<(), MountError> {
-    if sys::getpid() == 1 {
+    if process::getpid() == 1 {
         std::thread::Builder::new()
             .name("reaper".into())
             .spawn(|| {
                 loop {
-                    if sys::reap_any().is_none() {
+                    if process::reap_any().is_none() {
                         std::thread::sleep(Duration::from_secs(1));
                     }
                 }
@@ -43,7 +44,7 @@ pub(super) fn start(mountpoint: &Path) -> Result<(), MountError> {
 
 /// Asks the daemon to stop as if it got SIGTERM (`cachefs unmount`).
 pub(super) fn request_stop() {
-    if let Err(e) = sys::signal_self(libc::SIGTERM) {
+    if let Err(e) = process::signal_self(libc::SIGTERM) {
         tracing::error!("cannot signal the stop: {e}");
     }
 }

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
+use super::process;
 use super::{MountError, err};
 use crate::control;
 use crate::mountinfo::mounts;
-use crate::sys;
 
 /// Makes MOUNTPOINT ready, or says why it is not.
 pub(super) fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
@@ -16,15 +16,15 @@ pub(super) fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
     let Some(top) = all.iter().rev().find(|m| m.target == mountpoint) else {
         return Ok(());
     };
-    match sys::statfs_path(mountpoint) {
+    match process::statfs_path(mountpoint) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(
                 "removing a stale {} mount at {} (its daemon is gone)",
                 top.fstype,
                 mountpoint.display()
             );
-            let target = sys::cpath(mountpoint).map_err(|e| err(e.to_string()))?;
-            sys::umount2(&target, libc::MNT_DETACH).map_err(|e| {
+            let target = process::cpath(mountpoint).map_err(|e| err(e.to_string()))?;
+            process::umount2(&target, libc::MNT_DETACH).map_err(|e| {
                 err(format!(
                     "cannot remove the stale mount at {}: {e}",
                     mountpoint.display()
@@ -53,8 +53,8 @@ pub(super) fn prepare_mountpoint(mountpoint: &Path) -> Result<(), MountError> {
 /// Detaches MOUNTPOINT: a busy mount goes as soon as its last user lets go, and new users
 /// no longer see it. Not mounted (EINVAL) is no failure.
 pub(super) fn lazy_unmount(mountpoint: &Path) {
-    if let Ok(target) = sys::cpath(mountpoint)
-        && let Err(e) = sys::umount2(&target, libc::MNT_DETACH)
+    if let Ok(target) = process::cpath(mountpoint)
+        && let Err(e) = process::umount2(&target, libc::MNT_DETACH)
         && e.raw_os_error() != Some(libc::EINVAL)
     {
         tracing::warn!("cannot unmount {}: {e}", mountpoint.display());

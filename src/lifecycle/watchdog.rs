@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use super::process;
 use super::{MountError, PROCESS, err, stale};
 use crate::exit;
 use crate::sys;
@@ -31,14 +32,14 @@ pub(super) fn start(mountpoint: &Path) -> Result<(), MountError> {
 pub(super) fn release() {
     if let Some(w) = PROCESS.watchdog.lock().take() {
         drop(w.pipe);
-        if let Err(e) = sys::waitpid(w.pid) {
+        if let Err(e) = process::waitpid(w.pid) {
             tracing::debug!("watchdog {}: {e}", w.pid);
         }
     }
 }
 
 fn spawn(mountpoint: &Path) -> io::Result<Watchdog> {
-    let (rx, tx) = sys::pipe()?;
+    let (rx, tx) = process::pipe()?;
     match sys::fork()? {
         sys::Forked::Parent(pid) => {
             drop(rx);
@@ -49,13 +50,13 @@ fn spawn(mountpoint: &Path) -> io::Result<Watchdog> {
             drop(tx);
             // Not the watchdog's to hold: a daemon-mode parent waits for it to close.
             drop(PROCESS.ready.lock().take());
-            sys::set_thread_name(c"cachefs-watch");
-            sys::wait_eof(rx.as_fd());
+            process::set_thread_name(c"cachefs-watch");
+            process::wait_eof(rx.as_fd());
             // The daemon is gone. A clean stop has unmounted already; a dead daemon left
             // a mount whose statfs fails with ENOTCONN (stat could still be answered from
             // the kernel's attribute cache). Anything else (a new live mount there) is not
             // ours to touch.
-            if let Err(e) = sys::statfs_path(mountpoint)
+            if let Err(e) = process::statfs_path(mountpoint)
                 && e.raw_os_error() == Some(libc::ENOTCONN)
             {
                 stale::lazy_unmount(mountpoint);
