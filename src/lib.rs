@@ -13,6 +13,9 @@
 //! - `source`: the bounded cache of SOURCE descriptors; shedding it when they run short.
 //! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
 //!   that fills it (`cache::promoter`, steered by `policy`).
+//! - `control`: the control socket (protocol, the daemon's server, the subcommands' client).
+//! - `feed`: `cachefs feed plex|jellyfin`: a media server's On Deck / Next Up / Resume
+//!   lists, mapped onto the mount and promoted through the control socket.
 //! - `exit`: the exit codes, one documented table.
 //! - `sys`: the only `unsafe`, thin libc wrappers.
 //!
@@ -26,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod exit;
+pub mod feed;
 pub mod fuse;
 pub mod inodes;
 pub mod lifecycle;
