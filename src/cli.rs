@@ -1,7 +1,7 @@
 //! The command line: argv to a [`Command`], and the checks of a mount's paths.
 //!
 //! Two shapes of argv. If the first argument names a subcommand (`status`, `promote`, `pin`,
-//! `unpin`, `evict`, `unmount`, `cleanup`), clap parses it. Otherwise it is the mount form,
+//! `unpin`, `evict`, `unmount`, `cleanup`, `feed`), clap parses it. Otherwise it is the mount form,
 //! `cachefs SOURCE MOUNTPOINT [--OPTION[=VALUE] | --OPTION VALUE | -o LIST | -f]...`, walked
 //! here by hand so that every `--long-option` and every `-o` item go through the one table in
 //! [`crate::options`]: the two spellings cannot drift, and `--help` prints that table.
@@ -31,6 +31,55 @@ pub enum Command {
     Evict { paths: Vec<PathBuf> },
     Unmount { mountpoint: PathBuf },
     Cleanup { mountpoints: Vec<PathBuf> },
+    Feed(FeedArgs),
+}
+
+/// `cachefs feed plex|jellyfin ...`, as `crate::feed` runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedArgs {
+    pub server: FeedServer,
+    /// `--map FROM=TO`, in the order given.
+    pub maps: Vec<PathMap>,
+    /// `--next N`: files after each one, in its directory, promoted with it.
+    pub next: usize,
+    /// `--loop SECS`: repeat every this many seconds; `None`: once.
+    pub every: Option<u64>,
+    pub mountpoint: PathBuf,
+}
+
+/// The media server a feed asks, and how it signs in. `url` is the base address
+/// (`http://HOST:PORT[/BASE]`), without a trailing slash or a query.
+#[derive(Clone, PartialEq, Eq)]
+pub enum FeedServer {
+    Plex {
+        url: String,
+        token: String,
+    },
+    Jellyfin {
+        url: String,
+        api_key: String,
+        user: String,
+    },
+}
+
+// By hand, so that a token never reaches a log or a panic message.
+impl std::fmt::Debug for FeedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeedServer::Plex { url, .. } => write!(f, "Plex {{ url: {url:?}, token: <hidden> }}"),
+            FeedServer::Jellyfin { url, user, .. } => write!(
+                f,
+                "Jellyfin {{ url: {url:?}, api_key: <hidden>, user: {user:?} }}"
+            ),
+        }
+    }
+}
+
+/// `--map FROM=TO`: a path the media server gives under `FROM` is `TO` plus the rest here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathMap {
+    pub from: PathBuf,
+    pub to: PathBuf,
 }
 
 /// Why [`parse`] produced no command.
@@ -44,7 +93,7 @@ pub enum CliError {
 
 /// The subcommand names; any other first argument starts the mount form.
 pub const SUBCOMMANDS: &[&str] = &[
-    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup",
+    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup", "feed",
 ];
 
 const USAGE: &str = "usage: cachefs SOURCE MOUNTPOINT --cache DIR [OPTIONS] (see 'cachefs --help')";
@@ -276,6 +325,16 @@ pub fn help_text() -> String {
             "cleanup [MOUNTPOINT...]",
             "find stale cachefs mounts (all, or those named) and remove them",
         ),
+        (
+            "feed plex --url URL --token TOKEN [--map FROM=TO]... [--next N] [--loop SECS] \
+             MOUNTPOINT",
+            "promote Plex's On Deck files and the next N of each one's directory",
+        ),
+        (
+            "feed jellyfin --url URL --api-key KEY --user ID [--map FROM=TO]... [--next N] \
+             [--loop SECS] MOUNTPOINT",
+            "the same from Jellyfin's Next Up and Resume",
+        ),
     ] {
         item(&mut h, left, help);
     }
@@ -398,6 +457,191 @@ enum Sub {
         /// Only these mountpoints.
         mountpoints: Vec<PathBuf>,
     },
+    /// Promote what a media server's users are about to watch, and the files after it.
+    // A bare `cachefs feed` is a usage error (exit 2), not a help page (exit 0).
+    #[command(arg_required_else_help = false)]
+    Feed {
+        #[command(subcommand)]
+        server: FeedSub,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FeedSub {
+    /// Promote Plex's On Deck files and the next N of each one's directory.
+    Plex {
+        /// The server's address: http://HOST:PORT (Plex listens on 32400); an
+        /// X-Plex-Token=... in its query is taken as the token.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// The X-Plex-Token (or the environment's CACHEFS_PLEX_TOKEN, which keeps it out
+        /// of the process list).
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "CACHEFS_PLEX_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        #[command(flatten)]
+        opts: FeedOpts,
+    },
+    /// Promote Jellyfin's Next Up and Resume files and the next N of each one's directory.
+    Jellyfin {
+        /// The server's address: http://HOST:PORT[/BASE] (Jellyfin listens on 8096).
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// An API key (Dashboard > API Keys), or the environment's CACHEFS_JELLYFIN_API_KEY.
+        #[arg(
+            long = "api-key",
+            value_name = "KEY",
+            env = "CACHEFS_JELLYFIN_API_KEY",
+            hide_env_values = true
+        )]
+        api_key: String,
+        /// The user's ID (32 hex digits, as in the user's page's URL), whose Next Up and
+        /// Resume lists are asked for.
+        #[arg(long, value_name = "ID", value_parser = parse_user_id)]
+        user: String,
+        #[command(flatten)]
+        opts: FeedOpts,
+    },
+}
+
+/// What both feeds take.
+#[derive(clap::Args, Debug)]
+struct FeedOpts {
+    /// The server's path prefix FROM is TO here (TO under MOUNTPOINT), as its container
+    /// sees the mount elsewhere; repeatable, the longest matching FROM wins.
+    #[arg(long = "map", value_name = "FROM=TO", value_parser = parse_map)]
+    maps: Vec<PathMap>,
+    /// Also promote the next N files of each file's directory (same extension, natural
+    /// name order: the next episodes).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    next: usize,
+    /// Ask again every SECS seconds, forever (errors are logged and retried next round);
+    /// without it, ask once (for a timer or cron job).
+    #[arg(long = "loop", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    every: Option<u64>,
+    /// The cachefs mount the files are promoted in.
+    mountpoint: PathBuf,
+}
+
+/// `FROM=TO`, split at the first `=` that starts an absolute `TO` (so a FROM may hold `=`).
+fn parse_map(s: &str) -> Result<PathMap, String> {
+    let bad = || {
+        format!(
+            "'{s}' is not FROM=TO with two absolute paths: write e.g. --map /data/tv=/mnt/media/tv"
+        )
+    };
+    let at = s.find("=/").ok_or_else(bad)?;
+    let (from, to) = (PathBuf::from(&s[..at]), PathBuf::from(&s[at + 1..]));
+    if !from.is_absolute() {
+        return Err(bad());
+    }
+    Ok(PathMap { from, to })
+}
+
+/// A Jellyfin user ID goes into a URL path: only what needs no escaping there.
+fn parse_user_id(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a user ID: give the user's ID (32 hex digits, in the URL of the \
+             user's page in the dashboard), not the name"
+        ))
+    }
+}
+
+/// The server's address as `FeedServer` keeps it, and the query items it carried.
+fn split_url(url: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Err(format!(
+            "--url {url}: cachefs speaks plain http only (media servers answer http on the \
+             LAN): give http://HOST:PORT"
+        ));
+    }
+    if !lower.starts_with("http://") || url.len() == "http://".len() {
+        return Err(format!(
+            "--url {url}: give the server's address as http://HOST:PORT"
+        ));
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let items = query
+        .split('&')
+        .filter(|i| !i.is_empty())
+        .map(|i| {
+            let (k, v) = i.split_once('=').unwrap_or((i, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    Ok((base.trim_end_matches('/').to_string(), items))
+}
+
+fn feed_args(server: FeedServer, opts: FeedOpts) -> FeedArgs {
+    FeedArgs {
+        server,
+        maps: opts.maps,
+        next: opts.next,
+        every: opts.every,
+        mountpoint: opts.mountpoint,
+    }
+}
+
+fn parse_feed(sub: FeedSub) -> Result<Command, CliError> {
+    let stray = |k: &str, url: &str| {
+        usage(format!(
+            "--url {url}: '{k}' in its query is not understood: give only http://HOST:PORT"
+        ))
+    };
+    Ok(Command::Feed(match sub {
+        FeedSub::Plex { url, token, opts } => {
+            let (base, query) = split_url(&url).map_err(usage)?;
+            let mut from_url = None;
+            for (k, v) in query {
+                if k != "X-Plex-Token" {
+                    return Err(stray(&k, &base));
+                }
+                from_url = Some(v);
+            }
+            let token = token
+                .or(from_url)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    usage(
+                        "feed plex needs the server's token: --token TOKEN, CACHEFS_PLEX_TOKEN, or \
+                     X-Plex-Token=TOKEN in --url",
+                    )
+                })?;
+            feed_args(FeedServer::Plex { url: base, token }, opts)
+        }
+        FeedSub::Jellyfin {
+            url,
+            api_key,
+            user,
+            opts,
+        } => {
+            let (base, query) = split_url(&url).map_err(usage)?;
+            if let Some((k, _)) = query.first() {
+                return Err(stray(k, &base));
+            }
+            if api_key.is_empty() {
+                return Err(usage(
+                    "--api-key is empty: give an API key from Dashboard > API Keys",
+                ));
+            }
+            feed_args(
+                FeedServer::Jellyfin {
+                    url: base,
+                    api_key,
+                    user,
+                },
+                opts,
+            )
+        }
+    }))
 }
 
 fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
@@ -413,6 +657,7 @@ fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
         Sub::Evict { paths } => Command::Evict { paths },
         Sub::Unmount { mountpoint } => Command::Unmount { mountpoint },
         Sub::Cleanup { mountpoints } => Command::Cleanup { mountpoints },
+        Sub::Feed { server } => return parse_feed(server),
     })
 }
 
@@ -896,7 +1141,15 @@ mod tests {
                         let dashed = format!("--{}", spec.name.replace('_', "-"));
                         assert!(h.contains(&dashed), "help lacks {dashed}");
                     }
-                    for word in ["-o LIST", "--foreground", "nofail", "noatime", "cleanup"] {
+                    for word in [
+                        "-o LIST",
+                        "--foreground",
+                        "nofail",
+                        "noatime",
+                        "cleanup",
+                        "feed plex",
+                        "feed jellyfin",
+                    ] {
                         assert!(h.contains(word), "help lacks {word}");
                     }
                 }
@@ -1023,6 +1276,179 @@ mod tests {
             parse(argv(&["./status", "/m", "--cache", "/c"])),
             Ok(Command::Mount(_))
         ));
+    }
+
+    fn map(from: &str, to: &str) -> PathMap {
+        PathMap {
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
+    #[test]
+    fn feed_subcommands() {
+        let plex = |url: &str, token: &str| FeedServer::Plex {
+            url: url.into(),
+            token: token.into(),
+        };
+        let table: &[(&[&str], FeedArgs)] = &[
+            (
+                &[
+                    "feed",
+                    "plex",
+                    "--url",
+                    "http://plex:32400/",
+                    "--token",
+                    "t0k",
+                    "/mnt/m",
+                ],
+                FeedArgs {
+                    server: plex("http://plex:32400", "t0k"),
+                    maps: vec![],
+                    next: 1,
+                    every: None,
+                    mountpoint: "/mnt/m".into(),
+                },
+            ),
+            (
+                // The token in the URL's query, as Plex's own links carry it.
+                &[
+                    "feed",
+                    "plex",
+                    "--url",
+                    "http://10.0.0.2:32400?X-Plex-Token=abc",
+                    "--map",
+                    "/data/tv=/mnt/m/TV",
+                    "--map",
+                    "/da=ta=/mnt/m/x=y",
+                    "--next",
+                    "3",
+                    "--loop",
+                    "600",
+                    "/mnt/m",
+                ],
+                FeedArgs {
+                    server: plex("http://10.0.0.2:32400", "abc"),
+                    maps: vec![map("/data/tv", "/mnt/m/TV"), map("/da=ta", "/mnt/m/x=y")],
+                    next: 3,
+                    every: Some(600),
+                    mountpoint: "/mnt/m".into(),
+                },
+            ),
+            (
+                &[
+                    "feed",
+                    "jellyfin",
+                    "--url",
+                    "HTTP://jf:8096/jellyfin/",
+                    "--api-key",
+                    "k",
+                    "--user",
+                    "0f3c-9A",
+                    "--next",
+                    "0",
+                    "m",
+                ],
+                FeedArgs {
+                    server: FeedServer::Jellyfin {
+                        url: "HTTP://jf:8096/jellyfin".into(),
+                        api_key: "k".into(),
+                        user: "0f3c-9A".into(),
+                    },
+                    maps: vec![],
+                    next: 0,
+                    every: None,
+                    mountpoint: "m".into(),
+                },
+            ),
+        ];
+        for (args, want) in table {
+            assert_eq!(
+                parse(argv(args)),
+                Ok(Command::Feed(want.clone())),
+                "{args:?}"
+            );
+        }
+
+        let jellyfin_with = |extra: &[&'static str]| {
+            let mut v = vec!["feed", "jellyfin", "--url", "http://j"];
+            v.extend_from_slice(extra);
+            v
+        };
+        let plex_with = |extra: &[&'static str]| {
+            let mut v = vec!["feed", "plex", "--url", "http://p:32400", "--token", "t"];
+            v.extend_from_slice(extra);
+            v
+        };
+        let errors: Vec<(Vec<&str>, &str)> = vec![
+            (vec!["feed"], "usage: cachefs feed"),
+            (vec!["feed", "emby"], "unrecognized subcommand 'emby'"),
+            (
+                vec!["feed", "plex", "--url", "http://p", "/m"],
+                "needs the server's token",
+            ),
+            (
+                vec!["feed", "plex", "--url", "http://p?X-Plex-Token=", "/m"],
+                "needs the server's token",
+            ),
+            (
+                vec![
+                    "feed",
+                    "plex",
+                    "--url",
+                    "https://p:32400",
+                    "--token",
+                    "t",
+                    "/m",
+                ],
+                "plain http only",
+            ),
+            (
+                vec!["feed", "plex", "--url", "p:32400", "--token", "t", "/m"],
+                "as http://HOST:PORT",
+            ),
+            (
+                vec![
+                    "feed",
+                    "plex",
+                    "--url",
+                    "http://p/?a=b",
+                    "--token",
+                    "t",
+                    "/m",
+                ],
+                "'a' in its query is not understood",
+            ),
+            (plex_with(&["--map", "/a:/m/b", "/m"]), "is not FROM=TO"),
+            (plex_with(&["--map", "a=/m/b", "/m"]), "is not FROM=TO"),
+            (plex_with(&["--map", "/a=m/b", "/m"]), "is not FROM=TO"),
+            (
+                plex_with(&["--next", "-1", "/m"]),
+                "unexpected argument '-1'",
+            ),
+            (plex_with(&["--next", "x", "/m"]), "--next"),
+            (plex_with(&["--loop", "0", "/m"]), "--loop"),
+            (plex_with(&["--loop", "5m", "/m"]), "--loop"),
+            (plex_with(&[]), "MOUNTPOINT"),
+            (jellyfin_with(&["--user", "u", "/m"]), "--api-key"),
+            (jellyfin_with(&["--api-key", "k", "/m"]), "--user"),
+            (
+                jellyfin_with(&["--api-key", "k", "--user", "Ann Lee", "/m"]),
+                "not the name",
+            ),
+            (
+                jellyfin_with(&["--api-key", "", "--user", "u", "/m"]),
+                "--api-key is empty",
+            ),
+        ];
+        for (args, want) in &errors {
+            let err = usage_err(args);
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+
+        // The token stays out of debug output.
+        let dbg = format!("{:?}", plex("http://p", "s3cret"));
+        assert!(!dbg.contains("s3cret"), "{dbg}");
     }
 
     #[cfg(unix)]

@@ -20,6 +20,8 @@
 //! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
 //!   that fills it (`cache::promoter`, steered by `policy`).
 //! - `codec`: the sealed little-endian format of the daemon's own files (index, snapshot).
+//! - `feed`: `cachefs feed plex|jellyfin`: a media server's On Deck / Next Up / Resume
+//!   lists, mapped onto the mount and promoted through the control socket.
 //! - `exit`: the exit codes, one documented table.
 //! - `fdio`: descriptor helpers over rustix (whole directories, full reads and writes).
 //! - `sys`: the only `unsafe`: what rustix does not wrap safely.
@@ -35,6 +37,7 @@ pub mod control;
 pub mod daemon;
 pub mod exit;
 pub mod fdio;
+pub mod feed;
 pub mod fuse;
 pub mod inodes;
 pub mod lifecycle;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::FAILURE)
             }
         },
+        Command::Feed(args) => ExitCode::from(cachefs::feed::run(args)),
         other => ExitCode::from(cachefs::control::run_command(other)),
     }
 }

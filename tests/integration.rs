@@ -20,6 +20,9 @@
 //! - `scan`: library scans; the kernel's caches and the metadata cache (`meta_ttl`) and
 //!   its snapshot stay exact for changes through the mount, and show SOURCE's own changes
 //!   once their lifetime passes.
+//! - `feed`: `cachefs feed plex|jellyfin` against a fake media server: exactly the listed
+//!   files, mapped by `--map`, and the next ones of their directories are promoted; wrong
+//!   tokens, HTTP errors and unreachable servers are one line and exit 1.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //!
@@ -62,3 +65,6 @@ mod exerciser;
 
 #[path = "integration/scan.rs"]
 mod scan;
+
+#[path = "integration/feed.rs"]
+mod feed;

@@ -101,7 +101,7 @@ fn locate_in(mounts: &[MountInfo], path: &Path) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// `path` made absolute and with `.` and `..` removed, without touching the filesystem.
-fn lexical_absolute(path: &Path) -> PathBuf {
+pub fn lexical_absolute(path: &Path) -> PathBuf {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut out = PathBuf::new();
     for c in abs.components() {
