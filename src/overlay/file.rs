@@ -465,6 +465,8 @@ impl Overlay {
         // another process could already have replaced.
         self.meta_name_changed(&parent, name);
         let (inode, stat) = self.inodes.insert_open(&parent, name, fd.as_fd())?;
+        // O_CREAT of an existing file (with O_TRUNC, a new size).
+        self.meta_changed((inode.dev, inode.ino));
         let rel = self.rel_child(&parent, name);
         if let (Some(cache), Some(rel)) = (&self.cache, &rel) {
             // O_CREAT on an existing file, possibly with O_TRUNC.

@@ -251,3 +251,30 @@ fn a_damaged_snapshot_only_costs_speed() {
     assert_scan_matches(&m, "a restart with a damaged snapshot");
     assert!(!snap.exists());
 }
+
+/// Found by pjdfstest (link/00, rename/23) with `meta_ttl` on: an unlink, or a rename
+/// over a name, changes the link count of an object that other names still show; with
+/// the directory never listed, the metadata cache had no way to tell which object a
+/// name led to, and kept its old attributes.
+#[test]
+fn meta_ttl_link_counts_follow_unlinks_and_renames_over_a_name() {
+    crate::require_mount!();
+    let m = mount("meta_ttl=1h");
+    let d = m.path("Show A");
+    let nlink = |p: &str| fs::symlink_metadata(d.join(p)).expect("lstat").nlink();
+    fs::write(d.join("n0"), b"x").unwrap();
+    fs::hard_link(d.join("n0"), d.join("n1")).unwrap();
+    fs::hard_link(d.join("n1"), d.join("n2")).unwrap();
+    assert_eq!((nlink("n0"), nlink("n1"), nlink("n2")), (3, 3, 3));
+    fs::remove_file(d.join("n0")).unwrap();
+    assert_eq!((nlink("n1"), nlink("n2")), (2, 2));
+    fs::remove_file(d.join("n2")).unwrap();
+    assert_eq!(nlink("n1"), 1, "after the second unlink");
+    // A rename over a name whose object has another link.
+    fs::write(d.join("dst"), b"d").unwrap();
+    fs::hard_link(d.join("dst"), d.join("dstlnk")).unwrap();
+    assert_eq!(nlink("dstlnk"), 2);
+    fs::write(d.join("src"), b"s").unwrap();
+    fs::rename(d.join("src"), d.join("dst")).unwrap();
+    assert_eq!(nlink("dstlnk"), 1, "the replaced object lost a link");
+}
