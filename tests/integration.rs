@@ -20,6 +20,8 @@
 //! - `scan`: library scans; the kernel's caches and the metadata cache (`meta_ttl`) and
 //!   its snapshot stay exact for changes through the mount, and show SOURCE's own changes
 //!   once their lifetime passes.
+//! - `metrics`: the Prometheus listener scraped on a real mount, `status --json` failures
+//!   as JSON, `promote --wait` as plain lines off a terminal.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //!
@@ -62,3 +64,6 @@ mod exerciser;
 
 #[path = "integration/scan.rs"]
 mod scan;
+
+#[path = "integration/metrics.rs"]
+mod metrics;
