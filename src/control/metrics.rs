@@ -27,6 +27,10 @@ const MAX_HEAD: usize = 8192;
 /// How long one connection may take to send its request or take the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What is read of a request's remainder after the answer, at most, and for how long.
+const MAX_DRAIN: u64 = 64 << 10;
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+
 #[derive(Clone, Copy)]
 enum Kind {
     Counter,
@@ -435,7 +439,11 @@ fn answer(mut stream: TcpStream, handler: &dyn Handler) -> io::Result<()> {
         }
     };
     stream.write_all(&encode(&response))?;
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Closing with unread bytes (a request body) would reset the connection, and a client
+    // could lose the answer: end our side, then drain a little of theirs.
+    stream.shutdown(std::net::Shutdown::Write)?;
+    stream.set_read_timeout(Some(DRAIN_TIMEOUT))?;
+    let _ = io::copy(&mut (&stream).take(MAX_DRAIN), &mut io::sink());
     Ok(())
 }
 

@@ -45,19 +45,24 @@ impl View for Lines {
     fn finish(&mut self, _failed: &[Failure]) {}
 }
 
-/// indicatif bars: one per file as it starts, and the total of those seen.
+/// indicatif bars: one per file as it starts, and below them the total of those seen;
+/// nothing at all until the first report.
 struct Bars {
     multi: MultiProgress,
-    total: ProgressBar,
+    total: Option<ProgressBar>,
     files: HashMap<String, (ProgressBar, Progress)>,
 }
 
-/// Every bar's line: the file's path (or the total) last, so the numbers line up.
-const TEMPLATE: &str = "[{bar:30}] {percent:>3}% {binary_bytes:>10} / {binary_total_bytes:<10} \
-                        {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}";
+/// A file's line: its path last, so the numbers line up.
+const FILE_TEMPLATE: &str = "[{bar:30}] {percent:>3}% {binary_bytes:>10} / {binary_total_bytes:<10} \
+                             {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}";
+
+/// The total's line: no rate or ETA, since its length grows as files start.
+const TOTAL_TEMPLATE: &str =
+    "[{bar:30}] {percent:>3}% {binary_bytes:>10} / {binary_total_bytes:<10} {msg} ({elapsed})";
 
 fn style(template: &str) -> ProgressStyle {
-    // The templates are constants: a bad one is a bug caught by the unit test below.
+    // The templates are constants: a bad one is a bug the unit test below catches.
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("#>-")
@@ -65,36 +70,36 @@ fn style(template: &str) -> ProgressStyle {
 
 impl Bars {
     fn new() -> Bars {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let total = multi.add(ProgressBar::new(0).with_style(style(TEMPLATE)));
-        total.set_message("total");
         Bars {
-            multi,
-            total,
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            total: None,
             files: HashMap::new(),
         }
     }
 
     fn retotal(&self) {
+        let Some(total) = &self.total else { return };
         let (mut done, mut size, mut finished) = (0, 0, 0);
         for (_, p) in self.files.values() {
             done += p.bytes_done.min(p.bytes_total);
             size += p.bytes_total;
-            finished += usize::from(p.bytes_total > 0 && p.bytes_done >= p.bytes_total);
+            finished += usize::from(p.bytes_done >= p.bytes_total);
         }
-        self.total.set_length(size);
-        self.total.set_position(done);
-        self.total
-            .set_message(format!("total: {finished} of {} files", self.files.len()));
+        total.set_length(size);
+        total.set_position(done);
+        total.set_message(format!("total: {finished} of {} files", self.files.len()));
     }
 }
 
 impl View for Bars {
     fn update(&mut self, p: Progress) {
         let multi = &self.multi;
+        self.total.get_or_insert_with(|| {
+            multi.add(ProgressBar::new(0).with_style(style(TOTAL_TEMPLATE)))
+        });
         let (bar, last) = self.files.entry(p.path.clone()).or_insert_with(|| {
             let bar = ProgressBar::new(p.bytes_total)
-                .with_style(style(TEMPLATE))
+                .with_style(style(FILE_TEMPLATE))
                 .with_elapsed(Duration::from_millis(p.elapsed_ms))
                 .with_message(p.path.clone());
             // Files above the total, in the order they start.
@@ -116,7 +121,9 @@ impl View for Bars {
             }
         }
         self.retotal();
-        self.total.finish();
+        if let Some(total) = &self.total {
+            total.finish();
+        }
     }
 }
 
@@ -125,7 +132,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn template_parses() {
-        assert!(ProgressStyle::with_template(TEMPLATE).is_ok());
+    fn templates_parse() {
+        for t in [FILE_TEMPLATE, TOTAL_TEMPLATE] {
+            assert!(ProgressStyle::with_template(t).is_ok(), "{t}");
+        }
     }
 }

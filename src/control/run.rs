@@ -112,10 +112,16 @@ fn run_paths<R: DeserializeOwned + Summary>(cmd: Cmd, paths: &[PathBuf], wait: b
         }
     }
     for (mp, rels) in &groups {
-        let mut view = progress::view();
-        let asked = ask::<R>(mp, &Request::new(cmd, rels, wait), &mut |p| view.update(p));
-        view.finish(asked.as_ref().map_or(&[], |r| r.failures()));
-        drop(view);
+        // Only a waiting promote reports progress.
+        let mut view = wait.then(progress::view);
+        let asked = ask::<R>(mp, &Request::new(cmd, rels, wait), &mut |p| {
+            if let Some(v) = &mut view {
+                v.update(p);
+            }
+        });
+        if let Some(mut v) = view {
+            v.finish(asked.as_ref().map_or(&[], |r| r.failures()));
+        }
         match asked {
             Ok(result) => {
                 println!("{}", render::summary(cmd, mp, &result));
