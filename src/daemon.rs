@@ -1,9 +1,11 @@
 //! The running daemon's answers to the control socket: status, promote, pin, unpin,
-//! evict, unmount. Reads the overlay's and the cache's counters; changes nothing but the cache.
+//! evict, unmount. Reads the overlay's and the cache's counters into the one `Status`
+//! that `cachefs status` and the Prometheus metrics both show; changes nothing but the
+//! cache.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::cache::Cache;
@@ -17,17 +19,34 @@ pub struct Daemon {
     pub core: Arc<Overlay>,
     /// Stops the mount as SIGTERM would (given by the mount, which owns the lifecycle).
     pub stop: fn(),
+    /// The metrics listener's bound address, or why it is not listening; unset while
+    /// `metrics=` is not given.
+    pub metrics: OnceLock<Result<String, String>>,
 }
+
+/// How often `promote --wait` reports the copies it waits for.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 fn progress_of(job: &Job) -> Progress {
     Progress {
         path: job.rel.to_string_lossy().into_owned(),
         bytes_done: job.bytes_done.load(Ordering::Relaxed),
         bytes_total: job.bytes_total.load(Ordering::Relaxed),
+        elapsed_ms: job.started().map_or(0, |t| {
+            t.elapsed().as_millis().try_into().unwrap_or(u64::MAX)
+        }),
     }
 }
 
 impl Daemon {
+    pub fn new(core: Arc<Overlay>, stop: fn()) -> Daemon {
+        Daemon {
+            core,
+            stop,
+            metrics: OnceLock::new(),
+        }
+    }
+
     fn cache(&self) -> Result<&Cache, String> {
         match &self.core.cache {
             Some(c) if c.ledger.usable() => Ok(c),
@@ -53,55 +72,34 @@ impl Handler for Daemon {
     fn status(&self) -> Status {
         let core = &self.core;
         let cfg = &core.cfg;
-        let (files, bytes, pinned) = core.cache.as_ref().map_or((0, 0, 0), |c| c.ledger.totals());
-        let (usable, evictions, min_free) = core.cache.as_ref().map_or((false, 0, 0), |c| {
-            (
-                c.ledger.usable(),
-                c.ledger.evictions.load(Ordering::Relaxed),
-                c.ledger.min_free_now(),
-            )
-        });
-        let (hits, misses, done, failed, queued, in_flight) = match &core.cache {
-            Some(c) => (
-                c.hits.load(Ordering::Relaxed),
-                c.misses.load(Ordering::Relaxed),
-                c.promoter.stats().done.load(Ordering::Relaxed),
-                c.promoter.stats().failed.load(Ordering::Relaxed),
-                c.promoter.queued(),
-                c.promoter
-                    .running()
-                    .iter()
-                    .map(|j| progress_of(j))
-                    .collect(),
-            ),
-            None => (0, 0, 0, 0, 0, Vec::new()),
+        let (metrics, metrics_error) = match self.metrics.get() {
+            Some(Ok(addr)) => (addr.clone(), String::new()),
+            Some(Err(e)) => (String::new(), e.clone()),
+            None => (String::new(), String::new()),
         };
+        let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let counters = &core.counters;
         let (inodes, by_handle, fds) = core.inode_stats();
         let meta = core.meta_stats().unwrap_or_default();
-        Status {
+        let mut s = Status {
             mountpoint: cfg.mountpoint.to_string_lossy().into_owned(),
             source: cfg.source.to_string_lossy().into_owned(),
             cache: cfg.cache.to_string_lossy().into_owned(),
             pid: std::process::id(),
             passthrough: core.passthrough_enabled(),
-            cache_usable: usable,
-            cached_files: files,
-            cached_bytes: bytes,
-            pinned_files: pinned,
             // 0: no limit but min_free.
             max_size: cfg.max_size.unwrap_or(0),
             meta_hits: meta.hits,
             meta_misses: meta.misses,
             meta_nodes: meta.nodes,
             meta_ttl: cfg.meta_ttl.as_secs(),
-            min_free,
-            hits,
-            misses,
-            promotions_done: done,
-            promotions_failed: failed,
-            queued,
-            in_flight,
-            evictions,
+            metrics,
+            metrics_error,
+            cache_read_bytes: counter(&counters.cache_read_bytes),
+            source_read_bytes: counter(&counters.source_read_bytes),
+            passthrough_opens: counter(&counters.passthrough_opens),
+            passthrough_bytes: counter(&counters.passthrough_bytes),
+            source_lookups: counter(&counters.source_lookups),
             inodes,
             inode_handles: by_handle,
             fd_limit: fds.limit,
@@ -110,7 +108,33 @@ impl Handler for Daemon {
             fds_pinned: fds.pinned,
             fds_reopened: fds.reopened,
             fds_shed: fds.shed,
+            ..Status::default()
+        };
+        if let Some(c) = &core.cache {
+            (s.cached_files, s.cached_bytes, s.pinned_files) = c.ledger.totals();
+            (s.cache_fs_avail, s.cache_fs_size) = c.ledger.space_now();
+            s.cache_usable = c.ledger.usable();
+            s.evictions = counter(&c.ledger.evictions);
+            s.min_free = c.ledger.min_free_now();
+            s.hits = counter(&c.hits);
+            s.misses = counter(&c.misses);
+            let stats = c.promoter.stats();
+            s.promotions_done = counter(&stats.done);
+            s.promotions_failed = counter(&stats.failed);
+            s.promoted_bytes = counter(&stats.done_bytes);
+            s.promoter_read_bytes = counter(&stats.read_bytes);
+            s.queued = c.promoter.queued();
+            let mut in_flight: Vec<Progress> = c
+                .promoter
+                .running()
+                .iter()
+                .map(|j| progress_of(j))
+                .collect();
+            // Stable for a person reading it twice, and for the metrics' labels.
+            in_flight.sort_by(|a, b| a.path.cmp(&b.path));
+            s.in_flight = in_flight;
         }
+        s
     }
 
     fn promote(
@@ -132,21 +156,32 @@ impl Handler for Daemon {
         }
         let mut failed = Vec::new();
         if wait {
-            for job in &jobs {
-                loop {
-                    match job.wait(Duration::from_millis(500)) {
-                        Some(Ok(())) => break,
-                        Some(Err(e)) => {
-                            failed.push(Failure {
-                                path: job.rel.to_string_lossy().into_owned(),
-                                error: e,
-                            });
-                            break;
-                        }
-                        None => progress(progress_of(job)),
+            // Every copy waited for is reported at each tick, not only the first one not
+            // yet done: a client shows them side by side.
+            let mut pending: Vec<&Arc<Job>> = jobs.iter().collect();
+            while let Some(first) = pending.first() {
+                first.wait(PROGRESS_EVERY);
+                pending.retain(|job| match job.outcome() {
+                    Some(Ok(())) => {
+                        let mut last = progress_of(job);
+                        last.bytes_done = last.bytes_total;
+                        progress(last);
+                        false
                     }
-                }
-                progress(progress_of(job));
+                    Some(Err(e)) => {
+                        failed.push(Failure {
+                            path: job.rel.to_string_lossy().into_owned(),
+                            error: e,
+                        });
+                        false
+                    }
+                    None => {
+                        if job.started().is_some() {
+                            progress(progress_of(job));
+                        }
+                        true
+                    }
+                });
             }
         }
         Ok(Promoted {

@@ -428,7 +428,10 @@ impl Filesystem for CachefsFs {
                     .map_err(|_| io::Error::other("backing token of another type"))
             });
             match id {
-                Ok(id) => return reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                Ok(id) => {
+                    self.core.passthrough_started(o.fh);
+                    return reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                }
                 Err(e) => {
                     tracing::warn!(
                         "kernel refused a passthrough backing file, serving it through the daemon: {e}"

@@ -5,8 +5,10 @@
 //! - `lifecycle`: start (foreground or daemon), the stale-mount check, the FUSE session,
 //!   the watchdog, a clean stop on signals; the process-wide state in one place.
 //! - `control`: the control socket: the typed protocol (`proto`), its server, its client,
-//!   what a person sees (`render`) and the subcommands (`run`).
-//! - `daemon`: the running daemon's answers on the control socket (status, promote...).
+//!   what a person sees (`render`, `progress`) and the subcommands (`run`); and the
+//!   Prometheus metrics (`metrics`), the same `Status` over HTTP.
+//! - `daemon`: the running daemon's answers on the control socket (status, promote...),
+//!   read off the core's counters into the one `Status`.
 //! - `mountinfo`: /proc/self/mountinfo parsed, mounts found, stale ones removed.
 //! - `logging`: stderr, syslog or a log file.
 //! - `fuse`: the one `fuser::Filesystem` impl, a thin adapter over `overlay` that logs

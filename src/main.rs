@@ -10,11 +10,16 @@ use cachefs::logging;
 use cachefs::exit;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args_os().collect()) {
+    let argv: Vec<_> = std::env::args_os().collect();
+    let command = match cli::parse(argv.clone()) {
         Ok(c) => c,
         Err(CliError::Info(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
+        }
+        Err(CliError::Usage(msg)) if cachefs::control::run::wants_json(&argv) => {
+            println!("{}", cachefs::control::run::json_error(&msg));
+            return ExitCode::from(exit::USAGE);
         }
         Err(CliError::Usage(msg)) => {
             eprintln!("cachefs: {msg}");

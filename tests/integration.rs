@@ -23,6 +23,8 @@
 //! - `feed`: `cachefs feed plex|jellyfin` against a fake media server: exactly the listed
 //!   files, mapped by `--map`, and the next ones of their directories are promoted; wrong
 //!   tokens, HTTP errors and unreachable servers are one line and exit 1.
+//! - `metrics`: the Prometheus listener scraped on a real mount, `status --json` failures
+//!   as JSON, `promote --wait` as plain lines off a terminal.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //!
@@ -68,3 +70,6 @@ mod scan;
 
 #[path = "integration/feed.rs"]
 mod feed;
+
+#[path = "integration/metrics.rs"]
+mod metrics;

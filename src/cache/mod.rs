@@ -116,6 +116,11 @@ impl Ledger {
             .map_or(0, |(_, total)| self.min_free_bytes(total))
     }
 
+    /// The cache filesystem's (available, total) bytes now; (0, 0) if statvfs fails.
+    pub fn space_now(&self) -> (u64, u64) {
+        self.free.space().unwrap_or((0, 0))
+    }
+
     fn forget(&self, rel: &Path) {
         self.entries.lock().remove(rel);
     }

@@ -19,8 +19,8 @@ use std::io;
 use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select_biased};
@@ -45,7 +45,11 @@ pub enum Priority {
 pub struct Job {
     pub rel: PathBuf,
     pub bytes_done: AtomicU64,
+    /// The source's size, set when the copy starts.
     pub bytes_total: AtomicU64,
+    /// When the copy started (room made, temporary file allocated): the status's rate and
+    /// ETA count from here, not from the wait in the queue.
+    started: OnceLock<Instant>,
     /// Where a foreground reader was when it asked; the copy starts there.
     start_hint: AtomicU64,
     /// A foreground reader is using the file: keep its source pages cached.
@@ -64,6 +68,7 @@ impl Job {
             prefetch,
             bytes_done: AtomicU64::new(0),
             bytes_total: AtomicU64::new(0),
+            started: OnceLock::new(),
             start_hint: AtomicU64::new(start),
             reader_active: AtomicBool::new(reader),
             cancelled: AtomicBool::new(false),
@@ -79,6 +84,16 @@ impl Job {
             self.finished.wait_for(&mut o, timeout);
         }
         o.clone()
+    }
+
+    /// The outcome, without waiting; `None` while it runs or waits.
+    pub fn outcome(&self) -> Option<Result<(), String>> {
+        self.outcome.lock().clone()
+    }
+
+    /// When its copy started; `None` while it waits for a worker or for room.
+    pub fn started(&self) -> Option<Instant> {
+        self.started.get().copied()
     }
 
     fn finish(&self, r: Result<(), String>) {
@@ -106,10 +121,15 @@ pub trait Events: Send + Sync + 'static {
     fn usable(&self) -> bool;
 }
 
+/// The promoter's counters, since the mount started.
 #[derive(Default)]
 pub struct Stats {
     pub done: AtomicU64,
     pub failed: AtomicU64,
+    /// Bytes of the copies published.
+    pub done_bytes: AtomicU64,
+    /// Bytes read from SOURCE by every copy, published, failed or cancelled.
+    pub read_bytes: AtomicU64,
 }
 
 /// A token bucket shared by all workers: `rate` bytes per second, 0 for unlimited.
@@ -257,7 +277,7 @@ impl Promoter {
             .inflight
             .lock()
             .values()
-            .filter(|j| j.bytes_total.load(Ordering::Relaxed) > 0)
+            .filter(|j| j.started().is_some())
             .cloned()
             .collect()
     }
@@ -345,6 +365,10 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
         match &r {
             Ok(()) => {
                 shared.stats.done.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .done_bytes
+                    .fetch_add(job.bytes_total.load(Ordering::Relaxed), Ordering::Relaxed);
                 tracing::info!("promoted {}", job.rel.display());
             }
             Err(e) if job.cancelled.load(Ordering::Relaxed) => {
@@ -401,7 +425,8 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
     let Some((tmp, tmp_name)) = temp else {
         return Err(io::Error::other("no temporary file was made"));
     };
-    job.bytes_total.store(total.max(1), Ordering::Relaxed);
+    job.bytes_total.store(total, Ordering::Relaxed);
+    let _ = job.started.set(Instant::now());
     let r = copy_into(shared, job, &src, &tmp, total).and_then(|()| {
         tmp.sync_all()?;
         let after = rustix::fs::fstat(&src)?;
@@ -460,6 +485,7 @@ fn copy_into(shared: &Shared, job: &Job, src: &File, dst: &File, total: u64) -> 
             }
             off += n;
             job.bytes_done.fetch_add(n, Ordering::Relaxed);
+            shared.stats.read_bytes.fetch_add(n, Ordering::Relaxed);
         }
     }
     Ok(())

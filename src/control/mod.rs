@@ -1,5 +1,6 @@
 //! The control socket between a running daemon and the subcommands `status`, `promote`,
-//! `pin`, `unpin`, `evict` and `unmount`.
+//! `pin`, `unpin`, `evict` and `unmount`; and the Prometheus metrics, which show the same
+//! status over HTTP.
 //!
 //! The protocol is newline-delimited JSON over a Unix stream socket. The client sends one
 //! line `{"cmd": "...", "paths": [...], "wait": bool}`; the daemon answers with zero or more
@@ -14,6 +15,8 @@
 //! - [`client`]: finding the mount a path is under ([`locate`]) and asking its daemon
 //!   ([`request`]);
 //! - [`render`]: what a person sees: the status text, progress lines, summaries;
+//! - [`progress`]: `promote --wait`'s bars on a terminal, plain lines elsewhere;
+//! - [`metrics`]: the status in Prometheus' text format, and its HTTP listener;
 //! - [`run`]: the subcommands `main.rs` hands over ([`run_command`]), with exit codes.
 //!
 //! What the commands do to the cache is the handler's business, not this module's.
@@ -22,12 +25,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub mod client;
+pub mod metrics;
+pub mod progress;
 pub mod proto;
 pub mod render;
 pub mod run;
 pub mod server;
 
 pub use client::{RequestError, locate, request, status};
+pub use metrics::{MetricsServer, serve_metrics};
 pub use proto::{
     Cmd, Evicted, Failure, Pinned, Progress, Promoted, Request, Status, Stopping, Unpinned,
 };

@@ -143,19 +143,33 @@ impl Request {
 
 /// One file's promotion as it goes: a `progress` line of `promote --wait`, and an item of
 /// the status's `in_flight`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub bytes_done: u64,
+    /// 0 until the copy starts (the size is read then).
     pub bytes_total: u64,
+    /// Extra: milliseconds since the copy started (0: not started), for a rate and an ETA.
+    #[serde(default)]
+    pub elapsed_ms: u64,
     /// Relative to the mount's root; not UTF-8 bytes are replaced (U+FFFD).
     pub path: String,
 }
 
 /// The `cachefs status --json` object. CONTRACT.md lists the keys every version has; the
-/// ones marked "extra" are this daemon's own additions (tests and the text status read them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// ones marked "extra" are this daemon's own additions (tests, the text status and the
+/// Prometheus metrics read them). Counters count since the mount started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub cache: String,
+    /// Extra: the cache filesystem's available and total bytes (statvfs; 0 when unknown).
+    #[serde(default)]
+    pub cache_fs_avail: u64,
+    #[serde(default)]
+    pub cache_fs_size: u64,
+    /// Extra: bytes the daemon read from cached copies for callers (passthrough reads are
+    /// not among them: see `passthrough_bytes`).
+    #[serde(default)]
+    pub cache_read_bytes: u64,
     /// Extra: false once the cache directory failed and everything is served from SOURCE.
     pub cache_usable: bool,
     pub cached_bytes: u64,
@@ -189,17 +203,41 @@ pub struct Status {
     pub meta_nodes: u64,
     #[serde(default)]
     pub meta_ttl: u64,
+    /// Extra: the address the Prometheus listener is bound to, "" when there is none;
+    /// `metrics_error` says why when `metrics=` was given and the bind failed.
+    #[serde(default)]
+    pub metrics: String,
+    #[serde(default)]
+    pub metrics_error: String,
     /// In bytes, as it applies now (a percentage resolved against the filesystem's size).
     pub min_free: u64,
     pub misses: u64,
     pub mountpoint: String,
     pub passthrough: bool,
+    /// Extra: opens the kernel serves by passthrough from a copy, and the sum of their
+    /// files' sizes: what the copies offered, since those reads never reach the daemon.
+    #[serde(default)]
+    pub passthrough_bytes: u64,
+    #[serde(default)]
+    pub passthrough_opens: u64,
     pub pid: u32,
     pub pinned_files: u64,
+    /// Extra: bytes of the copies published, and bytes every copy read from SOURCE
+    /// (failed and cancelled ones too).
+    #[serde(default)]
+    pub promoted_bytes: u64,
+    #[serde(default)]
+    pub promoter_read_bytes: u64,
     pub promotions_done: u64,
     pub promotions_failed: u64,
     pub queued: u64,
     pub source: String,
+    /// Extra: names resolved against SOURCE (lookups, readdirplus entries), not answered
+    /// by the metadata cache; and bytes the daemon read from SOURCE for callers.
+    #[serde(default)]
+    pub source_lookups: u64,
+    #[serde(default)]
+    pub source_read_bytes: u64,
 }
 
 impl Status {
@@ -442,7 +480,18 @@ mod tests {
     ];
 
     /// What the daemon sends beyond the contract (tests and the text status read them).
-    const EXTRA_KEYS: [&str; 13] = [
+    const EXTRA_KEYS: [&str; 24] = [
+        "cache_fs_avail",
+        "cache_fs_size",
+        "cache_read_bytes",
+        "metrics",
+        "metrics_error",
+        "passthrough_bytes",
+        "passthrough_opens",
+        "promoted_bytes",
+        "promoter_read_bytes",
+        "source_lookups",
+        "source_read_bytes",
         "cache_usable",
         "meta_hits",
         "meta_misses",
@@ -461,6 +510,9 @@ mod tests {
     fn sample_status() -> Status {
         Status {
             cache: "/ssd/cachefs".into(),
+            cache_fs_avail: 50,
+            cache_fs_size: 100,
+            cache_read_bytes: 1000,
             cache_usable: true,
             cached_bytes: 123_456_789,
             cached_files: 12,
@@ -475,6 +527,7 @@ mod tests {
             in_flight: vec![Progress {
                 bytes_done: 1_048_576,
                 bytes_total: 734_003_200,
+                elapsed_ms: 1500,
                 path: "Show/S01E02.mkv".into(),
             }],
             inode_handles: true,
@@ -484,16 +537,24 @@ mod tests {
             meta_misses: 0,
             meta_nodes: 0,
             meta_ttl: 0,
+            metrics: "127.0.0.1:9100".into(),
+            metrics_error: String::new(),
             min_free: 10_737_418_240,
             misses: 7,
             mountpoint: "/mnt/media".into(),
             passthrough: true,
+            passthrough_bytes: 2000,
+            passthrough_opens: 3,
             pid: 1234,
             pinned_files: 1,
+            promoted_bytes: 4000,
+            promoter_read_bytes: 5000,
             promotions_done: 12,
             promotions_failed: 0,
             queued: 2,
             source: "/mnt/hdd".into(),
+            source_lookups: 6,
+            source_read_bytes: 7000,
         }
     }
 
@@ -512,7 +573,7 @@ mod tests {
         assert_eq!(keys(&v), want);
         assert_eq!(
             keys(&v["in_flight"][0]),
-            ["path", "bytes_done", "bytes_total"]
+            ["path", "bytes_done", "bytes_total", "elapsed_ms"]
                 .map(String::from)
                 .into()
         );
@@ -526,21 +587,27 @@ mod tests {
         }
     }
 
-    /// The exact bytes the untyped encoder wrote before, for the same values: a status, each
-    /// kind of reply line, and a request.
+    /// The exact bytes on the wire, keys sorted as the untyped encoder wrote them before
+    /// (the extras added since in their sorted places): a status, each kind of reply line,
+    /// and a request.
     #[test]
     fn golden_bytes() {
         let status = Reply::Done(Ok(sample_status())).encode().unwrap();
         let want = concat!(
-            r#"{"ok":true,"result":{"cache":"/ssd/cachefs","cache_usable":true,"#,
+            r#"{"ok":true,"result":{"cache":"/ssd/cachefs","cache_fs_avail":50,"#,
+            r#""cache_fs_size":100,"cache_read_bytes":1000,"cache_usable":true,"#,
             r#""cached_bytes":123456789,"cached_files":12,"evictions":3,"fd_limit":1024,"#,
             r#""fds_bound":480,"fds_cached":17,"fds_pinned":2,"fds_reopened":5,"fds_shed":0,"#,
             r#""hits":40,"in_flight":[{"bytes_done":1048576,"bytes_total":734003200,"#,
-            r#""path":"Show/S01E02.mkv"}],"inode_handles":true,"inodes":99,"#,
+            r#""elapsed_ms":1500,"path":"Show/S01E02.mkv"}],"inode_handles":true,"inodes":99,"#,
             r#""max_size":536870912000,"meta_hits":0,"meta_misses":0,"meta_nodes":0,"#,
-            r#""meta_ttl":0,"min_free":10737418240,"misses":7,"#,
-            r#""mountpoint":"/mnt/media","passthrough":true,"pid":1234,"pinned_files":1,"#,
-            r#""promotions_done":12,"promotions_failed":0,"queued":2,"source":"/mnt/hdd"}}"#,
+            r#""meta_ttl":0,"metrics":"127.0.0.1:9100","metrics_error":"","#,
+            r#""min_free":10737418240,"misses":7,"#,
+            r#""mountpoint":"/mnt/media","passthrough":true,"passthrough_bytes":2000,"#,
+            r#""passthrough_opens":3,"pid":1234,"pinned_files":1,"promoted_bytes":4000,"#,
+            r#""promoter_read_bytes":5000,"#,
+            r#""promotions_done":12,"promotions_failed":0,"queued":2,"source":"/mnt/hdd","#,
+            r#""source_lookups":6,"source_read_bytes":7000}}"#,
             "\n"
         );
         assert_eq!(String::from_utf8(status).unwrap(), want);
@@ -559,10 +626,11 @@ mod tests {
             Reply::<()>::Progress(Progress {
                 bytes_done: 1,
                 bytes_total: 2,
+                elapsed_ms: 3,
                 path: "a".into(),
             })
             .encode(),
-            r#"{"progress":{"bytes_done":1,"bytes_total":2,"path":"a"}}"#,
+            r#"{"progress":{"bytes_done":1,"bytes_total":2,"elapsed_ms":3,"path":"a"}}"#,
         );
         golden(
             Reply::Done(Ok(Promoted {
@@ -672,6 +740,45 @@ mod tests {
         assert_eq!(
             Reply::<Evicted>::decode(br#"{"ok":false}"#).unwrap(),
             Reply::Done(Err("the daemon reported an error without a message".into()))
+        );
+    }
+
+    /// A status from a daemon before the extras (and a progress without `elapsed_ms`)
+    /// still decodes, the missing keys as zero or empty.
+    #[test]
+    fn older_daemons_answers_decode() {
+        let mut v = serde_json::to_value(sample_status()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        for k in &EXTRA_KEYS[..11] {
+            assert!(obj.remove(*k).is_some(), "{k}");
+        }
+        obj["in_flight"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("elapsed_ms");
+        let line = json!({"ok": true, "result": v}).to_string();
+        let Reply::Done(Ok(s)) = Reply::<Status>::decode(line.as_bytes()).unwrap() else {
+            panic!("not a status");
+        };
+        assert_eq!(
+            s,
+            Status {
+                cache_fs_avail: 0,
+                cache_fs_size: 0,
+                cache_read_bytes: 0,
+                metrics: String::new(),
+                passthrough_bytes: 0,
+                passthrough_opens: 0,
+                promoted_bytes: 0,
+                promoter_read_bytes: 0,
+                source_lookups: 0,
+                source_read_bytes: 0,
+                in_flight: vec![Progress {
+                    elapsed_ms: 0,
+                    ..sample_status().in_flight[0].clone()
+                }],
+                ..sample_status()
+            }
         );
     }
 

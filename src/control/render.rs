@@ -4,23 +4,73 @@
 //! Pure functions from the protocol's types to strings; the runner prints them.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::proto::{Cmd, Evicted, Failure, Pinned, Progress, Promoted, Status, Unpinned};
 
-/// One line per progress report: `Show/S01E02.mkv 45% (330 MiB / 700 MiB)`.
+/// One line per progress report: `Show/S01E02.mkv 45% (315 MiB / 700 MiB, 50 MiB/s,
+/// ETA 8s)`; the rate and ETA once the copy has run a while.
 pub fn progress_line(p: &Progress) -> String {
-    let (done, total) = (p.bytes_done, p.bytes_total);
-    let pct = if total == 0 {
-        100
-    } else {
-        (u128::from(done.min(total)) * 100 / u128::from(total)) as u64
-    };
+    let mut parts = vec![fmt_bytes(p.bytes_done) + " / " + &fmt_bytes(p.bytes_total)];
+    if p.bytes_done < p.bytes_total
+        && let Some((rate, eta)) = rate_eta(p)
+    {
+        parts.push(fmt_rate(rate));
+        parts.push(format!("ETA {eta}"));
+    }
     format!(
-        "{} {pct}% ({} / {})",
+        "{} {}% ({})",
         p.path,
-        fmt_bytes(done),
-        fmt_bytes(total)
+        percent(p.bytes_done, p.bytes_total),
+        parts.join(", ")
     )
+}
+
+/// `part` of `whole` in whole percent, at most 100; 100 for an empty whole (nothing to do).
+pub fn percent(part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        return 100;
+    }
+    (u128::from(part.min(whole)) * 100 / u128::from(whole)) as u64
+}
+
+/// A bar of `width` cells, `[#####-----]`, filled by `part` of `whole`.
+pub fn bar(part: u64, whole: u64, width: usize) -> String {
+    let filled = if whole == 0 {
+        width
+    } else {
+        (u128::from(part.min(whole)) * width as u128 / u128::from(whole)) as usize
+    };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+/// A copy's average rate since it started (bytes per second) and the time left at that
+/// rate; `None` before it has run long enough to say.
+fn rate_eta(p: &Progress) -> Option<(u64, String)> {
+    if p.elapsed_ms < 100 {
+        return None;
+    }
+    let rate = (u128::from(p.bytes_done) * 1000 / u128::from(p.elapsed_ms)) as u64;
+    let left = p.bytes_total.saturating_sub(p.bytes_done);
+    let eta = match left.checked_div(rate) {
+        Some(secs) => fmt_duration(Duration::from_secs(secs)),
+        None => "?".to_string(),
+    };
+    Some((rate, eta))
+}
+
+fn fmt_rate(bytes_per_sec: u64) -> String {
+    format!("{}/s", fmt_bytes(bytes_per_sec))
+}
+
+/// `7s`, `3m05s`, `2h04m`.
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
 }
 
 /// A command result's counts, in the order the summary names them, and its failures.
@@ -104,7 +154,25 @@ pub fn fmt_bytes(n: u64) -> String {
     }
 }
 
-/// `cachefs status` without `--json`.
+/// Width of the bars in `cachefs status`.
+const BAR: usize = 20;
+
+/// How much the cache may hold now: `max_size`, or what `min_free` leaves of the cache
+/// filesystem beside the copies, whichever is less; with the limit that binds. `None`
+/// when neither is known.
+fn allowed(s: &Status) -> Option<(u64, &'static str)> {
+    let room =
+        (s.cache_fs_size > 0).then(|| s.cached_bytes + s.cache_fs_avail.saturating_sub(s.min_free));
+    match (s.max_size, room) {
+        (0, None) => None,
+        (0, Some(room)) => Some((room, "min free")),
+        (max, Some(room)) if room < max => Some((room, "min free")),
+        (max, _) => Some((max, "max size")),
+    }
+}
+
+/// `cachefs status` without `--json`: what a person needs at a glance first (degraded
+/// mode, how full, how well it hits, what is copying), the details after.
 pub fn status_text(s: &Status) -> String {
     let mut out = format!(
         "cachefs mounted at {} (daemon pid {})\n",
@@ -112,12 +180,29 @@ pub fn status_text(s: &Status) -> String {
     );
     let mut line = |label: &str, value: String| out.push_str(&format!("  {label:<12}{value}\n"));
 
+    if !s.cache_usable {
+        line(
+            "DEGRADED",
+            "the cache is unusable: everything is served from SOURCE (see the daemon's log)".into(),
+        );
+    }
     line("source", s.source.clone());
     line("cache", s.cache.clone());
     line(
         "passthrough",
         if s.passthrough { "on" } else { "off" }.into(),
     );
+    if let Some((allowed, by)) = allowed(s) {
+        line(
+            "cache use",
+            format!(
+                "{} {:>3}% of {} allowed by {by}",
+                bar(s.cached_bytes, allowed, BAR),
+                percent(s.cached_bytes, allowed),
+                fmt_bytes(allowed)
+            ),
+        );
+    }
     line(
         "cached",
         format!(
@@ -127,25 +212,79 @@ pub fn status_text(s: &Status) -> String {
             s.pinned_files
         ),
     );
+    let max = match s.max_size {
+        0 => "no limit".to_string(),
+        n => fmt_bytes(n),
+    };
+    let free = match s.cache_fs_size {
+        0 => String::new(),
+        _ => format!(" ({} free now)", fmt_bytes(s.cache_fs_avail)),
+    };
     line(
         "limits",
+        format!("max size {max}, min free {}{free}", fmt_bytes(s.min_free)),
+    );
+    let opens = s.hits + s.misses;
+    let from_cache = s.cache_read_bytes + s.passthrough_bytes;
+    let bytes = from_cache + s.source_read_bytes;
+    line(
+        "hit ratio",
+        match (opens, bytes) {
+            (0, _) => "no opens yet".into(),
+            (_, 0) => format!("{}% by opens", percent(s.hits, opens)),
+            _ => format!(
+                "{}% by opens, {}% by bytes",
+                percent(s.hits, opens),
+                percent(from_cache, bytes)
+            ),
+        },
+    );
+    line(
+        "opens",
         format!(
-            "max size {}, min free {}",
-            fmt_bytes(s.max_size),
-            fmt_bytes(s.min_free)
+            "{} from cache ({} by passthrough), {} from source",
+            s.hits, s.passthrough_opens, s.misses
         ),
     );
-    let (h, m) = (u128::from(s.hits), u128::from(s.misses));
-    let pct = (h * 100).checked_div(h + m).unwrap_or(0);
-    line("opens", format!("{h} hits, {m} misses ({pct}% from cache)"));
+    line(
+        "bytes",
+        format!(
+            "{} from cache ({} of it offered by passthrough), {} from source",
+            fmt_bytes(from_cache),
+            fmt_bytes(s.passthrough_bytes),
+            fmt_bytes(s.source_read_bytes)
+        ),
+    );
     line(
         "promotions",
         format!(
-            "{} done, {} failed, {} queued",
-            s.promotions_done, s.promotions_failed, s.queued
+            "{} done ({}), {} failed, {} queued, {} copying",
+            s.promotions_done,
+            fmt_bytes(s.promoted_bytes),
+            s.promotions_failed,
+            s.queued,
+            s.in_flight.len()
         ),
     );
     line("evictions", s.evictions.to_string());
+    line(
+        "source use",
+        format!(
+            "{} lookups, {} read for callers, {} by the promoter",
+            s.source_lookups,
+            fmt_bytes(s.source_read_bytes),
+            fmt_bytes(s.promoter_read_bytes)
+        ),
+    );
+    if s.meta_ttl > 0 {
+        line(
+            "metadata",
+            format!(
+                "{} answered from memory, {} not, {} objects (meta_ttl {} s)",
+                s.meta_hits, s.meta_misses, s.meta_nodes, s.meta_ttl
+            ),
+        );
+    }
     let how = if s.inode_handles {
         "reopened by file handle"
     } else {
@@ -162,18 +301,42 @@ pub fn status_text(s: &Status) -> String {
             s.fds_cached, s.fds_bound, s.fds_pinned, s.fd_limit
         ),
     );
+    if !s.metrics.is_empty() {
+        line("metrics", format!("http://{}/metrics", s.metrics));
+    } else if !s.metrics_error.is_empty() {
+        line("metrics", format!("not served: {}", s.metrics_error));
+    }
     if !s.in_flight.is_empty() {
-        out.push_str("  in flight:\n");
+        out.push_str("  copying now:\n");
         for p in &s.in_flight {
-            out.push_str(&format!("    {}\n", progress_line(p)));
+            let mut l = format!(
+                "    {} {:>3}% {} / {}",
+                bar(p.bytes_done, p.bytes_total, BAR),
+                percent(p.bytes_done, p.bytes_total),
+                fmt_bytes(p.bytes_done),
+                fmt_bytes(p.bytes_total)
+            );
+            if let Some((rate, eta)) = rate_eta(p) {
+                l.push_str(&format!(", {}, ETA {eta}", fmt_rate(rate)));
+            }
+            out.push_str(&format!("{l}  {}\n", p.path));
         }
     }
     out
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    fn p(path: &str, bytes_done: u64, bytes_total: u64) -> Progress {
+        Progress {
+            bytes_done,
+            bytes_total,
+            elapsed_ms: 0,
+            path: path.into(),
+        }
+    }
 
     #[test]
     fn text_output() {
@@ -181,11 +344,6 @@ mod tests {
         assert_eq!(fmt_bytes(1536), "1.5 KiB");
         assert_eq!(fmt_bytes(330 << 20), "330 MiB");
         assert_eq!(fmt_bytes(500 << 30), "500 GiB");
-        let p = |path: &str, bytes_done, bytes_total| Progress {
-            bytes_done,
-            bytes_total,
-            path: path.into(),
-        };
         assert_eq!(
             progress_line(&p("Show/S01E02.mkv", 315 << 20, 700 << 20)),
             "Show/S01E02.mkv 45% (315 MiB / 700 MiB)"
@@ -240,54 +398,161 @@ mod tests {
             "evict /m: evicted 4"
         );
 
-        let s = Status {
+        assert_eq!(percent(1, 3), 33);
+        assert_eq!(percent(5, 0), 100);
+        assert_eq!(bar(1, 4, 8), "[##------]");
+        assert_eq!(bar(9, 4, 4), "[####]");
+        assert_eq!(bar(0, 0, 4), "[####]");
+        assert_eq!(fmt_duration(Duration::from_secs(7)), "7s");
+        assert_eq!(fmt_duration(Duration::from_secs(185)), "3m05s");
+        assert_eq!(fmt_duration(Duration::from_secs(7440)), "2h04m");
+        for (elapsed_ms, progress, want) in [
+            // 315 MiB in 6.3 s: 50 MiB/s, 385 MiB left.
+            (
+                6300,
+                p("Show/S01E02.mkv", 315 << 20, 700 << 20),
+                "Show/S01E02.mkv 45% (315 MiB / 700 MiB, 50 MiB/s, ETA 7s)",
+            ),
+            (5000, p("slow", 0, 10), "slow 0% (0 B / 10 B, 0 B/s, ETA ?)"),
+            (5000, p("done", 10, 10), "done 100% (10 B / 10 B)"),
+            // Too soon to tell a rate.
+            (50, p("young", 1, 10), "young 10% (1 B / 10 B)"),
+        ] {
+            let timed = Progress {
+                elapsed_ms,
+                ..progress
+            };
+            assert_eq!(progress_line(&timed), want);
+        }
+    }
+
+    /// A busy mount with a max_size, passthrough, the metadata cache and two copies.
+    pub(crate) fn busy() -> Status {
+        Status {
             mountpoint: "/mnt/media".into(),
             source: "/mnt/hdd".into(),
             cache: "/ssd".into(),
             pid: 9,
             passthrough: true,
             cache_usable: true,
-            cached_files: 2,
-            cached_bytes: 2048,
+            cached_files: 12,
+            cached_bytes: 2 << 30,
             pinned_files: 1,
-            max_size: 1 << 30,
-            meta_hits: 0,
-            meta_misses: 0,
-            meta_nodes: 0,
-            meta_ttl: 0,
+            max_size: 8 << 30,
             min_free: 10 << 30,
+            cache_fs_avail: 40 << 30,
+            cache_fs_size: 100 << 30,
             hits: 3,
             misses: 1,
+            passthrough_opens: 2,
+            passthrough_bytes: 3 << 30,
+            cache_read_bytes: 1 << 30,
+            source_read_bytes: 1 << 30,
             promotions_done: 2,
             promotions_failed: 0,
+            promoted_bytes: 1536 << 20,
+            promoter_read_bytes: 1600 << 20,
             queued: 1,
             evictions: 0,
-            in_flight: vec![p("a", 0, 10)],
+            source_lookups: 120,
+            meta_hits: 40,
+            meta_misses: 9,
+            meta_nodes: 300,
+            meta_ttl: 60,
+            in_flight: vec![
+                Progress {
+                    elapsed_ms: 6300,
+                    ..p("Show/S01E02.mkv", 315 << 20, 700 << 20)
+                },
+                p("Show/S01E03.mkv", 0, 650 << 20),
+            ],
             inodes: 7,
             inode_handles: true,
             fd_limit: 1024,
             fds_bound: 480,
             fds_cached: 3,
             fds_pinned: 1,
-            fds_reopened: 0,
-            fds_shed: 0,
-        };
-        let t = status_text(&s);
+            metrics: "127.0.0.1:9100".into(),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn status_at_a_glance() {
         assert_eq!(
-            t,
+            status_text(&busy()),
             "cachefs mounted at /mnt/media (daemon pid 9)\n\
              \x20 source      /mnt/hdd\n\
              \x20 cache       /ssd\n\
              \x20 passthrough on\n\
-             \x20 cached      2 files, 2.0 KiB (1 pinned)\n\
-             \x20 limits      max size 1.0 GiB, min free 10 GiB\n\
-             \x20 opens       3 hits, 1 misses (75% from cache)\n\
-             \x20 promotions  2 done, 0 failed, 1 queued\n\
+             \x20 cache use   [#####---------------]  25% of 8.0 GiB allowed by max size\n\
+             \x20 cached      12 files, 2.0 GiB (1 pinned)\n\
+             \x20 limits      max size 8.0 GiB, min free 10 GiB (40 GiB free now)\n\
+             \x20 hit ratio   75% by opens, 80% by bytes\n\
+             \x20 opens       3 from cache (2 by passthrough), 1 from source\n\
+             \x20 bytes       4.0 GiB from cache (3.0 GiB of it offered by passthrough), 1.0 GiB from source\n\
+             \x20 promotions  2 done (1.5 GiB), 0 failed, 1 queued, 2 copying\n\
              \x20 evictions   0\n\
+             \x20 source use  120 lookups, 1.0 GiB read for callers, 1.6 GiB by the promoter\n\
+             \x20 metadata    40 answered from memory, 9 not, 300 objects (meta_ttl 60 s)\n\
              \x20 inodes      7 known to the kernel (reopened by file handle)\n\
              \x20 descriptors 3 cached of 480, 1 held by open files (limit 1024)\n\
-             \x20 in flight:\n\
-             \x20   a 0% (0 B / 10 B)\n"
+             \x20 metrics     http://127.0.0.1:9100/metrics\n\
+             \x20 copying now:\n\
+             \x20   [#########-----------]  45% 315 MiB / 700 MiB, 50 MiB/s, ETA 7s  Show/S01E02.mkv\n\
+             \x20   [--------------------]   0% 0 B / 650 MiB  Show/S01E03.mkv\n"
+        );
+    }
+
+    #[test]
+    fn status_without_limit_degraded() {
+        // No max_size: the room min_free leaves is the limit; a mount whose cache failed.
+        let s = Status {
+            max_size: 0,
+            cache_usable: false,
+            passthrough: false,
+            hits: 0,
+            misses: 0,
+            passthrough_opens: 0,
+            passthrough_bytes: 0,
+            cache_read_bytes: 0,
+            source_read_bytes: 0,
+            meta_ttl: 0,
+            in_flight: Vec::new(),
+            metrics: String::new(),
+            metrics_error: "cannot listen on 127.0.0.1:9100: Address in use".into(),
+            ..busy()
+        };
+        let t = status_text(&s);
+        let want = "cachefs mounted at /mnt/media (daemon pid 9)\n\
+             \x20 DEGRADED    the cache is unusable: everything is served from SOURCE (see the daemon's log)\n\
+             \x20 source      /mnt/hdd\n\
+             \x20 cache       /ssd\n\
+             \x20 passthrough off\n\
+             \x20 cache use   [#-------------------]   6% of 32 GiB allowed by min free\n\
+             \x20 cached      12 files, 2.0 GiB (1 pinned)\n\
+             \x20 limits      max size no limit, min free 10 GiB (40 GiB free now)\n\
+             \x20 hit ratio   no opens yet\n";
+        assert!(t.starts_with(want), "{t}");
+        assert!(
+            t.ends_with(
+                "  metrics     not served: cannot listen on 127.0.0.1:9100: Address in use\n"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("metadata") && !t.contains("copying now"), "{t}");
+
+        // Nothing known of the filesystem and no max_size: no bar, and no "max size 0 B".
+        let unknown = Status {
+            cache_fs_size: 0,
+            cache_fs_avail: 0,
+            ..s
+        };
+        let t = status_text(&unknown);
+        assert!(!t.contains("cache use") && !t.contains("0 B,"), "{t}");
+        assert!(
+            t.contains("  limits      max size no limit, min free 10 GiB\n"),
+            "{t}"
         );
     }
 }

@@ -1,14 +1,17 @@
 //! The control subcommands as `main.rs` hands them over: each located, asked of its
 //! daemon, printed (results on stdout, progress and messages on stderr), and mapped to an
-//! exit code from `crate::exit`.
+//! exit code from `crate::exit`. With `--json`, a failure is JSON too
+//! (`{"error": "..."}` on stdout), so a script's parser never meets plain text.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use super::client::{self, RequestError, locate};
+use super::progress;
 use super::proto::{Cmd, Evicted, Pinned, Progress, Promoted, Request, Status, Stopping, Unpinned};
 use super::render::{self, Summary};
 use crate::cli::Command;
@@ -42,7 +45,31 @@ fn fail(msg: &str) -> u8 {
     FAILURE
 }
 
+/// A failure as `--json` prints it: one object with the message.
+pub fn json_error(msg: &str) -> String {
+    serde_json::json!({ "error": msg }).to_string()
+}
+
+/// Whether argv asks for JSON output (`status ... --json`), for a usage error found before
+/// any command was parsed.
+pub fn wants_json(argv: &[OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == "status")
+        && argv
+            .iter()
+            .skip(2)
+            .take_while(|a| *a != "--")
+            .any(|a| a == "--json")
+}
+
 fn run_status(path: &Path, as_json: bool) -> u8 {
+    let fail = |msg: &str| {
+        if as_json {
+            println!("{}", json_error(msg));
+            FAILURE
+        } else {
+            fail(msg)
+        }
+    };
     let (mp, _) = match locate(path) {
         Ok(l) => l,
         Err(msg) => return fail(&msg),
@@ -86,8 +113,17 @@ fn run_paths<R: DeserializeOwned + Summary>(cmd: Cmd, paths: &[PathBuf], wait: b
         }
     }
     for (mp, rels) in &groups {
-        let mut print_progress = |p: Progress| eprintln!("{}", render::progress_line(&p));
-        match ask::<R>(mp, &Request::new(cmd, rels, wait), &mut print_progress) {
+        // Only a waiting promote reports progress.
+        let mut view = wait.then(progress::view);
+        let asked = ask::<R>(mp, &Request::new(cmd, rels, wait), &mut |p| {
+            if let Some(v) = &mut view {
+                v.update(p);
+            }
+        });
+        if let Some(mut v) = view {
+            v.finish(asked.as_ref().map_or(&[], |r| r.failures()));
+        }
+        match asked {
             Ok(result) => {
                 println!("{}", render::summary(cmd, mp, &result));
                 for f in result.failures() {

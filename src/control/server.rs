@@ -361,34 +361,12 @@ mod tests {
         Status {
             cache: "/ssd".into(),
             cache_usable: true,
-            cached_bytes: 0,
-            cached_files: 0,
-            evictions: 0,
-            fd_limit: 0,
-            fds_bound: 0,
-            fds_cached: 0,
-            fds_pinned: 0,
-            fds_reopened: 0,
-            fds_shed: 0,
             hits: 3,
-            in_flight: Vec::new(),
-            inode_handles: false,
-            inodes: 0,
-            max_size: 0,
-            meta_hits: 0,
-            meta_misses: 0,
-            meta_nodes: 0,
-            meta_ttl: 0,
-            min_free: 0,
             misses: 1,
             mountpoint: "/mnt/media".into(),
-            passthrough: false,
             pid: 42,
-            pinned_files: 0,
-            promotions_done: 0,
-            promotions_failed: 0,
-            queued: 0,
             source: "/hdd".into(),
+            ..Status::default()
         }
     }
 
@@ -408,6 +386,7 @@ mod tests {
                     progress(Progress {
                         bytes_done: i * 100,
                         bytes_total: 300,
+                        elapsed_ms: 0,
                         path: "a.mkv".into(),
                     });
                 }

@@ -67,19 +67,39 @@ pub(super) fn mount(
 }
 
 /// The control socket for the mount, or none (with a warning): a mount without one
-/// still serves files.
+/// still serves files. With `metrics=`, the Prometheus listener beside it, answering from
+/// the same daemon.
 pub(super) fn serve_control(cfg: &Config, core: Arc<Overlay>) -> Option<control::Server> {
-    let daemon = Daemon {
-        core,
-        stop: super::signals::request_stop,
-    };
-    match control::serve(&cfg.mountpoint, Arc::new(daemon)) {
+    let daemon = Arc::new(Daemon::new(core, super::signals::request_stop));
+    if let Some(addr) = &cfg.metrics {
+        serve_metrics(addr, &daemon);
+    }
+    match control::serve(&cfg.mountpoint, daemon) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!("no control socket, `cachefs status` will not answer: {e}");
             None
         }
     }
+}
+
+/// Starts the metrics listener. A failure to bind is logged and shown by `cachefs status`,
+/// and the mount goes on: the files matter more than their graphs, and a mount at boot
+/// must not fail because another program holds a port (Prometheus shows the target down).
+fn serve_metrics(addr: &str, daemon: &Arc<Daemon>) {
+    let outcome = match control::serve_metrics(addr, daemon.clone()) {
+        Ok(server) => {
+            let bound = server.local_addr().to_string();
+            tracing::info!("metrics at http://{bound}/metrics");
+            Ok(bound)
+        }
+        Err(e) => {
+            let why = format!("cannot listen on {addr}: {e}");
+            tracing::error!("metrics: {why}; the mount goes on without metrics");
+            Err(why)
+        }
+    };
+    let _ = daemon.metrics.set(outcome);
 }
 
 /// mount(2) of a FUSE filesystem on an open /dev/fuse.

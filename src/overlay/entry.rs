@@ -271,9 +271,14 @@ impl Overlay {
     fn remove(&self, caller: &Caller, parent: u64, name: &OsStr, flags: AtFlags) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
+        let victim = self.meta_object(pfd.as_fd(), name);
         {
             let _as = self.creds.enter(caller)?;
             rustix::fs::unlinkat(&*pfd, name, flags)?;
+        }
+        // The object loses a link (another name of it shows the new count and ctime).
+        if let Some(obj) = victim {
+            self.meta_changed(obj);
         }
         self.meta_name_changed(&parent, name);
         if let (Some(cache), Some(rel)) = (&self.cache, self.rel_child(&parent, name)) {
@@ -296,6 +301,12 @@ impl Overlay {
         let (newparent, npfd) = self.node(newparent)?;
         // The nodes the rename moves, so their recorded names can follow.
         let moving = self.known_child(pfd.as_fd(), name);
+        // The objects both names lead to: the one moved (its ctime, a directory's `..`)
+        // and the one replaced or exchanged (its link count and ctime).
+        let objects = [
+            self.meta_object(pfd.as_fd(), name),
+            self.meta_object(npfd.as_fd(), newname),
+        ];
         let exchanged = if flags & libc::RENAME_EXCHANGE != 0 {
             self.known_child(npfd.as_fd(), newname)
         } else {
@@ -314,10 +325,8 @@ impl Overlay {
             let flags = RenameFlags::from_bits_retain(flags);
             rustix::fs::renameat_with(&*pfd, name, &*npfd, newname, flags)?;
         }
-        // Both names, both directories, and the objects moved (their ctime, and a
-        // directory's `..`).
-        for inode in [&moving, &exchanged].into_iter().flatten() {
-            self.meta_changed((inode.dev, inode.ino));
+        for obj in objects.into_iter().flatten() {
+            self.meta_changed(obj);
         }
         self.meta_name_changed(&parent, name);
         self.meta_name_changed(&newparent, newname);
@@ -345,6 +354,14 @@ impl Overlay {
             }
         }
         Ok(())
+    }
+
+    /// The object `dir/name` leads to, when the metadata cache is on (it must forget the
+    /// object's attributes after a change to one of its names).
+    fn meta_object(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Option<(u64, u64)> {
+        self.meta.as_ref()?;
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Some((st.st_dev, st.st_ino))
     }
 
     /// The node of `dir/name`, if the kernel knows it.

@@ -93,6 +93,9 @@ pub(super) struct FileHandle {
     seen_generation: AtomicU64,
     promoted: AtomicBool,
     job: Mutex<Option<Arc<Job>>>,
+    /// The file's size when a cached copy was found for it at open (0 otherwise): what a
+    /// passthrough open offers, counted as such (the daemon never sees those reads).
+    copy_size: u64,
 }
 
 /// How the kernel is to serve an open.
@@ -155,6 +158,7 @@ impl Overlay {
         } else {
             None
         };
+        let mut copy_size = 0;
         // The copy to serve from: only for reading, and only while it matches the source.
         let copy = match (&self.cache, &rel) {
             (Some(cache), Some(rel)) => {
@@ -167,7 +171,11 @@ impl Overlay {
                     None
                 } else {
                     let st = rustix::fs::fstat(&*fd)?;
-                    cache.lookup(rel, &st).map(Arc::new)
+                    let found = cache.lookup(rel, &st).map(Arc::new);
+                    if found.is_some() {
+                        copy_size = st.st_size as u64;
+                    }
+                    found
                 }
             }
             _ => None,
@@ -247,6 +255,7 @@ impl Overlay {
             seen_generation: AtomicU64::new(generation),
             promoted: AtomicBool::new(write),
             job: Mutex::new(None),
+            copy_size,
         });
         self.inodes.fds.pin(nodeid, fh, fd);
         Ok(Opened {
@@ -409,6 +418,16 @@ impl Overlay {
         }
     }
 
+    /// The kernel accepted the backing file of a passthrough open: its reads will never
+    /// reach the daemon, so the file's size is counted as what the copy offered.
+    pub fn passthrough_started(&self, fh: u64) {
+        let Ok(h) = self.files.get(fh) else { return };
+        let c = &self.counters;
+        c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+        c.passthrough_bytes
+            .fetch_add(h.copy_size, Ordering::Relaxed);
+    }
+
     /// The kernel refused the backing file of a passthrough open: serve that handle (and
     /// the inode's later opens) through the daemon instead, reading the same copy.
     pub fn passthrough_failed(&self, fh: u64) {
@@ -501,6 +520,7 @@ impl Overlay {
             ),
             promoted: AtomicBool::new(true),
             job: Mutex::new(None),
+            copy_size: 0,
         });
         self.inodes.fds.pin(inode.nodeid, fh, fd);
         Ok((
@@ -519,9 +539,15 @@ impl Overlay {
         self.maybe_switch_to_copy(&h);
         let copy = h.copy.lock().clone();
         let mut buf = vec![0u8; size as usize];
+        let counters = &self.counters;
         let n = match &copy {
             Some(c) => match fdio::pread_full(c.as_fd(), &mut buf, offset) {
-                Ok(n) => n,
+                Ok(n) => {
+                    counters
+                        .cache_read_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    n
+                }
                 // A cache-side failure never reaches the reader (invariant 8).
                 Err(e) => {
                     if let Some(cache) = &self.cache {
@@ -530,10 +556,10 @@ impl Overlay {
                             .mark_unusable(&format!("reading a cached copy: {e}"));
                     }
                     *h.copy.lock() = None;
-                    fdio::pread_full(h.fd.as_fd(), &mut buf, offset)?
+                    read_source(counters, &h, &mut buf, offset)?
                 }
             },
-            None => fdio::pread_full(h.fd.as_fd(), &mut buf, offset)?,
+            None => read_source(counters, &h, &mut buf, offset)?,
         };
         if h.o_direct && copy.is_none() {
             drop_pages(&h, offset, n as u64, false);
@@ -751,6 +777,20 @@ impl Overlay {
         self.others_changed(fout.obj, fout.nodeid, fout.fd.as_fd());
         Ok(n as u32)
     }
+}
+
+/// A read of the source file, counted.
+fn read_source(
+    counters: &super::Counters,
+    h: &FileHandle,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<usize> {
+    let n = fdio::pread_full(h.fd.as_fd(), buf, offset)?;
+    counters
+        .source_read_bytes
+        .fetch_add(n as u64, Ordering::Relaxed);
+    Ok(n)
 }
 
 /// O_DIRECT's meaning on the source: the range's pages written back (`written`) and

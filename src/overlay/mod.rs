@@ -6,6 +6,7 @@
 //! `entry` (lookup, attributes, names), `dir` (directory handles), `file` (open files),
 //! `xattr`, and `creds` (running as the caller).
 
+mod counters;
 mod creds;
 mod dir;
 mod entry;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use rustix::fs::{FileType, Mode, OFlags};
 
+pub use counters::Counters;
 pub use creds::Caller;
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
@@ -87,6 +89,8 @@ pub struct Overlay {
     /// SOURCE's attributes and listings, answered without SOURCE (`meta_ttl`; `None`
     /// when off).
     meta: Option<MetaCache>,
+    /// Bytes served and SOURCE lookups, for the status and the metrics.
+    pub counters: Counters,
 }
 
 /// Objects the metadata cache remembers at most: about 170 MB at a library's typical
@@ -175,6 +179,7 @@ impl Overlay {
             mirror_count: AtomicU64::new(0),
             invalidator: std::sync::OnceLock::new(),
             meta,
+            counters: Counters::default(),
         })
     }
 
@@ -290,6 +295,7 @@ impl Overlay {
         pfd: BorrowedFd<'_>,
         name: &OsStr,
     ) -> io::Result<Entry> {
+        self.counters.source_lookups.fetch_add(1, Ordering::Relaxed);
         let (inode, stat) = self.inodes.lookup(parent, pfd, name)?;
         let entry = Entry::new(inode.nodeid, &stat);
         if let Some(meta) = &self.meta {
