@@ -81,7 +81,9 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        // SeqCst, as the bump in `published` and the promoter's cancel flag: see the
+        // promoter's publish step.
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// (files, bytes, pinned paths).
@@ -270,7 +272,13 @@ impl Events for Ledger {
         );
         self.reserved.fetch_sub(size, Ordering::Relaxed);
         drop(entries);
-        self.generation.fetch_add(1, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn withdrawn(&self, rel: &Path) {
+        if self.store.remove(rel).is_ok() {
+            self.forget(rel);
+        }
     }
 
     fn usable(&self) -> bool {

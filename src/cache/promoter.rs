@@ -57,6 +57,9 @@ pub struct Job {
     /// How many next files of the same directory to queue (prefetch) when the job starts.
     prefetch: usize,
     cancelled: AtomicBool,
+    /// Cancelled because the source's bytes are being changed through the mount (not
+    /// merely moved): a copy published despite the cancel must go.
+    changed: AtomicBool,
     outcome: Mutex<Option<Result<(), String>>>,
     finished: Condvar,
 }
@@ -72,6 +75,7 @@ impl Job {
             start_hint: AtomicU64::new(start),
             reader_active: AtomicBool::new(reader),
             cancelled: AtomicBool::new(false),
+            changed: AtomicBool::new(false),
             outcome: Mutex::new(None),
             finished: Condvar::new(),
         }
@@ -117,6 +121,9 @@ pub trait Events: Send + Sync + 'static {
     fn release(&self, size: u64, no_space: bool);
     /// A copy of `rel` was published (its reservation becomes a cached copy).
     fn published(&self, rel: &Path, prov: &Provenance, size: u64);
+    /// A copy just published was cancelled as it was published (a write began): it goes.
+    /// Fakes that keep no copies need not care.
+    fn withdrawn(&self, _rel: &Path) {}
     /// Whether copies may be made at all.
     fn usable(&self) -> bool;
 }
@@ -236,7 +243,8 @@ impl Promoter {
     /// Cancels the job for `rel`, if any: the source is being changed through the mount.
     pub fn cancel(&self, rel: &Path) {
         if let Some(job) = self.shared.inflight.lock().get(rel) {
-            job.cancelled.store(true, Ordering::Relaxed);
+            job.changed.store(true, Ordering::SeqCst);
+            job.cancelled.store(true, Ordering::SeqCst);
         }
     }
 
@@ -244,7 +252,7 @@ impl Promoter {
     pub fn cancel_below(&self, rel: &Path) {
         for (p, job) in self.shared.inflight.lock().iter() {
             if p.starts_with(rel) {
-                job.cancelled.store(true, Ordering::Relaxed);
+                job.cancelled.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -254,7 +262,7 @@ impl Promoter {
     pub fn stop(&self, timeout: Duration) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         for job in self.shared.inflight.lock().values() {
-            job.cancelled.store(true, Ordering::Relaxed);
+            job.cancelled.store(true, Ordering::SeqCst);
         }
         let end = Instant::now() + timeout;
         while !self.running().is_empty() && Instant::now() < end {
@@ -355,7 +363,7 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
         }
         let r = if job.cancelled.load(Ordering::Relaxed) || shared.stopping.load(Ordering::Relaxed)
         {
-            job.cancelled.store(true, Ordering::Relaxed);
+            job.cancelled.store(true, Ordering::SeqCst);
             Err("cancelled".to_string())
         } else if !shared.events.usable() {
             Err("the cache is unusable".to_string())
@@ -436,11 +444,24 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
         if Provenance::of(&after) != prov || Provenance::of(&now_at_path) != prov {
             return Err(changed());
         }
-        if job.cancelled.load(Ordering::Relaxed) {
+        if job.cancelled.load(Ordering::SeqCst) {
             return Err(cancelled());
         }
         shared.store.publish(&tmp, &tmp_name, &job.rel, &prov)?;
         shared.events.published(&job.rel, &prov, total);
+        // A write through the mount cancels the job, then reads the generation that
+        // `published` bumped (file.rs, `before_change`), all sequentially consistent:
+        // a cancel that came after the checks above is seen here, or the writer sees the
+        // new generation and drops the copy itself. Either way no copy of bytes the
+        // source no longer holds stays in the cache. (A rename's cancel leaves the copy
+        // to be moved with its name.)
+        if job.changed.load(Ordering::SeqCst) {
+            tracing::debug!(
+                "{} changed as it was published: withdrawn",
+                job.rel.display()
+            );
+            shared.events.withdrawn(&job.rel);
+        }
         Ok(())
     });
     if let Err(e) = &r {
@@ -472,7 +493,7 @@ fn copy_into(shared: &Shared, job: &Job, src: &File, dst: &File, total: u64) -> 
     for (from, to) in [(start, total), (0, start)] {
         let mut off = from;
         while off < to {
-            if job.cancelled.load(Ordering::Relaxed) {
+            if job.cancelled.load(Ordering::SeqCst) {
                 return Err(cancelled());
             }
             let n = CHUNK.min(to - off);

@@ -216,10 +216,21 @@ impl<'a> Ctx<'a> {
     /// On a promoting mount, after a step that changed or removed `rel` through the
     /// mount: no copy of `rel` holds bytes SOURCE no longer has. The copy was dropped (or
     /// refreshed); where `rel` is no regular file any more, there is none.
+    ///
+    /// A promotion that was publishing as the change began withdraws its copy itself, on
+    /// its own thread, a moment after the change returns (such a copy never matches its
+    /// source, so no open serves it meanwhile): the check allows it 5 s to go.
     fn no_stale_copy(&mut self, rel: &str) {
         let Some(p) = self.promoting() else { return };
-        let copy = file_below(&p.copies, rel);
-        if copy.is_some() && copy != file_below(&p.source, rel) {
+        let stale = || {
+            let copy = file_below(&p.copies, rel);
+            copy.is_some() && copy != file_below(&p.source, rel)
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stale() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if stale() {
             p.fail(format!(
                 "{}: the cache still holds a copy of bytes SOURCE no longer has",
                 short(rel)
