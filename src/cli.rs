@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::options::{self, Arity, Kind};
+use crate::options::{self, Arity};
 
 /// What the command line asks for.
 // `Mount` dwarfs the rest, but a `Command` is made once per process: not worth a `Box`.
@@ -121,10 +121,8 @@ fn parse_mount(argv: Vec<OsString>) -> Result<Config, CliError> {
                         let metavar = options::OPTIONS
                             .iter()
                             .find(|o| o.name == options::normalise(name))
-                            .map_or("VALUE", |o| match o.kind {
-                                Kind::Value(m, _) => m,
-                                Kind::Flag(_) => "",
-                            });
+                            .and_then(|o| o.kind.metavar())
+                            .unwrap_or("VALUE");
                         return Err(usage(format!(
                             "option '--{name}' needs a value: write --{name} {metavar} or \
                              --{name}={metavar}"
@@ -217,9 +215,9 @@ pub fn help_text() -> String {
     );
     for spec in options::OPTIONS {
         let dashed = spec.name.replace('_', "-");
-        let left = match spec.kind {
-            Kind::Flag(_) => format!("--{dashed}"),
-            Kind::Value(metavar, _) => format!("--{dashed} {metavar}"),
+        let left = match spec.kind.metavar() {
+            None => format!("--{dashed}"),
+            Some(metavar) => format!("--{dashed} {metavar}"),
         };
         item(&mut h, &left, spec.help);
     }
