@@ -1,7 +1,7 @@
 //! The command line: argv to a [`Command`], and the checks of a mount's paths.
 //!
 //! Two shapes of argv. If the first argument names a subcommand (`status`, `promote`, `pin`,
-//! `unpin`, `evict`, `unmount`, `cleanup`), clap parses it. Otherwise it is the mount form,
+//! `unpin`, `evict`, `unmount`, `cleanup`, the hidden `man`), clap parses it. Otherwise it is the mount form,
 //! `cachefs SOURCE MOUNTPOINT [--OPTION[=VALUE] | --OPTION VALUE | -o LIST | -f]...`, walked
 //! here by hand so that every `--long-option` and every `-o` item go through the one table in
 //! [`crate::options`]: the two spellings cannot drift, and `--help` prints that table.
@@ -24,13 +24,31 @@ use crate::options::{self, Arity};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Mount(Config),
-    Status { mountpoint: PathBuf, json: bool },
-    Promote { wait: bool, paths: Vec<PathBuf> },
-    Pin { paths: Vec<PathBuf> },
-    Unpin { paths: Vec<PathBuf> },
-    Evict { paths: Vec<PathBuf> },
-    Unmount { mountpoint: PathBuf },
-    Cleanup { mountpoints: Vec<PathBuf> },
+    Status {
+        mountpoint: PathBuf,
+        json: bool,
+    },
+    Promote {
+        wait: bool,
+        paths: Vec<PathBuf>,
+    },
+    Pin {
+        paths: Vec<PathBuf>,
+    },
+    Unpin {
+        paths: Vec<PathBuf>,
+    },
+    Evict {
+        paths: Vec<PathBuf>,
+    },
+    Unmount {
+        mountpoint: PathBuf,
+    },
+    Cleanup {
+        mountpoints: Vec<PathBuf>,
+    },
+    /// Print the manual page, cachefs(8), in roff (hidden: for the install script).
+    Man,
 }
 
 /// Why [`parse`] produced no command.
@@ -44,7 +62,7 @@ pub enum CliError {
 
 /// The subcommand names; any other first argument starts the mount form.
 pub const SUBCOMMANDS: &[&str] = &[
-    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup",
+    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup", "man",
 ];
 
 const USAGE: &str = "usage: cachefs SOURCE MOUNTPOINT --cache DIR [OPTIONS] (see 'cachefs --help')";
@@ -396,6 +414,14 @@ enum Sub {
         /// Only these mountpoints.
         mountpoints: Vec<PathBuf>,
     },
+    /// Print the manual page, cachefs(8), in roff.
+    #[command(hide = true)]
+    Man,
+}
+
+/// The subcommands' clap definitions (the man page renders them).
+pub fn subcommands() -> clap::Command {
+    SubCli::command()
 }
 
 fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
@@ -411,6 +437,7 @@ fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
         Sub::Evict { paths } => Command::Evict { paths },
         Sub::Unmount { mountpoint } => Command::Unmount { mountpoint },
         Sub::Cleanup { mountpoints } => Command::Cleanup { mountpoints },
+        Sub::Man => Command::Man,
     })
 }
 
@@ -987,6 +1014,7 @@ mod tests {
                     mountpoints: p(&["/m1", "/m2"]),
                 },
             ),
+            (&["man"], Command::Man),
         ];
         for (args, want) in table {
             assert_eq!(parse(argv(args)).as_ref(), Ok(want), "{args:?}");

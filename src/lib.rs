@@ -14,6 +14,7 @@
 //! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
 //!   that fills it (`cache::promoter`, steered by `policy`).
 //! - `exit`: the exit codes, one documented table.
+//! - `man`: the manual page, cachefs(8), from the same tables as `--help`.
 //! - `fdio`: descriptor helpers over rustix (whole directories, full reads and writes).
 //! - `sys`: the only `unsafe`: what rustix does not wrap safely.
 //!
@@ -32,6 +33,7 @@ pub mod fuse;
 pub mod inodes;
 pub mod lifecycle;
 pub mod logging;
+pub mod man;
 pub mod meta;
 pub mod mountinfo;
 pub mod options;

@@ -174,7 +174,7 @@ pub const OPTIONS: &[OptionSpec] = &[
             c.attr_timeout = parse_duration(v).map_err(|e| in_option("attr_timeout", e))?;
             Ok(())
         }),
-        help: "how long the kernel caches attributes (default: 1)",
+        help: "how long the kernel caches attributes (default: 60)",
     },
     OptionSpec {
         name: "entry_timeout",
@@ -182,7 +182,7 @@ pub const OPTIONS: &[OptionSpec] = &[
             c.entry_timeout = parse_duration(v).map_err(|e| in_option("entry_timeout", e))?;
             Ok(())
         }),
-        help: "how long the kernel caches names (default: 1)",
+        help: "how long the kernel caches names (default: 60)",
     },
     OptionSpec {
         name: "negative_timeout",
@@ -190,7 +190,7 @@ pub const OPTIONS: &[OptionSpec] = &[
             c.negative_timeout = parse_duration(v).map_err(|e| in_option("negative_timeout", e))?;
             Ok(())
         }),
-        help: "how long the kernel caches missing names (default: 1)",
+        help: "how long the kernel caches missing names (default: 60)",
     },
     OptionSpec {
         name: "meta_ttl",

@@ -33,6 +33,7 @@ pub fn run_command(cmd: Command) -> u8 {
             crate::mountinfo::cleanup(&abs)
         }
         Command::Mount(_) => fail("mounting is not a control command"),
+        Command::Man => fail("printing the manual page is not a control command"),
     }
 }
 
