@@ -35,8 +35,9 @@ install -d -m755 "$man_dir"
 /usr/local/bin/cachefs man >"$man_dir/cachefs.8.tmp"
 chmod 644 "$man_dir/cachefs.8.tmp"
 mv -f "$man_dir/cachefs.8.tmp" "$man_dir/cachefs.8"
-# man finds the page without its index; mandb adds it for `man -k` and `apropos`.
+# man finds the page without its index; mandb adds it for whatis and apropos (updating
+# the index: only what changed is read).
 if command -v mandb >/dev/null 2>&1; then
-    mandb -q /usr/local/share/man >/dev/null 2>&1 || true
+    mandb -q >/dev/null 2>&1 || true
 fi
 echo "installed $man_dir/cachefs.8 (man cachefs)" >&2

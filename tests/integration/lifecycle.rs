@@ -584,9 +584,9 @@ fn foreground_as_container_pid_1_stops_cleanly_on_sigterm() {
 
 /// `scripts/install.sh` with this build (`CACHEFS_BIN`, so nothing is built), in a private
 /// mount namespace where temp directories cover /usr/local/bin, /usr/local/share/man and
-/// /var/cache/man (mandb's index): the binary lands in /usr/local/bin, its manual page in
-/// /usr/local/share/man/man8, and `man cachefs` opens it. Nothing outside temp dirs is
-/// written.
+/// /var/cache/man (mandb's index, copied): the binary lands in /usr/local/bin, its manual
+/// page in /usr/local/share/man/man8, `man cachefs` opens it and `whatis` finds it.
+/// Nothing outside temp dirs is written.
 #[test]
 fn install_script_installs_the_binary_and_its_manual_page() {
     if !common::can_mount("install_script_installs_the_binary_and_its_manual_page") {
@@ -604,6 +604,12 @@ fn install_script_installs_the_binary_and_its_manual_page() {
         for (dir, name) in covers {
             let (dir, cover) = (Path::new(dir), tmp.path().join(name));
             fs::create_dir(&cover).unwrap();
+            if name == "man-cache" && dir.is_dir() {
+                // mandb updates the index it finds; from an empty one it would rebuild the
+                // whole system's (half a minute).
+                let (ok, out) = run(Command::new("cp").arg("-a").arg(dir.join(".")).arg(&cover));
+                assert!(ok, "copy {}: {out}", dir.display());
+            }
             if !dir.is_dir() {
                 assert!(
                     name == "man-cache",
@@ -656,6 +662,12 @@ fn install_script_installs_the_binary_and_its_manual_page() {
         ] {
             assert!(text.contains(want), "man cachefs lacks {want:?}:\n{text}");
         }
+        // mandb indexed it: whatis finds it.
+        let (ok, text) = run(Command::new("whatis").arg("cachefs"));
+        assert!(
+            ok && text.starts_with("cachefs (8)"),
+            "whatis cachefs: {text}"
+        );
         drop(bound);
     });
 }
