@@ -1,7 +1,7 @@
 //! The command line: argv to a [`Command`], and the checks of a mount's paths.
 //!
 //! Two shapes of argv. If the first argument names a subcommand (`status`, `promote`, `pin`,
-//! `unpin`, `evict`, `unmount`, `cleanup`, `feed`), clap parses it. Otherwise it is the mount form,
+//! `unpin`, `evict`, `unmount`, `cleanup`, `feed`, the hidden `man`), clap parses it. Otherwise it is the mount form,
 //! `cachefs SOURCE MOUNTPOINT [--OPTION[=VALUE] | --OPTION VALUE | -o LIST | -f]...`, walked
 //! here by hand so that every `--long-option` and every `-o` item go through the one table in
 //! [`crate::options`]: the two spellings cannot drift, and `--help` prints that table.
@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::options::{self, Arity, Kind};
+use crate::options::{self, Arity};
 
 /// What the command line asks for.
 // `Mount` dwarfs the rest, but a `Command` is made once per process: not worth a `Box`.
@@ -24,14 +24,32 @@ use crate::options::{self, Arity, Kind};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Mount(Config),
-    Status { mountpoint: PathBuf, json: bool },
-    Promote { wait: bool, paths: Vec<PathBuf> },
-    Pin { paths: Vec<PathBuf> },
-    Unpin { paths: Vec<PathBuf> },
-    Evict { paths: Vec<PathBuf> },
-    Unmount { mountpoint: PathBuf },
-    Cleanup { mountpoints: Vec<PathBuf> },
+    Status {
+        mountpoint: PathBuf,
+        json: bool,
+    },
+    Promote {
+        wait: bool,
+        paths: Vec<PathBuf>,
+    },
+    Pin {
+        paths: Vec<PathBuf>,
+    },
+    Unpin {
+        paths: Vec<PathBuf>,
+    },
+    Evict {
+        paths: Vec<PathBuf>,
+    },
+    Unmount {
+        mountpoint: PathBuf,
+    },
+    Cleanup {
+        mountpoints: Vec<PathBuf>,
+    },
     Feed(FeedArgs),
+    /// Print the manual page, cachefs(8), in roff (hidden: for the install script).
+    Man,
 }
 
 /// `cachefs feed plex|jellyfin ...`, as `crate::feed` runs it.
@@ -93,7 +111,7 @@ pub enum CliError {
 
 /// The subcommand names; any other first argument starts the mount form.
 pub const SUBCOMMANDS: &[&str] = &[
-    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup", "feed",
+    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup", "feed", "man",
 ];
 
 const USAGE: &str = "usage: cachefs SOURCE MOUNTPOINT --cache DIR [OPTIONS] (see 'cachefs --help')";
@@ -170,10 +188,8 @@ fn parse_mount(argv: Vec<OsString>) -> Result<Config, CliError> {
                         let metavar = options::OPTIONS
                             .iter()
                             .find(|o| o.name == options::normalise(name))
-                            .map_or("VALUE", |o| match o.kind {
-                                Kind::Value(m, _) => m,
-                                Kind::Flag(_) => "",
-                            });
+                            .and_then(|o| o.kind.metavar())
+                            .unwrap_or("VALUE");
                         return Err(usage(format!(
                             "option '--{name}' needs a value: write --{name} {metavar} or \
                              --{name}={metavar}"
@@ -266,9 +282,9 @@ pub fn help_text() -> String {
     );
     for spec in options::OPTIONS {
         let dashed = spec.name.replace('_', "-");
-        let left = match spec.kind {
-            Kind::Flag(_) => format!("--{dashed}"),
-            Kind::Value(metavar, _) => format!("--{dashed} {metavar}"),
+        let left = match spec.kind.metavar() {
+            None => format!("--{dashed}"),
+            Some(metavar) => format!("--{dashed} {metavar}"),
         };
         item(&mut h, &left, spec.help);
     }
@@ -457,6 +473,9 @@ enum Sub {
         /// Only these mountpoints.
         mountpoints: Vec<PathBuf>,
     },
+    /// Print the manual page, cachefs(8), in roff.
+    #[command(hide = true)]
+    Man,
     /// Promote what a media server's users are about to watch, and the files after it.
     // A bare `cachefs feed` is a usage error (exit 2), not a help page (exit 0).
     #[command(arg_required_else_help = false)]
@@ -644,6 +663,11 @@ fn parse_feed(sub: FeedSub) -> Result<Command, CliError> {
     }))
 }
 
+/// The subcommands' clap definitions (the man page renders them).
+pub fn subcommands() -> clap::Command {
+    SubCli::command()
+}
+
 fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
     let matches = SubCli::command()
         .try_get_matches_from(argv)
@@ -658,6 +682,7 @@ fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
         Sub::Unmount { mountpoint } => Command::Unmount { mountpoint },
         Sub::Cleanup { mountpoints } => Command::Cleanup { mountpoints },
         Sub::Feed { server } => return parse_feed(server),
+        Sub::Man => Command::Man,
     })
 }
 
@@ -1242,6 +1267,7 @@ mod tests {
                     mountpoints: p(&["/m1", "/m2"]),
                 },
             ),
+            (&["man"], Command::Man),
         ];
         for (args, want) in table {
             assert_eq!(parse(argv(args)).as_ref(), Ok(want), "{args:?}");

@@ -1,5 +1,6 @@
 //! The validated configuration of one mount: what `cli` and `options` produce from argv,
-//! and what every other module reads. Plain data; no I/O happens here.
+//! and what every other module reads. Plain data (and the mount flags it means); no I/O
+//! happens here.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,13 +26,30 @@ pub enum Passthrough {
     Off,
 }
 
-/// Mount flags that go to the kernel as `MS_*` bits (`nodev`, `nosuid`, `noexec`, `noatime`).
+/// When the kernel updates access times (`atime`, `relatime`, `noatime`, `strictatime`,
+/// `norelatime`): one mode, the last option given wins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Atime {
+    /// The kernel's default: only when older than the last change, or a day old.
+    #[default]
+    Relatime,
+    Noatime,
+    /// On every access (also what `norelatime` asks for: without `strictatime` the
+    /// kernel falls back to relatime).
+    Strictatime,
+}
+
+/// Mount flags that go to the kernel as `MS_*` bits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelFlags {
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,
-    pub noatime: bool,
+    pub atime: Atime,
+    pub nodiratime: bool,
+    pub lazytime: bool,
+    pub sync: bool,
+    pub dirsync: bool,
 }
 
 /// The kernel's cache lifetimes for attributes, names and missing names, by default.
@@ -58,6 +76,8 @@ pub struct Config {
     pub promote_bw: u64,
     pub promote_after: u64,
     pub promote_threads: usize,
+    /// Process names whose reads never count toward promotion (see `policy`).
+    pub promote_ignore: Vec<String>,
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
     pub negative_timeout: Duration,
@@ -72,6 +92,10 @@ pub struct Config {
     /// Reopen inodes by file handle where SOURCE allows it (else by parent and name).
     pub inode_handles: bool,
     pub allow_other: bool,
+    /// Root may use the mount besides its owner (without `allow_other`).
+    pub allow_root: bool,
+    /// mount(2)'s source, what findmnt shows as SOURCE; `None`: SOURCE's path.
+    pub fsname: Option<String>,
     pub read_only: bool,
     pub debug: bool,
     pub kernel_flags: KernelFlags,
@@ -93,6 +117,10 @@ impl Config {
             promote_bw: 0,
             promote_after: 16 << 20,
             promote_threads: 2,
+            promote_ignore: crate::policy::DEFAULT_IGNORE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             attr_timeout: DEFAULT_KERNEL_TTL,
             entry_timeout: DEFAULT_KERNEL_TTL,
             negative_timeout: DEFAULT_KERNEL_TTL,
@@ -104,9 +132,80 @@ impl Config {
             passthrough: Passthrough::Auto,
             inode_handles: true,
             allow_other: false,
+            allow_root: false,
+            fsname: None,
             read_only: false,
             debug: false,
             kernel_flags: KernelFlags::default(),
+        }
+    }
+}
+
+impl Config {
+    /// mount(2)'s `MS_*` flags for this mount's options.
+    pub fn mount_flags(&self) -> u64 {
+        let k = self.kernel_flags;
+        let mut flags = match k.atime {
+            Atime::Relatime => libc::MS_RELATIME,
+            Atime::Noatime => libc::MS_NOATIME,
+            Atime::Strictatime => libc::MS_STRICTATIME,
+        };
+        for (on, flag) in [
+            (self.read_only, libc::MS_RDONLY),
+            (k.nodev, libc::MS_NODEV),
+            (k.nosuid, libc::MS_NOSUID),
+            (k.noexec, libc::MS_NOEXEC),
+            (k.nodiratime, libc::MS_NODIRATIME),
+            (k.lazytime, libc::MS_LAZYTIME),
+            (k.sync, libc::MS_SYNCHRONOUS),
+            (k.dirsync, libc::MS_DIRSYNC),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_flags() {
+        let base = || Config::new("/s".into(), "/m".into(), "/c".into());
+        assert_eq!(base().mount_flags(), libc::MS_RELATIME);
+        type Set = fn(&mut Config);
+        // Each flag beside the default atime mode.
+        let bits: &[(Set, u64)] = &[
+            (|c| c.read_only = true, libc::MS_RDONLY),
+            (|c| c.kernel_flags.nodev = true, libc::MS_NODEV),
+            (|c| c.kernel_flags.nosuid = true, libc::MS_NOSUID),
+            (|c| c.kernel_flags.noexec = true, libc::MS_NOEXEC),
+            (|c| c.kernel_flags.nodiratime = true, libc::MS_NODIRATIME),
+            (|c| c.kernel_flags.lazytime = true, libc::MS_LAZYTIME),
+            (|c| c.kernel_flags.sync = true, libc::MS_SYNCHRONOUS),
+            (|c| c.kernel_flags.dirsync = true, libc::MS_DIRSYNC),
+        ];
+        for (set, bit) in bits {
+            let mut c = base();
+            set(&mut c);
+            assert_eq!(
+                c.mount_flags(),
+                libc::MS_RELATIME | bit,
+                "{:?}",
+                c.kernel_flags
+            );
+        }
+        for (atime, want) in [
+            (Atime::Relatime, libc::MS_RELATIME),
+            (Atime::Noatime, libc::MS_NOATIME),
+            (Atime::Strictatime, libc::MS_STRICTATIME),
+        ] {
+            let mut c = base();
+            c.kernel_flags.atime = atime;
+            assert_eq!(c.mount_flags(), want, "{atime:?}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The process's exit codes: the one table, as CONTRACT.md documents it.
+//! The process's exit codes: the one table, as docs/reference.md documents it.
 //!
 //! | code | meaning |
 //! |---|---|

@@ -25,6 +25,7 @@
 //! - `feed`: `cachefs feed plex|jellyfin`: a media server's On Deck / Next Up / Resume
 //!   lists, mapped onto the mount and promoted through the control socket.
 //! - `exit`: the exit codes, one documented table.
+//! - `man`: the manual page, cachefs(8), from the same tables as `--help`.
 //! - `fdio`: descriptor helpers over rustix (whole directories, full reads and writes).
 //! - `sys`: the only `unsafe`: what rustix does not wrap safely.
 //!
@@ -44,6 +45,7 @@ pub mod fuse;
 pub mod inodes;
 pub mod lifecycle;
 pub mod logging;
+pub mod man;
 pub mod meta;
 pub mod mountinfo;
 pub mod options;

@@ -57,6 +57,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Feed(args) => ExitCode::from(cachefs::feed::run(args)),
+        Command::Man => {
+            use std::io::Write;
+            match std::io::stdout().write_all(&cachefs::man::render()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cachefs: cannot write the manual page: {e}");
+                    ExitCode::from(exit::FAILURE)
+                }
+            }
+        }
         other => ExitCode::from(cachefs::control::run_command(other)),
     }
 }

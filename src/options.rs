@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Config, MinFree, Passthrough, PromoteMode};
+use crate::config::{Atime, Config, MinFree, Passthrough, PromoteMode};
 
 /// Sets a flag option on a `Config`.
 pub type SetFlag = fn(&mut Config);
@@ -25,6 +25,18 @@ pub enum Kind {
     Flag(SetFlag),
     /// `name=VALUE`; the string is the value's placeholder in the help (`SIZE`, `DIR`).
     Value(&'static str, SetValue),
+    /// `name=VALUE` whose value may be empty (`name=` sets an empty list).
+    List(&'static str, SetValue),
+}
+
+impl Kind {
+    /// The value's placeholder in the help; `None` for a flag.
+    pub fn metavar(&self) -> Option<&'static str> {
+        match self {
+            Kind::Flag(_) => None,
+            Kind::Value(m, _) | Kind::List(m, _) => Some(m),
+        }
+    }
 }
 
 /// One documented option: what `--help` lists and what [`apply_option`] applies.
@@ -144,12 +156,25 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "promoter worker threads (default: 2)",
     },
     OptionSpec {
+        name: "promote_ignore",
+        kind: Kind::List("NAME,...", |c, v| {
+            c.promote_ignore =
+                crate::policy::parse_ignore(v).map_err(|e| in_option("promote_ignore", e))?;
+            Ok(())
+        }),
+        help: "with promote=auto, process names (as /proc/PID/comm shows them) whose reads \
+               never count toward promotion, nor those of processes they started; +NAME,... \
+               adds to the default, empty turns it off (default: Plex Media Scanner, Plex \
+               Media Fingerprinter, Plex Commercial Skipper, PMS ScannerPipe, ffprobe, \
+               mediainfo)",
+    },
+    OptionSpec {
         name: "attr_timeout",
         kind: Kind::Value("SECS", |c, v| {
             c.attr_timeout = parse_duration(v).map_err(|e| in_option("attr_timeout", e))?;
             Ok(())
         }),
-        help: "how long the kernel caches attributes (default: 1)",
+        help: "how long the kernel caches attributes (default: 60)",
     },
     OptionSpec {
         name: "entry_timeout",
@@ -157,7 +182,7 @@ pub const OPTIONS: &[OptionSpec] = &[
             c.entry_timeout = parse_duration(v).map_err(|e| in_option("entry_timeout", e))?;
             Ok(())
         }),
-        help: "how long the kernel caches names (default: 1)",
+        help: "how long the kernel caches names (default: 60)",
     },
     OptionSpec {
         name: "negative_timeout",
@@ -165,7 +190,7 @@ pub const OPTIONS: &[OptionSpec] = &[
             c.negative_timeout = parse_duration(v).map_err(|e| in_option("negative_timeout", e))?;
             Ok(())
         }),
-        help: "how long the kernel caches missing names (default: 1)",
+        help: "how long the kernel caches missing names (default: 60)",
     },
     OptionSpec {
         name: "meta_ttl",
@@ -234,6 +259,20 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "let other users use the mount, with kernel permission checks (default: off)",
     },
     OptionSpec {
+        name: "allow_root",
+        kind: Kind::Flag(|c| c.allow_root = true),
+        help: "let root use the mount besides its owner, with kernel permission checks; the \
+               same as the default when the daemon runs as root (default: off)",
+    },
+    OptionSpec {
+        name: "fsname",
+        kind: Kind::Value("NAME", |c, v| {
+            c.fsname = Some(v.to_string());
+            Ok(())
+        }),
+        help: "what findmnt and df show as the mount's source (default: SOURCE's path)",
+    },
+    OptionSpec {
         name: "ro",
         kind: Kind::Flag(|c| c.read_only = true),
         help: "read-only mount (default: off)",
@@ -253,13 +292,26 @@ pub const KERNEL_FLAGS: &[(&str, SetFlag)] = &[
     ("nosuid", |c| c.kernel_flags.nosuid = true),
     ("exec", |c| c.kernel_flags.noexec = false),
     ("noexec", |c| c.kernel_flags.noexec = true),
-    ("atime", |c| c.kernel_flags.noatime = false),
-    ("noatime", |c| c.kernel_flags.noatime = true),
+    ("atime", |c| c.kernel_flags.atime = Atime::Relatime),
+    ("relatime", |c| c.kernel_flags.atime = Atime::Relatime),
+    ("noatime", |c| c.kernel_flags.atime = Atime::Noatime),
+    ("strictatime", |c| c.kernel_flags.atime = Atime::Strictatime),
+    // The kernel applies relatime unless told strictatime: that is what "not relatime" is.
+    ("norelatime", |c| c.kernel_flags.atime = Atime::Strictatime),
+    ("diratime", |c| c.kernel_flags.nodiratime = false),
+    ("nodiratime", |c| c.kernel_flags.nodiratime = true),
+    ("lazytime", |c| c.kernel_flags.lazytime = true),
+    ("nolazytime", |c| c.kernel_flags.lazytime = false),
+    ("sync", |c| c.kernel_flags.sync = true),
+    ("async", |c| c.kernel_flags.sync = false),
+    ("dirsync", |c| c.kernel_flags.dirsync = true),
 ];
 
 /// Accepted and ignored, with or without a value: fstab and mount helpers carry them. Any
 /// option starting `x-` (`x-systemd.automount`) is ignored too. `default_permissions` is
-/// implied by `allow_other`; `fsname` and `subtype` are what mount helpers add.
+/// implied by `allow_other` and `allow_root` and adds nothing without them (SOURCE checks
+/// every request as its caller, and only the owner gets in); `nonempty`: mount(2) mounts
+/// over a non-empty directory anyway; `subtype` is what mount helpers add.
 pub const IGNORED: &[&str] = &[
     "defaults",
     "rw",
@@ -271,7 +323,7 @@ pub const IGNORED: &[&str] = &[
     "users",
     "nouser",
     "default_permissions",
-    "fsname",
+    "nonempty",
     "subtype",
 ];
 
@@ -314,7 +366,7 @@ fn lookup(key: &str) -> Option<Found> {
 pub fn arity(key: &str) -> Option<Arity> {
     match lookup(key)? {
         Found::Spec(OptionSpec {
-            kind: Kind::Value(..),
+            kind: Kind::Value(..) | Kind::List(..),
             ..
         }) => Some(Arity::Value),
         _ => Some(Arity::Flag),
@@ -351,6 +403,13 @@ pub fn apply_option(cfg: &mut Config, key: &str, value: Option<&str>) -> Result<
                 None | Some("") => Err(format!(
                     "option '{}' needs a value: write {}={}",
                     spec.name, spec.name, metavar
+                )),
+                Some(v) => set(cfg, v),
+            },
+            Kind::List(metavar, set) => match value {
+                None => Err(format!(
+                    "option '{}' needs a value: write {}={} ({}= for none)",
+                    spec.name, spec.name, metavar, spec.name
                 )),
                 Some(v) => set(cfg, v),
             },
@@ -767,6 +826,19 @@ mod tests {
             }),
             ("mount_timeout", "0", |c| c.mount_timeout.is_zero()),
             ("inode_handles", "auto", |c| c.inode_handles),
+            ("promote_ignore", "ffprobe,Plex Media Scanner", |c| {
+                c.promote_ignore == ["ffprobe", "Plex Media Scanner"]
+            }),
+            ("promote_ignore", "+tdarr", |c| {
+                c.promote_ignore.len() == crate::policy::DEFAULT_IGNORE.len() + 1
+                    && c.promote_ignore.last().map(String::as_str) == Some("tdarr")
+            }),
+            ("fsname", "hdd-array", |c| {
+                c.fsname.as_deref() == Some("hdd-array")
+            }),
+            ("fsname", "/mnt/a b", |c| {
+                c.fsname.as_deref() == Some("/mnt/a b")
+            }),
         ];
         for (key, value, check) in table {
             for spelling in [key.to_string(), key.replace('_', "-")] {
@@ -778,7 +850,7 @@ mod tests {
         }
         // Every valued option in the table is covered above.
         for spec in OPTIONS {
-            if let Kind::Value(..) = spec.kind {
+            if spec.kind.metavar().is_some() {
                 assert!(
                     table.iter().any(|(k, _, _)| *k == spec.name),
                     "{} untested",
@@ -798,7 +870,15 @@ mod tests {
             ("nodev", |c| c.kernel_flags.nodev = true),
             ("nosuid", |c| c.kernel_flags.nosuid = true),
             ("noexec", |c| c.kernel_flags.noexec = true),
-            ("noatime", |c| c.kernel_flags.noatime = true),
+            ("noatime", |c| c.kernel_flags.atime = Atime::Noatime),
+            ("strictatime", |c| c.kernel_flags.atime = Atime::Strictatime),
+            ("norelatime", |c| c.kernel_flags.atime = Atime::Strictatime),
+            ("nodiratime", |c| c.kernel_flags.nodiratime = true),
+            ("lazytime", |c| c.kernel_flags.lazytime = true),
+            ("sync", |c| c.kernel_flags.sync = true),
+            ("dirsync", |c| c.kernel_flags.dirsync = true),
+            ("allow_root", |c| c.allow_root = true),
+            ("allow-root", |c| c.allow_root = true),
         ];
         for (key, expect) in table {
             let mut got = base();
@@ -808,20 +888,47 @@ mod tests {
             assert_eq!(got, want, "{key}");
             assert_ne!(got, base(), "{key} changed nothing");
         }
-        // The positive kernel flags undo the negative ones.
+        // The positive kernel flags undo the negative ones; of the atime modes, the last
+        // one given wins.
         let mut c = base();
-        apply_option_list(&mut c, "nodev,nosuid,noexec,noatime").unwrap();
+        apply_option_list(
+            &mut c,
+            "nodev,nosuid,noexec,noatime,nodiratime,lazytime,sync,dirsync",
+        )
+        .unwrap();
         assert_eq!(
             c.kernel_flags,
             KernelFlags {
                 nodev: true,
                 nosuid: true,
                 noexec: true,
-                noatime: true
+                atime: Atime::Noatime,
+                nodiratime: true,
+                lazytime: true,
+                sync: true,
+                dirsync: true,
             }
         );
-        apply_option_list(&mut c, "dev,suid,exec,atime").unwrap();
-        assert_eq!(c, base());
+        apply_option_list(
+            &mut c,
+            "dirsync,dev,suid,exec,atime,diratime,nolazytime,async",
+        )
+        .unwrap();
+        let mut want = base();
+        want.kernel_flags.dirsync = true;
+        assert_eq!(c, want);
+        let modes: &[(&str, Atime)] = &[
+            ("noatime,relatime", Atime::Relatime),
+            ("relatime,noatime", Atime::Noatime),
+            ("noatime,strictatime", Atime::Strictatime),
+            ("strictatime,atime", Atime::Relatime),
+            ("noatime,norelatime", Atime::Strictatime),
+        ];
+        for (list, want) in modes {
+            let mut c = base();
+            apply_option_list(&mut c, list).unwrap();
+            assert_eq!(c.kernel_flags.atime, *want, "{list}");
+        }
     }
 
     #[test]
@@ -841,8 +948,8 @@ mod tests {
             ("x-systemd.requires", Some("/mnt/hdd")),
             ("x-systemd.mount-timeout", Some("30")),
             ("x-gvfs-show", None),
-            ("fsname", Some("/mnt/hdd")),
             ("subtype", Some("cachefs")),
+            ("nonempty", None),
             ("default_permissions", None),
             ("default-permissions", None),
         ];
@@ -863,7 +970,23 @@ mod tests {
             ),
             ("foo", Some("1"), "unknown option 'foo'"),
             ("max-sizes", Some("1G"), "unknown option 'max-sizes'"),
-            ("allow_root", None, "unknown option 'allow_root'"),
+            ("allow_rot", None, "unknown option 'allow_rot'"),
+            ("nosymfollow", None, "unknown option 'nosymfollow'"),
+            ("relatime", Some("1"), "option 'relatime' takes no value"),
+            (
+                "allow_root",
+                Some("1"),
+                "option 'allow_root' takes no value",
+            ),
+            (
+                "promote_ignore",
+                None,
+                "option 'promote_ignore' needs a value: write promote_ignore=NAME,... \
+                 (promote_ignore= for none)",
+            ),
+            ("promote_ignore", Some("/usr/bin/ffprobe"), "is a path"),
+            ("fsname", None, "option 'fsname' needs a value"),
+            ("fsname", Some(""), "option 'fsname' needs a value"),
             ("", None, "empty option name"),
             ("", Some("x"), "has no name"),
             (
@@ -961,7 +1084,7 @@ mod tests {
                     assert!(apply_option(&mut c, spec.name, None).is_ok());
                     assert!(apply_option(&mut c, spec.name, Some("x")).is_err());
                 }
-                Kind::Value(..) => {
+                Kind::Value(..) | Kind::List(..) => {
                     assert_eq!(arity(spec.name), Some(Arity::Value));
                     assert_eq!(arity(&spec.name.replace('_', "-")), Some(Arity::Value));
                     assert!(apply_option(&mut c, spec.name, None).is_err());
@@ -998,6 +1121,16 @@ mod tests {
         let mut c = base();
         apply_option_list(&mut c, r"cache=/ssd/a\,b\\c,ro").unwrap();
         assert_eq!(c.cache, PathBuf::from(r"/ssd/a,b\c"));
+        assert!(c.read_only);
+
+        // promote_ignore: empty turns the default off; in a list, `\,` separates names.
+        let mut c = base();
+        assert!(!c.promote_ignore.is_empty());
+        apply_option_list(&mut c, "promote_ignore=,ro").unwrap();
+        assert!(c.promote_ignore.is_empty());
+        let mut c = base();
+        apply_option_list(&mut c, r"promote_ignore=ffprobe\,Plex Media Scanner,ro").unwrap();
+        assert_eq!(c.promote_ignore, ["ffprobe", "Plex Media Scanner"]);
         assert!(c.read_only);
 
         assert_eq!(apply_option_list(&mut base(), ""), Ok(()));

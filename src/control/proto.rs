@@ -507,6 +507,22 @@ mod tests {
         "inodes",
     ];
 
+    /// docs/reference.md, the reference that ships with the code, explains every key the
+    /// status object has.
+    #[test]
+    fn the_reference_explains_every_status_key() {
+        let doc = include_str!("../../docs/reference.md");
+        let Value::Object(keys) = serde_json::to_value(sample_status()).unwrap() else {
+            panic!("status is an object");
+        };
+        for key in keys.keys() {
+            assert!(
+                doc.contains(&format!("`\"{key}\"`")),
+                "{key} is not in docs/reference.md"
+            );
+        }
+    }
+
     fn sample_status() -> Status {
         Status {
             cache: "/ssd/cachefs".into(),

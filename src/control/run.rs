@@ -37,6 +37,7 @@ pub fn run_command(cmd: Command) -> u8 {
         }
         Command::Mount(_) => fail("mounting is not a control command"),
         Command::Feed(_) => fail("feed is not a control command"),
+        Command::Man => fail("printing the manual page is not a control command"),
     }
 }
 

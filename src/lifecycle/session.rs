@@ -46,6 +46,10 @@ pub(super) fn mount(
     fcfg.clone_fd = true;
     let acl = if cfg.allow_other {
         fuser::SessionACL::All
+    } else if cfg.allow_root {
+        // The kernel knows only allow_other: fuser answers anyone but root and the
+        // owner EACCES, as libfuse does for allow_root.
+        fuser::SessionACL::RootAndOwner
     } else {
         fuser::SessionACL::Owner
     };
@@ -110,29 +114,16 @@ fn fuse_mount(cfg: &Config, dev: &OwnedFd) -> io::Result<()> {
         sys::geteuid(),
         process::getegid()
     );
-    if cfg.allow_other {
+    if cfg.allow_other || cfg.allow_root {
         data.push_str(",allow_other,default_permissions");
     }
-    let mut flags = 0u64;
-    let k = cfg.kernel_flags;
-    if cfg.read_only {
-        flags |= libc::MS_RDONLY;
-    }
-    if k.nodev {
-        flags |= libc::MS_NODEV;
-    }
-    if k.nosuid {
-        flags |= libc::MS_NOSUID;
-    }
-    if k.noexec {
-        flags |= libc::MS_NOEXEC;
-    }
-    if k.noatime {
-        flags |= libc::MS_NOATIME;
-    }
-    // fsname: SOURCE, so `findmnt` and `df` say what is mounted. Commas would split the
-    // options, so they are not allowed there; the source path goes in mount's own field.
-    let source = CString::new(cfg.source.as_os_str().as_bytes())?;
+    let flags = cfg.mount_flags();
+    // fsname: SOURCE unless given, so `findmnt` and `df` say what is mounted. Commas would
+    // split the options, so it goes in mount's own source argument, not in `data`.
+    let source = match &cfg.fsname {
+        Some(name) => CString::new(name.as_bytes())?,
+        None => CString::new(cfg.source.as_os_str().as_bytes())?,
+    };
     let target = process::cpath(&cfg.mountpoint)?;
     let data = CString::new(data)?;
     process::mount(&source, &target, c"fuse.cachefs", flags, &data)

@@ -11,8 +11,8 @@
 //! The kernel fixes an inode's mode from its first open until its last release: all
 //! passthrough opens of an inode share one backing file, and a non-passthrough open
 //! beside them must be direct I/O. `InodeIo` keeps that per inode. A handle reading from
-//! SOURCE counts its bytes for the policy, and switches to the copy once one is
-//! published (same bytes, validated).
+//! SOURCE counts its bytes for the policy (unless the process that opened it is on the
+//! ignore list), and switches to the copy once one is published (same bytes, validated).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -29,7 +29,7 @@ use rustix::fs::{Advice, AtFlags, FallocateFlags, OFlags, SeekFrom};
 use super::{Caller, Entry, Overlay, check_writable};
 use crate::cache::promoter::Job;
 use crate::config::PromoteMode;
-use crate::{fdio, sys};
+use crate::{fdio, policy, sys};
 
 /// How an open inode is being served.
 #[derive(Default)]
@@ -88,9 +88,14 @@ pub(super) struct FileHandle {
     rel: Option<PathBuf>,
     /// The cached copy reads come from, when set.
     copy: Mutex<Option<Arc<File>>>,
+    /// SOURCE's size when opened: a file smaller than `promote_after` is promoted once
+    /// this open has read all of it.
+    size: u64,
     read_bytes: AtomicU64,
     /// The cache index generation last checked for a new copy.
     seen_generation: AtomicU64,
+    /// The policy has nothing (more) to do for this handle: it promoted the file, or it
+    /// writes, or its reader is ignored.
     promoted: AtomicBool,
     job: Mutex<Option<Arc<Job>>>,
     /// The file's size when a cached copy was found for it at open (0 otherwise): what a
@@ -160,6 +165,7 @@ impl Overlay {
         };
         let mut copy_size = 0;
         // The copy to serve from: only for reading, and only while it matches the source.
+        let mut size = 0;
         let copy = match (&self.cache, &rel) {
             (Some(cache), Some(rel)) => {
                 if write {
@@ -171,9 +177,10 @@ impl Overlay {
                     None
                 } else {
                     let st = rustix::fs::fstat(&*fd)?;
+                    size = st.st_size as u64;
                     let found = cache.lookup(rel, &st).map(Arc::new);
                     if found.is_some() {
-                        copy_size = st.st_size as u64;
+                        copy_size = size;
                     }
                     found
                 }
@@ -237,6 +244,7 @@ impl Overlay {
 
         // Another kernel inode of the object may be written meanwhile: no page cache kept.
         let keep_cache = mode == Mode::Cached && copy.is_some() && !writer_open;
+        let ignored = !write && rel.is_some() && self.reader_ignored(caller);
         let generation = self.cache.as_ref().map_or(0, |c| c.ledger.generation());
         let fh = self.files.insert(FileHandle {
             fd: fd.clone(),
@@ -251,9 +259,10 @@ impl Overlay {
             } else {
                 copy
             }),
+            size,
             read_bytes: AtomicU64::new(0),
             seen_generation: AtomicU64::new(generation),
-            promoted: AtomicBool::new(write),
+            promoted: AtomicBool::new(write || ignored),
             job: Mutex::new(None),
             copy_size,
         });
@@ -514,6 +523,7 @@ impl Overlay {
             mode: Mutex::new(mode),
             rel,
             copy: Mutex::new(None),
+            size: 0,
             read_bytes: AtomicU64::new(0),
             seen_generation: AtomicU64::new(
                 self.cache.as_ref().map_or(0, |c| c.ledger.generation()),
@@ -571,15 +581,32 @@ impl Overlay {
         Ok(buf)
     }
 
-    /// Policy: once one open has read `promote_after` bytes from SOURCE, promote the
-    /// file, starting where this reader is, and queue the next files of its directory.
+    /// Whether the policy ignores reads by `caller` (`promote_ignore`); asked only where
+    /// they could count.
+    fn reader_ignored(&self, caller: &Caller) -> bool {
+        if self.cfg.promote != PromoteMode::Auto || self.cache.is_none() {
+            return false;
+        }
+        match self.readers.ignored(caller.pid) {
+            Some(name) => {
+                tracing::debug!("reads by pid {} ({name}) do not count", caller.pid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Policy: once one open has read `policy::promote_threshold` bytes from SOURCE
+    /// (`promote_after`, or all of a smaller file), promote the file, starting where this
+    /// reader is, and queue the next files of its directory.
     fn count_read(&self, h: &FileHandle, offset: u64, n: u64) {
         let Some(cache) = &self.cache else { return };
         if self.cfg.promote != PromoteMode::Auto || h.promoted.load(Ordering::Relaxed) {
             return;
         }
         let total = h.read_bytes.fetch_add(n, Ordering::Relaxed) + n;
-        if total < self.cfg.promote_after || h.promoted.swap(true, Ordering::Relaxed) {
+        let threshold = policy::promote_threshold(h.size, self.cfg.promote_after);
+        if total < threshold || h.promoted.swap(true, Ordering::Relaxed) {
             return;
         }
         let Some(rel) = &h.rel else { return };

@@ -4,13 +4,15 @@
 //! `io::Result`, whose errno is what the caller sees. Nothing here knows about fuser;
 //! `crate::fuse` adapts. One file per family of operations:
 //! `entry` (lookup, attributes, names), `dir` (directory handles), `file` (open files),
-//! `xattr`, and `creds` (running as the caller).
+//! `xattr`, `creds` (running as the caller) and `readers` (whose reads the policy
+//! ignores).
 
 mod counters;
 mod creds;
 mod dir;
 mod entry;
 mod file;
+mod readers;
 mod xattr;
 
 use std::collections::HashMap;
@@ -67,6 +69,8 @@ pub struct Overlay {
     pub cfg: Arc<Config>,
     inodes: InodeTable,
     creds: creds::Creds,
+    /// Who reads: the callers whose reads never count toward promotion.
+    readers: readers::Readers,
     files: Handles<file::FileHandle>,
     dirs: Handles<dir::DirHandle>,
     /// Directories read without an open handle (the kernel's no-opendir mode), by node,
@@ -165,10 +169,12 @@ impl Overlay {
             }
             meta
         });
+        let readers = readers::Readers::new(&cfg.promote_ignore);
         Ok(Overlay {
             cfg,
             inodes,
             creds: creds::Creds::new(),
+            readers,
             files: Handles::new(),
             dirs: Handles::new(),
             node_dirs: Mutex::new(HashMap::new()),

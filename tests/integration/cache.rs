@@ -426,3 +426,123 @@ fn evict_drops_the_copy_and_leaves_the_source() {
     );
     assert_eq!(num(&status(&m), "cached_files"), 0);
 }
+
+/// `program` (a copy of `/bin/{tool}` named `name`, so the kernel's comm for it is `name`
+/// cut to 15 bytes) run with `args`; it must succeed.
+fn run_as(bin: &Path, name: &str, tool: &str, args: &[&std::ffi::OsStr]) {
+    let exe = bin.join(name);
+    if !exe.exists() {
+        fs::copy(Path::new("/bin").join(tool), &exe).expect("copy a tool under a new name");
+    }
+    let out = Command::new(&exe)
+        .args(args)
+        .output()
+        .expect("run the renamed tool");
+    assert!(out.status.success(), "{name}: {out:?}");
+}
+
+/// Issue 12: reads by the processes of `promote_ignore` never promote (the default list
+/// holds Plex's scanner and ffprobe), whether the process itself is listed or it was
+/// started by a listed one; a file smaller than `promote_after` is promoted once one open
+/// has read all of it, but not a sidecar file below `policy::WHOLE_FILE_MIN`.
+#[test]
+fn ignored_readers_never_promote_and_small_files_read_whole_do() {
+    if !common::can_mount("ignored_readers_never_promote_and_small_files_read_whole_do") {
+        return;
+    }
+    let m = TestMount::builder()
+        .option("prefetch=0")
+        .populate(with_files(&[
+            ("Album/01 Intro.flac", 2 * MIB, 50),
+            ("Album/02 Song.flac", 2 * MIB + 17, 51),
+            ("Album/cover.jpg", 100 * 1024, 52),
+        ]))
+        .start();
+    let bin = tempfile::tempdir().expect("temp dir for renamed tools");
+    let track = m.path("Album/01 Intro.flac");
+    // ffprobe reads the whole track itself; Plex's scanner has a child (cat, through a
+    // shell that does not exec it) read it.
+    run_as(bin.path(), "ffprobe", "cat", &[track.as_os_str()]);
+    run_as(
+        bin.path(),
+        "Plex Media Scanner",
+        "sh",
+        &[
+            "-c".as_ref(),
+            "cat \"$1\" >/dev/null; true".as_ref(),
+            "sh".as_ref(),
+            track.as_os_str(),
+        ],
+    );
+    // A poster read whole by anyone: below the whole-file minimum.
+    assert_eq!(read_all(&m.path("Album/cover.jpg")).len(), 100 * 1024);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = status(&m);
+    assert_eq!(num(&s, "promotions_done") + num(&s, "queued"), 0, "{s}");
+    assert!(
+        s["in_flight"].as_array().is_some_and(|a| a.is_empty()),
+        "{s}"
+    );
+
+    // A player reading the track to its end promotes it, though it is far below the
+    // 16M of promote_after.
+    assert_eq!(digest(&read_all(&track)), digest(&pattern(2 * MIB, 50)));
+    eventually("the track read whole to be promoted", &m, || {
+        copy_path(&m, "Album/01 Intro.flac").exists()
+    });
+    // Half of the next track is not all of it.
+    let mut half = vec![0u8; MIB];
+    fs::File::open(m.path("Album/02 Song.flac"))
+        .unwrap()
+        .read_exact(&mut half)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!copy_path(&m, "Album/02 Song.flac").exists());
+    assert_eq!(num(&status(&m), "promotions_done"), 1);
+}
+
+/// `promote_ignore=` turns the default list off; `+NAME` adds to it.
+#[test]
+fn promote_ignore_can_be_emptied_or_extended() {
+    if !common::can_mount("promote_ignore_can_be_emptied_or_extended") {
+        return;
+    }
+    let files: &'static [(&'static str, usize, u64)] =
+        &[("a.flac", 2 * MIB, 60), ("b.flac", 2 * MIB, 61)];
+    let bin = tempfile::tempdir().expect("temp dir for renamed tools");
+
+    let m = TestMount::builder()
+        .option("promote_ignore=")
+        .option("prefetch=0")
+        .populate(with_files(files))
+        .start();
+    run_as(
+        bin.path(),
+        "ffprobe",
+        "cat",
+        &[m.path("a.flac").as_os_str()],
+    );
+    eventually("ffprobe's read to count", &m, || {
+        copy_path(&m, "a.flac").exists()
+    });
+    drop(m);
+
+    let m = TestMount::builder()
+        .option("promote_ignore=+tagger")
+        .option("prefetch=0")
+        .populate(with_files(files))
+        .start();
+    run_as(bin.path(), "tagger", "cat", &[m.path("a.flac").as_os_str()]);
+    run_as(
+        bin.path(),
+        "ffprobe",
+        "cat",
+        &[m.path("b.flac").as_os_str()],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(num(&status(&m), "promotions_done"), 0);
+    run_as(bin.path(), "player", "cat", &[m.path("b.flac").as_os_str()]);
+    eventually("the player's read to count", &m, || {
+        copy_path(&m, "b.flac").exists()
+    });
+}

@@ -301,6 +301,87 @@ fn kernel_flags_reach_the_mount() {
     }
 }
 
+/// The OPTIONS column of findmnt for a mount, as words.
+fn findmnt_options(mnt: &Path) -> Vec<String> {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "OPTIONS"])
+        .arg(mnt)
+        .output()
+        .expect("run findmnt");
+    assert!(out.status.success(), "findmnt failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 12: the atime, diratime, lazytime and sync flags an fstab line carries reach the
+/// kernel (findmnt shows them); `nonempty` and `default_permissions` are accepted.
+#[test]
+fn fstab_mount_flags_show_in_findmnt() {
+    require_mount!();
+    // Options, words findmnt must show, words it must not.
+    let table: &[(&str, &[&str], &[&str])] = &[
+        (
+            "nodiratime,sync,dirsync,nonempty,default_permissions",
+            &["relatime", "nodiratime", "sync", "dirsync"],
+            &["noatime", "allow_other"],
+        ),
+        (
+            "strictatime,lazytime",
+            &["lazytime"],
+            &["relatime", "noatime"],
+        ),
+        ("norelatime", &[], &["relatime", "noatime"]),
+        (
+            "noatime,relatime,nodiratime,diratime,sync,async",
+            &["relatime"],
+            &["noatime", "nodiratime", "sync"],
+        ),
+    ];
+    for (opts, present, absent) in table {
+        let m = TestMount::builder().fstab_form().option(opts).start();
+        let words = findmnt_options(&m.mnt);
+        for w in *present {
+            assert!(
+                words.iter().any(|x| x == w),
+                "-o {opts}: {words:?} lacks {w}"
+            );
+        }
+        for w in *absent {
+            assert!(
+                !words.iter().any(|x| x == w),
+                "-o {opts}: {words:?} has {w}"
+            );
+        }
+    }
+}
+
+/// `fsname=NAME` is what findmnt shows as the mount's SOURCE; `allow_root` shows as the
+/// kernel's allow_other (the daemon refuses other users itself, see users.rs).
+#[test]
+fn fsname_names_the_source_and_allow_root_is_accepted() {
+    require_mount!();
+    let m = TestMount::builder()
+        .fstab_form()
+        .option("fsname=media array")
+        .option("allow_root")
+        .start();
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE"])
+        .arg(&m.mnt)
+        .output()
+        .expect("run findmnt");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "media array");
+    let words = findmnt_options(&m.mnt);
+    assert!(words.iter().any(|w| w == "allow_other"), "{words:?}");
+    assert!(
+        words.iter().any(|w| w == "default_permissions"),
+        "{words:?}"
+    );
+}
+
 #[test]
 fn read_only_mount_refuses_writes() {
     require_mount!();

@@ -581,3 +581,93 @@ fn foreground_as_container_pid_1_stops_cleanly_on_sigterm() {
         "still mounted after SIGTERM"
     );
 }
+
+/// `scripts/install.sh` with this build (`CACHEFS_BIN`, so nothing is built), in a private
+/// mount namespace where temp directories cover /usr/local/bin, /usr/local/share/man and
+/// /var/cache/man (mandb's index, copied): the binary lands in /usr/local/bin, its manual
+/// page in /usr/local/share/man/man8, `man cachefs` opens it and `whatis` finds it.
+/// Nothing outside temp dirs is written.
+#[test]
+fn install_script_installs_the_binary_and_its_manual_page() {
+    if !common::can_mount("install_script_installs_the_binary_and_its_manual_page") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let covers = [
+        ("/usr/local/bin", "bin"),
+        ("/usr/local/share/man", "man"),
+        ("/var/cache/man", "man-cache"),
+    ];
+    let has_man = Command::new("man").arg("-w").output().is_ok();
+    common::in_private_mount_ns(|| {
+        let mut bound = Vec::new();
+        for (dir, name) in covers {
+            let (dir, cover) = (Path::new(dir), tmp.path().join(name));
+            fs::create_dir(&cover).unwrap();
+            if name == "man-cache" && dir.is_dir() {
+                // mandb updates the index it finds; from an empty one it would rebuild the
+                // whole system's (half a minute).
+                let (ok, out) = run(Command::new("cp").arg("-a").arg(dir.join(".")).arg(&cover));
+                assert!(ok, "copy {}: {out}", dir.display());
+            }
+            if !dir.is_dir() {
+                assert!(
+                    name == "man-cache",
+                    "{} is missing: nothing to cover",
+                    dir.display()
+                );
+                continue;
+            }
+            common::bind_mount(&cover, dir)
+                .unwrap_or_else(|e| panic!("bind {} over {}: {e}", cover.display(), dir.display()));
+            bound.push(Bound(dir.to_path_buf()));
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install.sh");
+        let (ok, out) = run(Command::new("bash").arg(&script).env("CACHEFS_BIN", BIN));
+        assert!(ok, "install.sh: {out}");
+        assert_eq!(
+            fs::read(tmp.path().join("bin/cachefs")).unwrap(),
+            fs::read(BIN).unwrap(),
+            "the installed binary is this build"
+        );
+        let page = fs::read_to_string(tmp.path().join("man/man8/cachefs.8")).unwrap();
+        assert!(
+            page.contains("\n.TH CACHEFS 8 "),
+            "{}",
+            &page[..200.min(page.len())]
+        );
+        if !has_man {
+            common::skip(
+                "install_script_installs_the_binary_and_its_manual_page (man part)",
+                "man is not installed",
+            );
+            return;
+        }
+        let (ok, path) = run(Command::new("man").args(["-w", "cachefs"]));
+        assert!(ok, "man -w cachefs: {path}");
+        assert!(
+            path.trim().ends_with("/man8/cachefs.8"),
+            "man -w cachefs: {path}"
+        );
+        let (ok, text) = run(Command::new("man")
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100")
+            .arg("cachefs"));
+        assert!(ok, "man cachefs: {text}");
+        for want in [
+            "promote_ignore",
+            "KERNEL MOUNT FLAGS",
+            "EXIT STATUS",
+            "cachefs status",
+        ] {
+            assert!(text.contains(want), "man cachefs lacks {want:?}:\n{text}");
+        }
+        // mandb indexed it: whatis finds it.
+        let (ok, text) = run(Command::new("whatis").arg("cachefs"));
+        assert!(
+            ok && text.starts_with("cachefs (8)"),
+            "whatis cachefs: {text}"
+        );
+        drop(bound);
+    });
+}

@@ -665,3 +665,33 @@ fn without_allow_other_other_users_are_refused() {
     // sees anything: EACCES.
     assert_eq!(o.lines, vec!["stat: ERR EACCES".to_string()]);
 }
+
+/// `allow_root`, as libfuse has it: the kernel lets every user in (allow_other, with its
+/// permission checks), and the daemon answers anyone but root and the mount's owner (root
+/// here) EACCES.
+#[test]
+fn allow_root_lets_root_in_and_refuses_other_users() {
+    require_mount!();
+    let m = TestMount::builder()
+        .populate(setup)
+        .option("allow_root")
+        .start();
+    fs::set_permissions(&m.root, fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert_eq!(
+        fs::read(m.path("readable")).expect("root reads"),
+        b"for all to read"
+    );
+    let u = Creds::other();
+    let mut o = Outcomes::default();
+    step(&mut o, &u, "open", &m.mnt, &["readable"], |p| {
+        // SAFETY: async-signal-safe calls on a prepared path.
+        let fd = unsafe { libc::open(p[0].as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            return errno();
+        }
+        // SAFETY: fd was just opened by this process.
+        unsafe { libc::close(fd) };
+        0
+    });
+    assert_eq!(o.lines, vec!["open: ERR EACCES".to_string()]);
+}
