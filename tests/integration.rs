@@ -22,6 +22,10 @@
 //!   once their lifetime passes.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
+//! - `faults`: daemon kills, SOURCE changed, failing and slow, the cache full, removed or
+//!   made read-only, each while readers stream and copies run, every read checked
+//!   against the model (`model`, shared with the core tier); and the soak run
+//!   (`scripts/soak.sh`, ignored here).
 //!
 //! Tests that mount need root and /dev/fuse. Without them (or anything else a test needs)
 //! a test panics under `CI=true` and otherwise prints why it is skipped and returns
@@ -29,6 +33,10 @@
 
 #[path = "integration/common.rs"]
 mod common;
+
+/// What a reader must see, shared with the core tier (tests/core.rs).
+#[path = "model/mod.rs"]
+mod model;
 
 #[path = "integration/parity.rs"]
 mod parity;
@@ -62,3 +70,6 @@ mod exerciser;
 
 #[path = "integration/scan.rs"]
 mod scan;
+
+#[path = "integration/faults.rs"]
+mod faults;

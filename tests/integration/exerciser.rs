@@ -9,11 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use crate::common::{TestMount, num, status};
-use model::{Rng, Tree, seen};
-
-/// What a reader must see, shared with the core tier (tests/core.rs).
-#[path = "../model/mod.rs"]
-mod model;
+use crate::model::{Rng, Tree, seen};
 
 const FILES: usize = 3;
 const OPS: usize = 2500;
