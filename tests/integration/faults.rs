@@ -53,6 +53,13 @@ fn write_tree(dir: &Path, files: &[(String, Vec<u8>)]) {
     }
 }
 
+/// An ext4 SOURCE has its lost+found too.
+fn image_tree_of(files: &[(String, Vec<u8>)]) -> Tree {
+    let mut t = tree_of(files);
+    t.mkdir("lost+found");
+    t
+}
+
 fn tree_of(files: &[(String, Vec<u8>)]) -> Tree {
     let mut t = Tree::new();
     for (n, b) in files {
@@ -541,7 +548,11 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status();
         if let Some(dev) = &self.dev {
             let _ = Command::new("losetup").arg("-d").arg(dev).status();
         }
@@ -674,7 +685,7 @@ fn source_rewritten_truncated_renamed_and_deleted_mid_copy() {
     let data = files(&names.map(|n| (n, 8 * MIB)), 20);
     let init = data.clone();
     let mut m = builder()
-        .option("promote_after=64K")
+        .option("promote=manual")
         .option("promote_bw=2M")
         .option("prefetch=0")
         .populate(move |src| write_tree(src, &init))
@@ -1023,7 +1034,7 @@ fn source_eio_mid_copy() {
         })
         .start();
     let (rel, limit) = bad.lock().clone();
-    let world = World::new(&m.mnt, &["x.mkv", "y.mkv"], tree_of(&data));
+    let world = World::new(&m.mnt, &["x.mkv", "y.mkv"], image_tree_of(&data));
     let readers = Readers::start(&world, 3, 0xfa17_0007);
     copy_under_way(&m, &rel, 1);
     let drop_pages = |p: &Path| {
@@ -1115,7 +1126,11 @@ fn source_very_slow() {
         }
     };
     throttle.add(m.pid());
-    let world = World::new(&m.mnt, &["s0.mkv", "s1.mkv", "s2.mkv"], tree_of(&data));
+    let world = World::new(
+        &m.mnt,
+        &["s0.mkv", "s1.mkv", "s2.mkv"],
+        image_tree_of(&data),
+    );
     copy_under_way(&m, "s0.mkv", 0);
     // Reads never wait for a copy: a new open of another file is served from SOURCE.
     let mut buf = vec![0u8; 64 << 10];
