@@ -30,4 +30,5 @@ if [ -z "$line" ] || [ "$rc" -ne 0 ]; then
     [ -n "$line" ] && echo "$line"
     exit 1
 fi
+grep "^soak: " "$log" >&2
 echo "$line"

@@ -182,7 +182,8 @@ impl World<'_> {
     }
 }
 
-fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+/// Reads up to `buf.len()` bytes at `off`, looping over short reads until the end.
+pub(crate) fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         let n = f.read_at(&mut buf[done..], off + done as u64)?;

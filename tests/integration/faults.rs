@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::common::{self, BIN, TestMount, digest, eventually, num, pattern, status};
+use crate::exerciser::read_at_most;
 use crate::model::{History, Rng, Tree, seen};
 
 const MIB: usize = 1 << 20;
@@ -170,18 +171,6 @@ struct Held {
     file: File,
 }
 
-fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = f.read_at(&mut buf[done..], off + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
-}
-
 fn reader(w: &World, seed: u64) {
     let mut rng = Rng(seed);
     let mut held: Option<Held> = None;
@@ -199,7 +188,7 @@ fn reader(w: &World, seed: u64) {
                 (lo, hi),
                 (0, usize::MAX),
                 seen(&got),
-                e0 == e1 && e0 % 2 == 0,
+                e0 == e1 && e0.is_multiple_of(2),
             );
             continue;
         }
@@ -224,7 +213,7 @@ fn reader(w: &World, seed: u64) {
                         (lo, hi),
                         (0, 0),
                         seen(&r),
-                        e0 == e1 && e0 % 2 == 0,
+                        e0 == e1 && e0.is_multiple_of(2),
                     );
                     continue;
                 }
@@ -239,7 +228,7 @@ fn reader(w: &World, seed: u64) {
         let e0 = w.epoch();
         let got = read_at_most(&h.file, &mut buf[..n], off);
         let (hi, e1) = w.span_end();
-        let up = e0 == e1 && e0 % 2 == 0 && h.epoch == e0;
+        let up = e0 == e1 && e0.is_multiple_of(2) && h.epoch == e0;
         let failed = got.is_err();
         let got = got.map(|k| &buf[..k]);
         w.judge("pread", &rel, (h.lo, hi), (off, n), seen(&got), up);
@@ -632,6 +621,60 @@ impl Drop for Throttle {
 // ---------------------------------------------------------------------------------------
 // the faults
 
+/// The readers read on after the fault, then stop (every read allowed), and `settle`.
+fn end(readers: Readers, m: &mut TestMount, world: &World) {
+    readers.wait_reads(m, 20);
+    let (reads, down) = readers.finish(m);
+    eprintln!("{reads} reads checked, {down} failed while the daemon was down");
+    settle(m, world);
+}
+
+/// SIGKILLs the daemon and starts it again, the readers told it is down meanwhile; the
+/// killed daemon's temp files are gone once the new one is up.
+fn kill(m: &mut TestMount, world: &World, n: usize) {
+    let old = format!("{}-", m.pid());
+    world.epoch.fetch_add(1, Ordering::SeqCst);
+    m.kill_and_restart();
+    world.epoch.fetch_add(1, Ordering::SeqCst);
+    let left: Vec<String> = temps(&m.cache)
+        .into_iter()
+        .filter(|t| t.starts_with(&old))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "kill {n}: the killed daemon's temp files survived the restart: {left:?}"
+    );
+}
+
+/// A clean restart, the readers told the daemon is down meanwhile.
+fn restart(m: &mut TestMount, world: &World) {
+    world.epoch.fetch_add(1, Ordering::SeqCst);
+    m.restart();
+    world.epoch.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Writes (and syncs) to `f` until its filesystem is full.
+fn fill(f: &mut File) {
+    let chunk = vec![0x5au8; 1 << 16];
+    let full = loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_data()) {
+            break e;
+        }
+    };
+    assert_eq!(
+        full.raw_os_error(),
+        Some(libc::ENOSPC),
+        "filling the cache: {full}"
+    );
+}
+
+/// The one copy the test made failed, and nothing is cached.
+fn one_failed_copy(m: &TestMount) {
+    let s = status(m);
+    assert_eq!(num(&s, "promotions_failed"), 1, "{s}");
+    assert_eq!(num(&s, "cached_files"), 0, "{s}");
+}
+
 #[test]
 fn sigkill_at_seeded_points_while_readers_stream_and_copies_run() {
     crate::require_mount!();
@@ -648,7 +691,7 @@ fn sigkill_at_seeded_points_while_readers_stream_and_copies_run() {
     let world = World::new(&m.mnt, &names, tree_of(&data));
     let readers = Readers::start(&world, 3, seed);
     let mut rng = Rng(seed);
-    for kill in 0..5 {
+    for n in 0..5 {
         if rng.below(2) == 0 {
             let out = Command::new(BIN)
                 .arg("promote")
@@ -659,23 +702,10 @@ fn sigkill_at_seeded_points_while_readers_stream_and_copies_run() {
         }
         // Some point in the copies and reads under way.
         std::thread::sleep(Duration::from_millis(rng.below(1200) as u64));
-        let old = format!("{}-", m.pid());
-        world.epoch.fetch_add(1, Ordering::SeqCst);
-        m.kill_and_restart();
-        world.epoch.fetch_add(1, Ordering::SeqCst);
-        let left: Vec<String> = temps(&m.cache)
-            .into_iter()
-            .filter(|t| t.starts_with(&old))
-            .collect();
-        assert!(
-            left.is_empty(),
-            "kill {kill}: the killed daemon's temp files survived the restart: {left:?}"
-        );
+        kill(&mut m, &world, n);
         readers.wait_reads(&m, 20);
     }
-    let (reads, down) = readers.finish(&m);
-    eprintln!("{reads} reads, {down} failed while the daemon was down");
-    settle(&mut m, &world);
+    end(readers, &mut m, &world);
 }
 
 #[test]
@@ -744,8 +774,7 @@ fn source_rewritten_truncated_renamed_and_deleted_mid_copy() {
         }
         readers.wait_reads(&m, 20);
     }
-    readers.finish(&m);
-    settle(&mut m, &world);
+    end(readers, &mut m, &world);
 }
 
 /// The cache on ext2 (no extents: fallocate is EOPNOTSUPP, so the promoter's temp file is
@@ -793,21 +822,9 @@ fn cache_full_mid_copy_without_fallocate_fails_the_copy_only() {
     copy_under_way(&m, "f0.mkv", 0);
     let junk = m.cache.join("junk");
     let mut f = File::create(&junk).unwrap();
-    let chunk = vec![0x5au8; 1 << 16];
-    let full = loop {
-        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_data()) {
-            break e;
-        }
-    };
-    assert_eq!(
-        full.raw_os_error(),
-        Some(libc::ENOSPC),
-        "filling the cache: {full}"
-    );
+    fill(&mut f);
     copy_over(&m, "f0.mkv");
-    let s = status(&m);
-    assert_eq!(num(&s, "promotions_failed"), 1, "{s}");
-    assert_eq!(num(&s, "cached_files"), 0, "{s}");
+    one_failed_copy(&m);
     assert!(
         m.log_contents().contains("No space left on device"),
         "the copy met ENOSPC mid-way; log:\n{}",
@@ -823,9 +840,7 @@ fn cache_full_mid_copy_without_fallocate_fails_the_copy_only() {
     fs::remove_file(&junk).unwrap();
     // Room again: the next copy is whole.
     common::promote_wait(&m, "f0.mkv");
-    readers.wait_reads(&m, 20);
-    readers.finish(&m);
-    settle(&mut m, &world);
+    end(readers, &mut m, &world);
     drop(m);
     drop(holder);
 }
@@ -869,17 +884,7 @@ fn cache_full_mid_copy_with_fallocate_completes_the_copy() {
     let readers = Readers::start(&world, 2, 0xfa17_0004);
     copy_under_way(&m, "f0.mkv", 0);
     let mut f = File::create(m.cache.join("junk")).unwrap();
-    let chunk = vec![0x5au8; 1 << 16];
-    let full = loop {
-        if let Err(e) = f.write_all(&chunk) {
-            break e;
-        }
-    };
-    assert_eq!(
-        full.raw_os_error(),
-        Some(libc::ENOSPC),
-        "filling the cache: {full}"
-    );
+    fill(&mut f);
     copy_over(&m, "f0.mkv");
     let s = status(&m);
     assert_eq!(num(&s, "promotions_done"), 1, "{s}");
@@ -916,13 +921,9 @@ fn cache_directory_removed_mid_copy() {
     assert_eq!(num(&s, "cached_files"), 0, "{s}");
     assert!(!m.cache.join("data/f0.mkv").exists());
     // A restart makes a new cache directory, and copies work again.
-    world.epoch.fetch_add(1, Ordering::SeqCst);
-    m.restart();
-    world.epoch.fetch_add(1, Ordering::SeqCst);
+    restart(&mut m, &world);
     common::promote_wait(&m, "f1.mkv");
-    readers.wait_reads(&m, 20);
-    readers.finish(&m);
-    settle(&mut m, &world);
+    end(readers, &mut m, &world);
 }
 
 /// capacity.rs makes `data/` immutable before any copy; here the temp file, `tmp/` and
@@ -967,24 +968,18 @@ fn cache_made_read_only_mid_copy() {
         }
     }
     copy_over(&m, "f0.mkv");
-    let s = status(&m);
-    assert_eq!(num(&s, "promotions_failed"), 1, "{s}");
-    assert_eq!(num(&s, "cached_files"), 0, "{s}");
+    one_failed_copy(&m);
     readers.wait_reads(&m, 50);
     drop(thaw);
     // The temp file the daemon could not remove goes at the next start.
-    world.epoch.fetch_add(1, Ordering::SeqCst);
-    m.restart();
-    world.epoch.fetch_add(1, Ordering::SeqCst);
+    restart(&mut m, &world);
     assert_eq!(
         temps(&m.cache),
         Vec::<String>::new(),
         "startup empties tmp/"
     );
     common::promote_wait(&m, "f0.mkv");
-    readers.wait_reads(&m, 20);
-    readers.finish(&m);
-    settle(&mut m, &world);
+    end(readers, &mut m, &world);
 }
 
 /// SOURCE on ext4 on a loop device, which is then shrunk to end where one file's blocks
@@ -1059,9 +1054,7 @@ fn source_eio_mid_copy() {
         "SOURCE itself fails"
     );
     copy_over(&m, &rel);
-    let s = status(&m);
-    assert_eq!(num(&s, "promotions_failed"), 1, "{s}");
-    assert_eq!(num(&s, "cached_files"), 0, "{s}");
+    one_failed_copy(&m);
     let through = fs::read(m.path(&rel));
     assert_eq!(
         through.map(|_| ()).map_err(|e| e.raw_os_error()),
@@ -1075,9 +1068,7 @@ fn source_eio_mid_copy() {
     );
     common::promote_wait(&m, &rel);
     assert_eq!(num(&status(&m), "cached_files"), 1);
-    readers.wait_reads(&m, 20);
-    readers.finish(&m);
-    settle(&mut m, &world);
+    end(readers, &mut m, &world);
     drop(m);
     drop(holder);
 }
@@ -1151,15 +1142,8 @@ fn source_very_slow() {
     );
     let readers = Readers::start(&world, 2, 0xfa17_0008);
     readers.wait_reads(&m, 20);
-    let old = format!("{}-", m.pid());
-    world.epoch.fetch_add(1, Ordering::SeqCst);
-    m.kill_and_restart();
-    world.epoch.fetch_add(1, Ordering::SeqCst);
+    kill(&mut m, &world, 0);
     throttle.add(m.pid());
-    assert!(
-        !temps(&m.cache).iter().any(|t| t.starts_with(&old)),
-        "the killed copy's temp file survived"
-    );
     let failed = num(&status(&m), "promotions_failed");
     copy_under_way(&m, "s1.mkv", 0);
     let src = m.src("s1.mkv");
@@ -1180,9 +1164,7 @@ fn source_very_slow() {
         num(&status(&m), "promotions_failed") > failed,
         "the truncated source's copy failed"
     );
-    readers.wait_reads(&m, 20);
-    readers.finish(&m);
-    settle(&mut m, &world);
+    end(readers, &mut m, &world);
     drop(m);
     drop(throttle);
     drop(holder);
@@ -1281,6 +1263,9 @@ impl Soak {
     }
 }
 
+/// What one soak thread does over and over.
+type SoakOp = fn(&Soak, &mut Rng);
+
 #[test]
 #[ignore = "the soak run: scripts/soak.sh SECONDS"]
 fn soak() {
@@ -1330,8 +1315,7 @@ fn soak() {
         errors: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
-    let roles: [(fn(&Soak, &mut Rng), usize); 3] =
-        [(Soak::read, 4), (Soak::write, 2), (Soak::evict, 1)];
+    let roles: [(SoakOp, usize); 3] = [(Soak::read, 4), (Soak::write, 2), (Soak::evict, 1)];
     let mut threads = Vec::new();
     for (k, (op, n)) in roles.into_iter().enumerate() {
         for i in 0..n {
