@@ -22,6 +22,10 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v mount >/dev/null 2>&1 || need+=(mount)
 command -v chattr >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+# The fault tests: ext2/ext4 images (debugfs finds a file's blocks) on loop devices.
+command -v mkfs.ext2 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v debugfs >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v dd >/dev/null 2>&1 || need+=(coreutils)
 command -v find >/dev/null 2>&1 || need+=(findutils)
 if [ "${#need[@]}" -gt 0 ]; then
@@ -50,6 +54,11 @@ fi
 if [ ! -e /dev/loop-control ]; then
     echo "no loop devices (/dev/loop-control; modprobe loop failed): the untyped-source test will fail" >&2
     [ "$ci" = true ] && exit 1
+fi
+
+# faults::source_very_slow throttles a loop device through the cgroup v1 blkio hierarchy.
+if [ ! -e /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device ]; then
+    echo "no blkio throttle at /sys/fs/cgroup/blkio: faults::source_very_slow will skip (fail under CI=true)" >&2
 fi
 
 if [ ! -e /dev/fuse ]; then

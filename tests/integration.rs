@@ -27,6 +27,10 @@
 //!   as JSON, `promote --wait` as plain lines off a terminal.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
+//! - `faults`: daemon kills, SOURCE changed, failing and slow, the cache full, removed or
+//!   made read-only, each while readers stream and copies run, every read checked
+//!   against the model (`model`, shared with the core tier); and the soak run
+//!   (`scripts/soak.sh`, ignored here).
 //!
 //! Tests that mount need root and /dev/fuse. Without them (or anything else a test needs)
 //! a test panics under `CI=true` and otherwise prints why it is skipped and returns
@@ -34,6 +38,10 @@
 
 #[path = "integration/common.rs"]
 mod common;
+
+/// What a reader must see, shared with the core tier (tests/core.rs).
+#[path = "model/mod.rs"]
+mod model;
 
 #[path = "integration/parity.rs"]
 mod parity;
@@ -73,3 +81,6 @@ mod feed;
 
 #[path = "integration/metrics.rs"]
 mod metrics;
+
+#[path = "integration/faults.rs"]
+mod faults;

@@ -9,11 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use crate::common::{TestMount, num, status};
-use model::{Rng, Tree, seen};
-
-/// What a reader must see, shared with the core tier (tests/core.rs).
-#[path = "../model/mod.rs"]
-mod model;
+use crate::model::{Rng, Tree, seen};
 
 const FILES: usize = 3;
 const OPS: usize = 2500;
@@ -186,7 +182,8 @@ impl World<'_> {
     }
 }
 
-fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+/// Reads up to `buf.len()` bytes at `off`, looping over short reads until the end.
+pub(crate) fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         let n = f.read_at(&mut buf[done..], off + done as u64)?;

@@ -7,6 +7,13 @@
 //! process, the real-mount exerciser (`tests/integration/exerciser.rs`) drives a mount, a
 //! soak run drives whatever it likes; each makes its own calls and has the model check
 //! what they returned. `Rng` is here too, so that every random driver replays from a seed.
+//!
+//! A file may be marked failing (`Tree::fail`): SOURCE's disk answers its reads with an
+//! errno, and a reader may see that errno, or the right bytes where a cache already held
+//! them; never other bytes. `History` is a tree over time, for readers that race changes
+//! made behind their backs (SOURCE changed directly, a fault injected): a read is checked
+//! against every version between the last one finished before it started and the last
+//! one begun before it ended.
 
 // Each test binary uses its own part of the model.
 #![allow(dead_code)]
@@ -39,6 +46,8 @@ fn describe(s: &Seen<'_>) -> String {
 pub struct Tree {
     files: BTreeMap<PathBuf, Vec<u8>>,
     dirs: BTreeSet<PathBuf>,
+    /// Files whose reads SOURCE fails, with the errno.
+    failing: BTreeMap<PathBuf, i32>,
 }
 
 impl Tree {
@@ -123,6 +132,25 @@ impl Tree {
         self.dirs.retain(|p| !p.starts_with(path));
     }
 
+    /// SOURCE fails reads of `path` with `errno` from now on (a bad disk block).
+    pub fn fail(&mut self, path: impl AsRef<Path>, errno: i32) {
+        self.failing.insert(path.as_ref().to_path_buf(), errno);
+    }
+
+    /// SOURCE reads `path` again.
+    pub fn heal(&mut self, path: impl AsRef<Path>) {
+        self.failing.remove(path.as_ref());
+    }
+
+    /// Renames a file (a tree renamed as a whole is not needed by any test yet).
+    pub fn rename(&mut self, from: impl AsRef<Path>, to: impl AsRef<Path>) {
+        let from = from.as_ref();
+        let Some(bytes) = self.files.remove(from) else {
+            panic!("model: {} is not a file the test made", from.display());
+        };
+        self.put(to, bytes);
+    }
+
     pub fn files(&self) -> impl Iterator<Item = (&Path, &[u8])> {
         self.files.iter().map(|(p, b)| (p.as_path(), b.as_slice()))
     }
@@ -160,7 +188,7 @@ impl Tree {
     ) -> Result<(), String> {
         let path = path.as_ref();
         let want = self.read(path, off, len);
-        if got == want {
+        if got == want || self.failing.get(path).is_some_and(|e| got == Err(*e)) {
             return Ok(());
         }
         let at = match (got, want) {
@@ -224,6 +252,95 @@ impl Tree {
     }
 }
 
+/// A tree over time. A change made behind the readers' backs is begun (a new version
+/// pushed) before it is made and finished after it is made; a read started after
+/// version `lo` was finished and ended before version `hi + 1` was begun must match one
+/// of versions `lo..=hi`: a single version for most reads, or, for a read a change cut
+/// through (a truncate in its middle), byte by byte some version in that span, with a
+/// length one of them allows.
+#[derive(Debug, Clone)]
+pub struct History {
+    versions: Vec<Tree>,
+    finished: usize,
+}
+
+impl History {
+    pub fn new(first: Tree) -> History {
+        History {
+            versions: vec![first],
+            finished: 0,
+        }
+    }
+
+    /// The version a read starting now must at least see.
+    pub fn start(&self) -> usize {
+        self.finished
+    }
+
+    /// The newest version a read ending now may see.
+    pub fn end(&self) -> usize {
+        self.versions.len() - 1
+    }
+
+    pub fn now(&self) -> &Tree {
+        &self.versions[self.end()]
+    }
+
+    /// Begins a change: the next version is `change` applied to the newest.
+    pub fn begin(&mut self, change: impl FnOnce(&mut Tree)) {
+        let mut next = self.now().clone();
+        change(&mut next);
+        self.versions.push(next);
+    }
+
+    /// The change begun last is made: reads from now on see it.
+    pub fn finish(&mut self) {
+        self.finished = self.end();
+    }
+
+    /// Checks a read that started at `lo = start()` and ended at `hi = end()`.
+    pub fn check_read(
+        &self,
+        lo: usize,
+        hi: usize,
+        path: impl AsRef<Path>,
+        off: u64,
+        len: usize,
+        got: Seen<'_>,
+    ) -> Result<(), String> {
+        let path = path.as_ref();
+        let span = &self.versions[lo..=hi.max(lo)];
+        let mut first = None;
+        for t in span {
+            match t.check_read(path, off, len, got) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        // A change cut through the read: each byte from some version.
+        if let Ok(g) = got {
+            let wants: Vec<&[u8]> = span
+                .iter()
+                .filter_map(|t| t.read(path, off, len).ok())
+                .collect();
+            let fits = wants.iter().any(|w| w.len() <= g.len())
+                && wants.iter().any(|w| w.len() >= g.len())
+                && g.iter()
+                    .enumerate()
+                    .all(|(i, b)| wants.iter().any(|w| w.get(i) == Some(b)));
+            if fits {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "{} (versions {lo}..={hi})",
+            first.unwrap_or_default()
+        ))
+    }
+}
+
 /// xorshift64*: deterministic from the seed, so a failure can be replayed.
 pub struct Rng(pub u64);
 
@@ -269,5 +386,46 @@ mod tests {
         assert!(t.check_read("e", 0, 1, Err(libc::ENOENT)).is_ok());
         t.remove("d");
         assert_eq!(t.bytes("d/f"), Err(libc::ENOENT));
+    }
+
+    #[test]
+    fn failing_files_and_history() {
+        let mut t = Tree::new();
+        t.put("f", b"abcd".to_vec());
+        t.fail("f", libc::EIO);
+        assert!(t.check_whole("f", Err(libc::EIO)).is_ok());
+        assert!(
+            t.check_whole("f", Ok(b"abcd")).is_ok(),
+            "bytes a cache held"
+        );
+        assert!(t.check_whole("f", Ok(b"abce")).is_err());
+        assert!(t.check_whole("f", Err(libc::ENOENT)).is_err());
+        t.heal("f");
+        assert!(t.check_whole("f", Err(libc::EIO)).is_err());
+
+        let mut h = History::new(t);
+        let lo = h.start();
+        h.begin(|t| t.truncate("f", 2));
+        // Begun, not finished: either version.
+        assert!(h.check_read(lo, h.end(), "f", 0, 9, Ok(b"abcd")).is_ok());
+        assert!(h.check_read(lo, h.end(), "f", 0, 9, Ok(b"ab")).is_ok());
+        // Cut through: a length between the two, bytes from either.
+        assert!(h.check_read(lo, h.end(), "f", 0, 9, Ok(b"abc")).is_ok());
+        assert!(h.check_read(lo, h.end(), "f", 0, 9, Ok(b"abx")).is_err());
+        h.finish();
+        assert!(
+            h.check_read(h.start(), h.end(), "f", 0, 9, Ok(b"abcd"))
+                .is_err()
+        );
+        h.begin(|t| t.rename("f", "g"));
+        h.finish();
+        assert!(
+            h.check_read(h.start(), h.end(), "f", 0, 9, Err(libc::ENOENT))
+                .is_ok()
+        );
+        assert!(
+            h.check_read(h.start(), h.end(), "g", 0, 9, Ok(b"ab"))
+                .is_ok()
+        );
     }
 }
