@@ -45,7 +45,7 @@ pub enum Cmd {
 }
 
 impl Cmd {
-    const ALL: [Cmd; 6] = [
+    pub const ALL: [Cmd; 6] = [
         Cmd::Status,
         Cmd::Promote,
         Cmd::Pin,
