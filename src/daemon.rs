@@ -2,6 +2,13 @@
 //! evict, unmount. Reads the overlay's and the cache's counters into the one `Status`
 //! that `cachefs status` and the Prometheus metrics both show; changes nothing but the
 //! cache.
+//!
+//! Any user may promote, but only what they can read themselves: an unprivileged peer's
+//! paths are walked and opened with its identity (the overlay's per-thread switch), each
+//! file it may not read is a per-path failure, and what it may promote is queued below
+//! the policy's own work, so a user's flood never delays what players are reading.
+//! Pinned copies are never evicted to make room for any promotion (the ledger's victims
+//! are unpinned copies only).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,9 +18,9 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::cache::promoter::{Job, Priority};
 use crate::control::{
-    Evicted, Failure, Handler, Pinned, Progress, Promoted, Status, Stopping, Unpinned,
+    Evicted, Failure, Handler, Peer, Pinned, Progress, Promoted, Status, Stopping, Unpinned,
 };
-use crate::overlay::Overlay;
+use crate::overlay::{Caller, Overlay};
 
 pub struct Daemon {
     pub core: Arc<Overlay>,
@@ -52,6 +59,50 @@ impl Daemon {
             Some(c) if c.ledger.usable() => Ok(c),
             _ => Err("the cache directory is unusable: see the daemon's log".into()),
         }
+    }
+
+    /// The files at or below `paths` that `peer` may read, and a failure for each it may
+    /// not (a named path or a file found below one). Walked and opened as the peer, so
+    /// a directory it cannot search is neither listed nor counted.
+    fn readable_files_below(
+        &self,
+        peer: &Peer,
+        paths: &[PathBuf],
+    ) -> Result<(Vec<PathBuf>, Vec<Failure>), String> {
+        let caller = Caller {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+        };
+        let denied = |p: &std::path::Path| Failure {
+            path: p.to_string_lossy().into_owned(),
+            error: "permission denied: you cannot read it, so you may not promote it".into(),
+        };
+        let is_denied =
+            |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM));
+        self.core
+            .as_caller(&caller, || {
+                let mut files = Vec::new();
+                let mut refused = Vec::new();
+                for p in paths {
+                    match self.core.regular_files_below(p) {
+                        Ok(found) => files.extend(found),
+                        Err(e) if is_denied(&e) => refused.push(denied(p)),
+                        Err(e) => return Err(format!("{}: {e}", p.display())),
+                    }
+                }
+                files.retain(|f| match self.core.open_source(f) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        if is_denied(&e) {
+                            refused.push(denied(f));
+                        }
+                        false
+                    }
+                });
+                Ok((files, refused))
+            })
+            .map_err(|e| format!("cannot take your identity to check your permissions: {e}"))?
     }
 
     /// Every regular file at or below each path.
@@ -139,22 +190,28 @@ impl Handler for Daemon {
 
     fn promote(
         &self,
+        peer: &Peer,
         paths: &[PathBuf],
         wait: bool,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Promoted, String> {
         let cache = self.cache()?;
-        let files = self.files_below(paths)?;
+        let (files, mut failed, priority) = if peer.is_privileged() {
+            (self.files_below(paths)?, Vec::new(), Priority::Explicit)
+        } else {
+            let (files, refused) = self.readable_files_below(peer, paths)?;
+            (files, refused, Priority::Prefetch)
+        };
+        let refused = failed.len();
         let mut already = 0;
         let mut jobs = Vec::new();
         for f in &files {
             if self.core.is_cached(f) {
                 already += 1;
             } else {
-                jobs.push(cache.promote(f, Priority::Explicit));
+                jobs.push(cache.promote(f, priority));
             }
         }
-        let mut failed = Vec::new();
         if wait {
             // Every copy waited for is reported at each tick, not only the first one not
             // yet done: a client shows them side by side.
@@ -185,7 +242,7 @@ impl Handler for Daemon {
             }
         }
         Ok(Promoted {
-            files: files.len() as u64,
+            files: (files.len() + refused) as u64,
             already_cached: already,
             queued: jobs.len() as u64,
             failed,

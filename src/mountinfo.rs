@@ -18,7 +18,10 @@ pub struct MountInfo {
 /// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
 /// backslash).
 pub fn unescape(field: &str) -> OsString {
-    let b = field.as_bytes();
+    OsString::from_vec(unescape_bytes(field.as_bytes()))
+}
+
+fn unescape_bytes(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -36,30 +39,34 @@ pub fn unescape(field: &str) -> OsString {
             i += 1;
         }
     }
-    OsString::from_vec(out)
+    out
 }
 
 /// Parses mountinfo text: `ID PARENT MAJ:MIN ROOT TARGET OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER`.
 pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
-    text.lines()
+    parse_mountinfo_bytes(text.as_bytes())
+}
+
+/// [`parse_mountinfo`] on the file's bytes. The kernel escapes only space, tab, newline
+/// and backslash: any other byte of a mount point, UTF-8 or not, is written as it is, so
+/// the file is not always UTF-8 and must not be read as a string.
+pub fn parse_mountinfo_bytes(text: &[u8]) -> Vec<MountInfo> {
+    let lossy = |f: &[u8]| String::from_utf8_lossy(&unescape_bytes(f)).into_owned();
+    text.split(|b| *b == b'\n')
         .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let dash = fields.iter().position(|f| *f == "-")?;
+            let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+            let dash = fields.iter().position(|f| *f == b"-")?;
             Some(MountInfo {
-                target: PathBuf::from(unescape(fields.get(4)?)),
-                fstype: unescape(fields.get(dash + 1)?)
-                    .to_string_lossy()
-                    .into_owned(),
-                source: unescape(fields.get(dash + 2)?)
-                    .to_string_lossy()
-                    .into_owned(),
+                target: PathBuf::from(OsString::from_vec(unescape_bytes(fields.get(4)?))),
+                fstype: lossy(fields.get(dash + 1)?),
+                source: lossy(fields.get(dash + 2)?),
             })
         })
         .collect()
 }
 
 pub fn mounts() -> io::Result<Vec<MountInfo>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string(
+    Ok(parse_mountinfo_bytes(&std::fs::read(
         "/proc/self/mountinfo",
     )?))
 }
@@ -119,6 +126,7 @@ pub fn cleanup(named: &[PathBuf]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn mountinfo_escapes_and_fields() {
@@ -132,5 +140,20 @@ mod tests {
         assert_eq!(m[1].target, PathBuf::from("/a\\b"));
         assert_eq!(unescape("a\\012b"), OsString::from("a\nb"));
         assert_eq!(unescape("trailing\\04"), OsString::from("trailing\\04"));
+    }
+
+    /// Found by tests/fuzz.rs (`fuzz_mountinfo_escapes_round_trip`): the kernel writes a
+    /// mount point's non-UTF-8 bytes as they are, and reading the file as a string failed
+    /// on them, so one such mount anywhere on the host (any user can make one with
+    /// fusermount3) made `cachefs status`, `cleanup` and the stale-mount check fail.
+    #[test]
+    fn mountinfo_with_a_non_utf8_mount_point_is_read() {
+        let text = b"36 35 98:0 / /home/u/caf\xe9\\040x rw - fuse /dev/fuse rw\n\
+                     37 35 98:0 / /mnt/media rw - fuse.cachefs /srv/hdd rw\n";
+        let m = parse_mountinfo_bytes(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].target.as_os_str().as_bytes(), b"/home/u/caf\xe9 x");
+        assert_eq!(m[1].target, PathBuf::from("/mnt/media"));
+        assert_eq!(m[1].fstype, "fuse.cachefs");
     }
 }

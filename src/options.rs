@@ -380,6 +380,25 @@ fn unknown(key: &str) -> String {
 /// Applies one option, `key` or `key=value`, to `cfg`. `key` may be spelt with dashes or
 /// underscores. Errors are one line naming the option and the fix.
 pub fn apply_option(cfg: &mut Config, key: &str, value: Option<&str>) -> Result<(), String> {
+    apply_one(cfg, key, value).map_err(|e| one_line(&e))
+}
+
+/// An error quotes what it was given: control characters in it (a newline in an fstab
+/// field, escape sequences) are shown escaped, so the message stays one line and cannot
+/// rewrite the terminal or forge log lines.
+fn one_line(msg: &str) -> String {
+    if !msg.contains(char::is_control) {
+        return msg.to_string();
+    }
+    msg.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+fn apply_one(cfg: &mut Config, key: &str, value: Option<&str>) -> Result<(), String> {
     if key.is_empty() {
         return Err(match value {
             Some(v) => format!("option '={v}' has no name: write NAME=VALUE"),
@@ -1148,6 +1167,34 @@ mod tests {
                 ("c".to_string(), Some(String::new())),
                 (String::new(), Some("d".to_string())),
             ]
+        );
+    }
+
+    /// Found by tests/fuzz.rs (`fuzz_options_near_valid_lists`): an option name or value
+    /// holding a newline (or an escape sequence) was echoed raw, so the error ran over
+    /// several lines of the terminal or the log.
+    #[test]
+    fn option_errors_with_control_characters_are_one_line() {
+        let mut cfg = Config::new("/s".into(), "/m".into(), "/c".into());
+        for list in [
+            "defa\nults",
+            "\n",
+            "max_size=1\nG",
+            "promote=\x1b[2Jx",
+            "ro=\r",
+        ] {
+            let err = apply_option_list(&mut cfg, list).unwrap_err();
+            assert!(!err.contains(char::is_control), "{list:?}: {err:?}");
+        }
+        let err = apply_option_list(&mut cfg, "defa\nults").unwrap_err();
+        assert_eq!(
+            err,
+            "unknown option 'defa\\nults': see 'cachefs --help' for the options"
+        );
+        // Without control characters, messages are as before.
+        assert_eq!(
+            apply_option_list(&mut cfg, "bogus").unwrap_err(),
+            "unknown option 'bogus': see 'cachefs --help' for the options"
         );
     }
 }

@@ -8,6 +8,8 @@
 //!   compared outcome by outcome (results, errno values, ownership, mode bits); again on
 //!   a promoting mount, where each script proves its promotions and reads from copies.
 //! - `users`: a second user through an `--allow-other` mount, compared with a plain directory.
+//! - `hostile`: the control socket under a hostile second user: promotes only what it can
+//!   read, no privileged commands, floods and bad connections limited, root served.
 //! - `cli`: argument validation, both option forms, signals.
 //! - `stale`: with promotion on first read, changes in SOURCE and writes through the mount
 //!   show on the next open (never a stale or partial cached copy).
@@ -48,6 +50,9 @@ mod parity;
 
 #[path = "integration/users.rs"]
 mod users;
+
+#[path = "integration/hostile.rs"]
+mod hostile;
 
 #[path = "integration/cli.rs"]
 mod cli;

@@ -13,7 +13,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use lru::LruCache;
 
@@ -175,7 +175,15 @@ impl Entries {
             let size = r.u64()?;
             let last_open = r.u64()?;
             let pinned = r.u8()? != 0;
-            crate::cache::store::components(&path)?;
+            // A copy's path as a publish records it: plain names below `CACHE/data`, no
+            // `.` (which would make "./a" a second key beside "a"), no NUL.
+            let plain = path.components().all(|c| matches!(c, Component::Normal(_)));
+            if !plain || path.as_os_str().is_empty() || path.as_os_str().as_bytes().contains(&0) {
+                return None;
+            }
+            // Real copies' sizes add up within a filesystem: a sum past u64 is damage,
+            // and would wrap the totals every limit is checked against.
+            e.bytes.checked_add(size)?;
             e.insert(
                 path,
                 Meta {
@@ -243,5 +251,43 @@ mod tests {
         flipped[MAGIC.len() + 6] ^= 1;
         assert!(Entries::decode(&flipped).is_none());
         assert!(Entries::decode(b"garbage garbage garbage garbage").is_none());
+    }
+
+    /// Found by tests/fuzz.rs (`fuzz_index_sealed_bodies`): a well-sealed index whose
+    /// sizes add up past u64 panicked on the overflow (debug) or wrapped the byte total
+    /// that max_size is checked against (release).
+    #[test]
+    fn index_sizes_that_overflow_are_refused() {
+        let mut e = Entries::default();
+        e.insert("a".into(), m(u64::MAX / 2 + 1, 1, false));
+        let mut data = e.encode();
+        let mut f = Entries::default();
+        f.insert("b".into(), m(u64::MAX / 2 + 1, 1, false));
+        assert!(Entries::decode(&data).is_some());
+        // Splice b's entry in after a's and fix the count and the seal.
+        let body = |d: &[u8]| d[MAGIC.len()..d.len() - 16].to_vec();
+        let (a, b) = (body(&data), body(&f.encode()));
+        let mut w = Writer::new(MAGIC);
+        w.out.extend(a);
+        w.out.extend(b);
+        w.u64(2);
+        data = w.finish();
+        assert!(Entries::decode(&data).is_none());
+    }
+
+    /// Found by tests/fuzz.rs (`fuzz_index_sealed_bodies`): paths no publish records
+    /// decoded as copies: empty (the data directory itself), `./a` (a second key beside
+    /// `a`, its bytes counted twice) and names holding a NUL.
+    #[test]
+    fn index_paths_no_publish_records_are_refused() {
+        for bad in [&b""[..], b"./", b"./a", b"a\0b", b"/a", b"a/../b"] {
+            let mut w = Writer::new(MAGIC);
+            w.bytes(bad);
+            w.u64(1);
+            w.u64(1);
+            w.u8(0);
+            w.u64(1);
+            assert!(Entries::decode(&w.finish()).is_none(), "{bad:?}");
+        }
     }
 }

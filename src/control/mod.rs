@@ -38,7 +38,7 @@ pub use proto::{
     Cmd, Evicted, Failure, Pinned, Progress, Promoted, Request, Status, Stopping, Unpinned,
 };
 pub use run::run_command;
-pub use server::{Handler, Server, serve};
+pub use server::{Handler, Peer, Server, serve};
 
 /// Where sockets live unless `CACHEFS_RUN_DIR` says otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/cachefs";

@@ -45,7 +45,7 @@ pub enum Cmd {
 }
 
 impl Cmd {
-    const ALL: [Cmd; 6] = [
+    pub const ALL: [Cmd; 6] = [
         Cmd::Status,
         Cmd::Promote,
         Cmd::Pin,
@@ -95,7 +95,9 @@ impl TryFrom<String> for Cmd {
         Cmd::ALL
             .into_iter()
             .find(|c| c.name() == s)
-            .ok_or_else(|| format!("unknown command '{s}'"))
+            // Escaped: the client prints this line, and a newline or an escape sequence
+            // in it would be someone else's text on the user's terminal.
+            .ok_or_else(|| format!("unknown command '{}'", s.escape_debug()))
     }
 }
 
@@ -837,6 +839,18 @@ mod tests {
         ] {
             assert!(Request::decode(deep.as_bytes()).is_err());
         }
+    }
+
+    /// Found by tests/fuzz.rs (`fuzz_proto_near_valid_requests`): a command name with a
+    /// JSON `\n` (or an escape sequence) came back raw in the error, several lines long.
+    #[test]
+    fn unknown_command_with_control_characters_is_one_line() {
+        let err = Request::decode(br#"{"cmd":"u\nmount\u001b[2J"}"#).unwrap_err();
+        assert!(!err.contains(char::is_control), "{err:?}");
+        assert!(
+            err.contains(r"unknown command 'u\nmount\u{1b}[2J'"),
+            "{err}"
+        );
     }
 
     #[test]

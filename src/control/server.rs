@@ -2,16 +2,26 @@
 //! connection (bounded), request validation (size, JSON, relative paths without `..`,
 //! privileged commands only for root or the daemon's user), and dispatch to the
 //! [`Handler`] the daemon implements.
+//!
+//! Any local user may connect (an `allow_other` mount is every user's), so a hostile one
+//! is planned for: a user holds at most [`MAX_CONNECTIONS_PER_USER`] connections and
+//! all users together leave [`RESERVED_FOR_ROOT`] free for root; a request line must be
+//! whole within [`REQUEST_TIMEOUT`] in total (not per read, so trickling bytes does not
+//! keep a connection); a user's requests are rate-limited by a token bucket per uid.
+//! What a user may promote is the handler's business: it is given the [`Peer`].
 
-use std::io::{self, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::proto::{
     self, Cmd, Evicted, Frame, MAX_REQUEST, Pinned, Progress, Promoted, Reply, Request, Status,
@@ -23,8 +33,42 @@ use super::socket_path;
 /// must not be able to make the daemon start threads without bound.
 const MAX_CONNECTIONS: usize = 64;
 
-/// How long the daemon waits for a connection's request line.
+/// Connections one unprivileged user may hold at once.
+const MAX_CONNECTIONS_PER_USER: usize = 8;
+
+/// Connections unprivileged users together can never take: root can always unmount.
+const RESERVED_FOR_ROOT: usize = 8;
+
+/// How long the daemon waits for a connection's whole request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An unprivileged user's requests: a burst of this many, then [`REQUESTS_PER_SEC`].
+const REQUEST_BURST: f64 = 32.0;
+const REQUESTS_PER_SEC: f64 = 8.0;
+
+/// Who is at the other end of a connection (SO_PEERCRED, as of its connect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> io::Result<Peer> {
+        let c = rustix::net::sockopt::socket_peercred(stream)?;
+        Ok(Peer {
+            uid: c.uid.as_raw(),
+            gid: c.gid.as_raw(),
+            pid: c.pid.as_raw_nonzero().get() as u32,
+        })
+    }
+
+    /// Root, or the user the daemon runs as: may do anything, and is never limited.
+    pub fn is_privileged(&self) -> bool {
+        self.uid == 0 || self.uid == crate::sys::geteuid()
+    }
+}
 
 /// What the daemon does for each command. Paths are relative to the mount's root, already
 /// checked: no `..`, not absolute, `.` components removed; the empty path is the root.
@@ -32,10 +76,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait Handler: Send + Sync + 'static {
     /// The `cachefs status --json` object.
     fn status(&self) -> Status;
-    /// Queue (and with `wait`, wait for) promotion of the files at or below `paths`.
-    /// `progress` may be called repeatedly while waiting; each call is one progress line.
+    /// Queue (and with `wait`, wait for) promotion of the files at or below `paths`, for
+    /// `peer`, who may promote only what it can read itself. `progress` may be called
+    /// repeatedly while waiting; each call is one progress line.
     fn promote(
         &self,
+        peer: &Peer,
         paths: &[PathBuf],
         wait: bool,
         progress: &mut dyn FnMut(Progress),
@@ -113,8 +159,22 @@ pub fn serve(mountpoint: &Path, handler: Arc<dyn Handler>) -> io::Result<Server>
     })
 }
 
+/// What a connection may cost the daemon; tests shorten the timeout.
+#[derive(Clone, Copy)]
+struct Limits {
+    request_timeout: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    request_timeout: REQUEST_TIMEOUT,
+};
+
 /// [`serve`] on an explicit socket path (the directory must exist).
 fn serve_at(path: &Path, handler: Arc<dyn Handler>) -> io::Result<Server> {
+    serve_with(path, handler, LIMITS)
+}
+
+fn serve_with(path: &Path, handler: Arc<dyn Handler>, limits: Limits) -> io::Result<Server> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -150,7 +210,7 @@ fn serve_at(path: &Path, handler: Arc<dyn Handler>) -> io::Result<Server> {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(listener, handler, stop))
+            .spawn(move || accept_loop(listener, handler, stop, limits))
     };
     match thread {
         Ok(t) => Ok(Server {
@@ -166,8 +226,82 @@ fn serve_at(path: &Path, handler: Arc<dyn Handler>) -> io::Result<Server> {
     }
 }
 
-fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
+/// Open connections, by uid; and the request buckets of unprivileged uids.
+#[derive(Default)]
+struct Users {
+    open: HashMap<u32, usize>,
+    total: usize,
+    buckets: HashMap<u32, Bucket>,
+}
+
+/// A token bucket: `tokens` requests may be made now; it refills with time.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Users {
+    /// Takes a connection slot for `peer`, or says why not.
+    fn admit(&mut self, peer: Option<Peer>) -> Result<(), &'static str> {
+        let privileged = peer.is_some_and(|p| p.is_privileged());
+        let uid = peer.map_or(u32::MAX, |p| p.uid);
+        let busy = "the daemon is busy with too many control connections; try again";
+        if self.total >= MAX_CONNECTIONS
+            || (!privileged && self.total >= MAX_CONNECTIONS - RESERVED_FOR_ROOT)
+        {
+            return Err(busy);
+        }
+        let mine = self.open.entry(uid).or_default();
+        if !privileged && *mine >= MAX_CONNECTIONS_PER_USER {
+            return Err("too many control connections from your user at once; try again");
+        }
+        *mine += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, uid: u32) {
+        self.total -= 1;
+        if let Some(n) = self.open.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.open.remove(&uid);
+            }
+        }
+    }
+
+    /// Whether an unprivileged `uid` may make a request now (and takes a token).
+    fn allow(&mut self, uid: u32, now: Instant) -> bool {
+        // Full buckets are forgotten, so the map holds only users who asked recently.
+        if self.buckets.len() > 1024 {
+            let full = |b: &Bucket| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * REQUESTS_PER_SEC
+                    >= REQUEST_BURST
+            };
+            self.buckets.retain(|_, b| !full(b));
+        }
+        let b = self.buckets.entry(uid).or_insert(Bucket {
+            tokens: REQUEST_BURST,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * REQUESTS_PER_SEC;
+        b.tokens = (b.tokens + refill).min(REQUEST_BURST);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    handler: Arc<dyn Handler>,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+) {
+    let users = Arc::new(Mutex::new(Users::default()));
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -183,21 +317,21 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atom
             }
         };
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            refuse(
-                &stream,
-                "the daemon is busy with too many control connections; try again",
-            );
+        let peer = Peer::of(&stream).ok();
+        if let Err(why) = users.lock().admit(peer) {
+            refuse(&stream, why);
             continue;
         }
-        let guard = ActiveGuard(active.clone());
+        let guard = ActiveGuard {
+            users: users.clone(),
+            uid: peer.map_or(u32::MAX, |p| p.uid),
+        };
         let handler = handler.clone();
         let spawned = std::thread::Builder::new()
             .name("control-conn".into())
             .spawn(move || {
-                let _guard = guard;
-                serve_connection(&stream, &*handler);
+                let guard = guard;
+                serve_connection(&stream, &*handler, peer, &guard.users, limits);
             });
         if let Err(e) = spawned {
             tracing::warn!("control socket: cannot start a connection thread: {e}");
@@ -205,11 +339,15 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atom
     }
 }
 
-struct ActiveGuard(Arc<AtomicUsize>);
+/// Gives the connection's slot back, however its thread ends.
+struct ActiveGuard {
+    users: Arc<Mutex<Users>>,
+    uid: u32,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.users.lock().release(self.uid);
     }
 }
 
@@ -231,8 +369,14 @@ fn refuse(stream: &UnixStream, msg: impl Into<String>) {
     let _ = send(stream, answer::<()>(Err(msg.into())));
 }
 
-fn serve_connection(stream: &UnixStream, handler: &dyn Handler) {
-    let line = match read_request(stream) {
+fn serve_connection(
+    stream: &UnixStream,
+    handler: &dyn Handler,
+    peer: Option<Peer>,
+    users: &Mutex<Users>,
+    limits: Limits,
+) {
+    let line = match read_request(stream, limits.request_timeout) {
         Ok(Some(line)) => line,
         Ok(None) => return, // connected and closed without a word
         Err(msg) => return refuse(stream, msg),
@@ -241,15 +385,28 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler) {
         Ok(r) => r,
         Err(msg) => return refuse(stream, msg),
     };
-    tracing::debug!("control request: {req:?}");
-    if req.cmd.is_privileged() {
-        let peer = crate::sys::peer_uid(std::os::fd::AsFd::as_fd(stream));
-        if !matches!(peer, Ok(uid) if uid == 0 || uid == crate::sys::geteuid()) {
-            return refuse(
-                stream,
-                "permission denied: only root (or the daemon's user) may unmount, evict, pin or unpin",
-            );
-        }
+    tracing::debug!("control request from {peer:?}: {req:?}");
+    // Without its credentials a peer is nobody in particular: the least privileged.
+    let Some(peer) = peer else {
+        return refuse(
+            stream,
+            "cannot tell which user is asking (SO_PEERCRED failed)",
+        );
+    };
+    if req.cmd.is_privileged() && !peer.is_privileged() {
+        return refuse(
+            stream,
+            "permission denied: only root (or the daemon's user) may unmount, evict, pin or unpin",
+        );
+    }
+    if !peer.is_privileged() && !users.lock().allow(peer.uid, Instant::now()) {
+        return refuse(
+            stream,
+            format!(
+                "too many requests from uid {}: at most {REQUESTS_PER_SEC} a second; try again",
+                peer.uid
+            ),
+        );
     }
 
     // Once the client has gone, progress lines are dropped; the work itself goes on.
@@ -261,7 +418,7 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler) {
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match req.cmd {
         Cmd::Status => answer(Ok(handler.status())),
-        Cmd::Promote => answer(handler.promote(&req.paths, req.wait, &mut progress)),
+        Cmd::Promote => answer(handler.promote(&peer, &req.paths, req.wait, &mut progress)),
         Cmd::Pin => answer(handler.pin(&req.paths)),
         Cmd::Unpin => answer(handler.unpin(&req.paths)),
         Cmd::Evict => answer(handler.evict(&req.paths)),
@@ -280,10 +437,13 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler) {
 
 /// Reads the request line: `Ok(None)` on a connection closed before any byte. (A last line
 /// without a newline, from a client that shut down its side, is accepted.)
-fn read_request(stream: &UnixStream) -> Result<Option<Vec<u8>>, String> {
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+fn read_request(stream: &UnixStream, timeout: Duration) -> Result<Option<Vec<u8>>, String> {
     let mut buf = Vec::new();
-    match proto::read_line(&mut BufReader::new(stream), MAX_REQUEST, &mut buf) {
+    let mut reader = BufReader::new(Deadline {
+        stream,
+        end: Instant::now() + timeout,
+    });
+    match proto::read_line(&mut reader, MAX_REQUEST, &mut buf) {
         Ok(Frame::Line | Frame::Unterminated) => Ok(Some(buf)),
         Ok(Frame::Eof) => Ok(None),
         Ok(Frame::TooLong) => Err(format!("request longer than {MAX_REQUEST} bytes")),
@@ -295,10 +455,29 @@ fn read_request(stream: &UnixStream) -> Result<Option<Vec<u8>>, String> {
         {
             Err(format!(
                 "no complete request line within {} s",
-                REQUEST_TIMEOUT.as_secs()
+                timeout.as_secs_f64()
             ))
         }
         Err(e) => Err(format!("cannot read the request: {e}")),
+    }
+}
+
+/// Reads from a stream until a deadline for all the reads together: a socket's own read
+/// timeout counts per read, so a client sending a byte now and then would never time out.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    end: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut s = self.stream;
+        s.read(buf)
     }
 }
 
@@ -376,6 +555,7 @@ mod tests {
         }
         fn promote(
             &self,
+            _peer: &Peer,
             paths: &[PathBuf],
             wait: bool,
             progress: &mut dyn FnMut(Progress),
@@ -620,5 +800,134 @@ mod tests {
         std::fs::write(&plain, b"x").unwrap();
         assert!(serve_at(&plain, Arc::new(Fake::default())).is_err());
         assert!(plain.exists());
+    }
+
+    fn user(uid: u32) -> Option<Peer> {
+        Some(Peer {
+            uid,
+            gid: uid,
+            pid: 1,
+        })
+    }
+
+    /// A user holds at most MAX_CONNECTIONS_PER_USER at once, and all users together
+    /// leave RESERVED_FOR_ROOT slots that only root may take.
+    #[test]
+    fn connection_slots_per_user_and_reserved_for_root() {
+        let mut u = Users::default();
+        for _ in 0..MAX_CONNECTIONS_PER_USER {
+            u.admit(user(1000)).unwrap();
+        }
+        let err = u.admit(user(1000)).unwrap_err();
+        assert!(err.contains("your user"), "{err}");
+        // Unknown credentials count as one more unprivileged user.
+        u.admit(None).unwrap();
+        let mut uid = 2000;
+        while u.total < MAX_CONNECTIONS - RESERVED_FOR_ROOT {
+            u.admit(user(uid)).unwrap();
+            uid += 1;
+        }
+        assert!(u.admit(user(uid)).unwrap_err().contains("busy"));
+        for _ in 0..RESERVED_FOR_ROOT {
+            u.admit(user(0)).unwrap();
+        }
+        assert!(u.admit(user(0)).unwrap_err().contains("busy"));
+        u.release(1000);
+        u.release(0);
+        assert!(u.admit(user(1000)).unwrap_err().contains("busy"));
+        u.admit(user(0)).unwrap();
+        u.admit(user(0)).unwrap();
+        assert_eq!(u.total, MAX_CONNECTIONS);
+    }
+
+    /// An unprivileged uid's requests: a burst, then a steady rate; others unaffected.
+    #[test]
+    fn requests_are_rate_limited_per_uid() {
+        let mut u = Users::default();
+        let t = Instant::now();
+        let burst = REQUEST_BURST as usize;
+        assert!((0..burst).all(|_| u.allow(1000, t)));
+        assert!(!u.allow(1000, t));
+        assert!(u.allow(1001, t), "another user has a bucket of its own");
+        let later = t + Duration::from_secs_f64(1.0 / REQUESTS_PER_SEC);
+        assert!(u.allow(1000, later));
+        assert!(!u.allow(1000, later));
+        let much_later = t + Duration::from_secs(3600);
+        assert!((0..burst).all(|_| u.allow(1000, much_later)));
+        assert!(
+            !u.allow(1000, much_later),
+            "the bucket holds no more than a burst"
+        );
+    }
+
+    /// The request timeout is for the whole line: a client that sends half a line and
+    /// sleeps, or trickles a byte at a time, is answered with the timeout error on time,
+    /// and the server goes on serving others.
+    #[test]
+    fn request_timeout_is_for_the_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("m.sock");
+        let limits = Limits {
+            request_timeout: Duration::from_millis(600),
+        };
+        let _server = serve_with(&sock, Arc::new(Fake::default()), limits).unwrap();
+        let half = UnixStream::connect(&sock).unwrap();
+        (&half).write_all(b"{\"cmd\":\"sta").unwrap();
+        let trickle = UnixStream::connect(&sock).unwrap();
+        let t = Instant::now();
+        let writer = trickle.try_clone().unwrap();
+        let w = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if (&writer).write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        for s in [&half, &trickle] {
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert!(v["error"].as_str().unwrap().contains("within"), "{v}");
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        let _ = w.join();
+        assert!(request_at::<Status>(&sock, &req(Cmd::Status, &[], false), &mut |_| {}).is_ok());
+    }
+
+    /// Connections beyond MAX_CONNECTIONS get the busy error at once, nothing crashes, and
+    /// the slots come back when the clients go.
+    #[test]
+    fn connections_beyond_the_limit_are_refused_then_served() {
+        let (_dir, sock, _server, _fake) = start();
+        let held: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+            .map(|_| UnixStream::connect(&sock).unwrap())
+            .collect();
+        // The accept loop admits in order: wait until it has taken all of them.
+        let mut refused = None;
+        for _ in 0..100 {
+            let extra = UnixStream::connect(&sock).unwrap();
+            let mut line = String::new();
+            BufReader::new(&extra).read_line(&mut line).unwrap();
+            if line.contains("busy") {
+                refused = Some(line);
+                break;
+            }
+        }
+        assert!(refused.is_some(), "never refused");
+        drop(held);
+        let mut ok = false;
+        for _ in 0..100 {
+            if request_at::<Status>(&sock, &req(Cmd::Status, &[], false), &mut |_| {}).is_ok() {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(ok, "slots never came back");
     }
 }

@@ -330,6 +330,19 @@ fn check_writable(cfg: &Config) -> io::Result<()> {
 }
 
 impl Overlay {
+    /// Runs `f` on this thread with `caller`'s filesystem identity, as a FUSE request of
+    /// theirs would run: SOURCE's own permission checks then apply to what `f` opens.
+    pub fn as_caller<T>(&self, caller: &Caller, f: impl FnOnce() -> T) -> io::Result<T> {
+        let _identity = self.creds.enter(caller)?;
+        Ok(f())
+    }
+
+    /// Opens `rel` in SOURCE for reading, following no symlink, with this thread's
+    /// identity (see [`Overlay::as_caller`]).
+    pub fn open_source(&self, rel: &Path) -> io::Result<std::fs::File> {
+        crate::cache::store::open_below(self.inodes.root_fd(), rel)
+    }
+
     /// Every regular file at or below `rel` in SOURCE (relative paths), walked by
     /// descriptor without following symlinks. The empty path is the root.
     pub fn regular_files_below(&self, rel: &Path) -> io::Result<Vec<PathBuf>> {
