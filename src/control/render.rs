@@ -213,7 +213,7 @@ pub fn status_text(s: &Status) -> String {
         ),
     );
     let max = match s.max_size {
-        0 => "no limit".to_string(),
+        0 => "none".to_string(),
         n => fmt_bytes(n),
     };
     let free = match s.cache_fs_size {
@@ -531,7 +531,7 @@ pub(crate) mod tests {
              \x20 passthrough off\n\
              \x20 cache use   [#-------------------]   6% of 32 GiB allowed by min free\n\
              \x20 cached      12 files, 2.0 GiB (1 pinned)\n\
-             \x20 limits      max size no limit, min free 10 GiB (40 GiB free now)\n\
+             \x20 limits      max size none, min free 10 GiB (40 GiB free now)\n\
              \x20 hit ratio   no opens yet\n";
         assert!(t.starts_with(want), "{t}");
         assert!(
@@ -551,7 +551,7 @@ pub(crate) mod tests {
         let t = status_text(&unknown);
         assert!(!t.contains("cache use") && !t.contains("0 B,"), "{t}");
         assert!(
-            t.contains("  limits      max size no limit, min free 10 GiB\n"),
+            t.contains("  limits      max size none, min free 10 GiB\n"),
             "{t}"
         );
     }

@@ -190,7 +190,7 @@ fn scrape_shows_hits_bytes_and_promotions_and_agrees_with_status() {
         text.contains("  hit ratio   50% by opens, 50% by bytes\n"),
         "{text}"
     );
-    assert!(text.contains("max size no limit"), "{text}");
+    assert!(text.contains("max size none,"), "{text}");
 
     // Anything but the one page.
     for (req, want) in [
