@@ -371,6 +371,18 @@ impl Store {
     /// Removes the copy or the directory of copies at `rel`, whatever it is. Failures are
     /// logged: a leftover copy is harmless, as it is validated before any use.
     pub fn remove_tree(&self, rel: &Path) {
+        if rel.components().next().is_none() {
+            // The root (`cachefs evict MOUNTPOINT`): every copy, the data directory stays.
+            let names = openat(self.data.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY)
+                .map_err(io::Error::from)
+                .and_then(|d| fdio::read_dir(d.as_fd()));
+            for entry in names.unwrap_or_default() {
+                if let Err(e) = remove_all(self.data.as_fd(), &entry.name) {
+                    tracing::warn!("cannot remove cached {}: {e}", entry.name.display());
+                }
+            }
+            return;
+        }
         let Ok((dir, name)) = walk_parent(self.data.as_fd(), rel, false) else {
             return;
         };

@@ -427,6 +427,37 @@ fn evict_drops_the_copy_and_leaves_the_source() {
     assert_eq!(num(&status(&m), "cached_files"), 0);
 }
 
+/// Found by review: `cachefs evict MOUNTPOINT` said it evicted every copy and dropped them
+/// from the index, but left their files in the cache directory (the root path did not
+/// resolve), so `cached_bytes` undercounted what the cache held.
+#[test]
+fn evict_of_the_mount_root_removes_every_copy_from_the_cache_directory() {
+    crate::require_mount!();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(|src| {
+            fs::create_dir(src.join("Show")).unwrap();
+            fs::write(src.join("a.bin"), pattern(MIB, 41)).unwrap();
+            fs::write(src.join("Show/b.bin"), pattern(MIB, 42)).unwrap();
+        })
+        .start();
+    promote_wait(&m, "a.bin");
+    promote_wait(&m, "Show/b.bin");
+    let out = Command::new(BIN).arg("evict").arg(&m.mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!copy_path(&m, "a.bin").exists());
+    assert!(!copy_path(&m, "Show/b.bin").exists());
+    assert_eq!(num(&status(&m), "cached_files"), 0);
+    assert_eq!(
+        digest(&read_all(&m.path("Show/b.bin"))),
+        digest(&pattern(MIB, 42))
+    );
+}
+
 /// `program` (a copy of `/bin/{tool}` named `name`, so the kernel's comm for it is `name`
 /// cut to 15 bytes) run with `args`; it must succeed.
 fn run_as(bin: &Path, name: &str, tool: &str, args: &[&std::ffi::OsStr]) {
