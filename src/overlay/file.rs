@@ -373,9 +373,9 @@ impl Overlay {
         if others.is_empty() {
             return;
         }
-        let size = rustix::fs::fstat(fd).ok().map(|st| st.st_size as u64);
+        let tail = tail(fd);
         for n in others {
-            invalidate(n, true, size);
+            invalidate(n, true, tail);
         }
     }
 
@@ -600,7 +600,7 @@ impl Overlay {
         kill_suidgid: bool,
     ) -> io::Result<u32> {
         let h = self.files.get(fh)?;
-        let _as = if kill_suidgid {
+        let as_caller = if kill_suidgid {
             Some(self.creds.enter(caller)?)
         } else {
             None
@@ -614,6 +614,8 @@ impl Overlay {
             }
             done += n;
         }
+        // What follows is the daemon's own bookkeeping (reading the file's end included).
+        drop(as_caller);
         self.mirror(h.obj, |m| {
             fdio::pwrite_all(m.as_fd(), &data[..done], offset)
         });
@@ -749,6 +751,32 @@ impl Overlay {
         self.others_changed(fout.obj, fout.nodeid, fout.fd.as_fd());
         Ok(n as u32)
     }
+}
+
+/// The end of the file open as `fd` (any descriptor of it, `O_PATH` or write-only too),
+/// for the object's other kernel inodes to grow to. `None` for an empty file, or when
+/// the byte cannot be read (then those inodes learn the size at their next getattr).
+/// Runs as the daemon: the reopen is the daemon's, not the caller's.
+fn tail(fd: BorrowedFd<'_>) -> Option<super::Tail> {
+    let size = rustix::fs::fstat(fd).ok()?.st_size as u64;
+    let at = size.checked_sub(1)?;
+    let mut last = [0u8];
+    let n = match fdio::pread_full(fd, &mut last, at) {
+        Ok(n) => n,
+        Err(_) => {
+            let proc = fdio::proc_path(fd);
+            let readable =
+                rustix::fs::open(&proc, oflags(libc::O_RDONLY), rustix::fs::Mode::empty())
+                    .map_err(|e| tracing::debug!("cannot reopen a file to read its last byte: {e}"))
+                    .ok()?;
+            fdio::pread_full(readable.as_fd(), &mut last, at).ok()?
+        }
+    };
+    // Shortened meanwhile: the change that did it tells the other inodes.
+    (n == 1).then_some(super::Tail {
+        size,
+        last: last[0],
+    })
 }
 
 /// O_DIRECT's meaning on the source: the range's pages written back (`written`) and

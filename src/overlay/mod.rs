@@ -39,10 +39,22 @@ use crate::{fdio, sys};
 /// Asks the kernel to drop its cached attributes of a node, and its cached data too when
 /// the flag is set (a fuser notifier, wrapped so that the core knows nothing of fuser).
 /// Never called for the node a request in flight is about.
-/// With a size, the kernel's size of the node grows to it if it is smaller (a change
-/// that extended the file through another node: a fault of a mapping past the old size
-/// would otherwise raise SIGBUS, as the kernel does not ask for attributes there).
-pub type Invalidator = Box<dyn Fn(u64, bool, Option<u64>) + Send + Sync>;
+/// With a `Tail`, the kernel's size of the node grows to the file's, if it is smaller,
+/// before the call returns (a change that extended the file through another node: a
+/// fault of a mapping past the old size would otherwise raise SIGBUS, as the kernel does
+/// not ask for attributes there).
+pub type Invalidator = Box<dyn Fn(u64, bool, Option<Tail>) + Send + Sync>;
+
+/// The end of a file as SOURCE has it: its size and its last byte. The kernel grows an
+/// inode's size only by storing bytes that end there (FUSE_NOTIFY_STORE of nothing
+/// leaves the size alone: `fuse_write_update_attr` moves it only for a count above
+/// zero), so the growth is told with the true last byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// Above zero.
+    pub size: u64,
+    pub last: u8,
+}
 
 /// A looked-up object: its node id and the source's attributes (in the layout
 /// `crate::fuse` reads).

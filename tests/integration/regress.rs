@@ -567,31 +567,26 @@ fn tagger_rewrites_a_film_two_players_read_by_passthrough() {
     assert_eq!(fs::read(m.src("film.mkv")).unwrap(), want[..4096]);
 }
 
-/// After the passthrough readers that made a writer's open land on a second kernel
-/// inode (see the tagger test) are gone, the name leads to the file's own inode again
-/// while the writer keeps the other: a truncate through the name must show at once
-/// through the writer's descriptor too (found by the exerciser: a read past the new end
-/// returned old bytes).
-#[test]
-fn change_through_one_kernel_inode_shows_through_the_other() {
-    crate::require_mount!();
-    use std::os::unix::fs::{FileExt, MetadataExt};
-    let data = pattern(1 << 20, 61);
-    let d2 = data.clone();
-    // Attributes cached for long, names briefly: only an invalidation makes the writer's
-    // inode see the change in time.
+/// A mount (promote=manual, attr_timeout=60, entry_timeout=1) whose SOURCE holds `name`
+/// with `data`, promoted, and a read-write descriptor of it on a kernel inode of its own:
+/// opened beside a passthrough reader, which is gone again, and the name leads to the
+/// file's own inode once more. Attributes are cached for long and names briefly, so only
+/// the daemon's notifications make one inode see a change made through the other in time.
+fn writer_on_a_kernel_inode_of_its_own(name: &'static str, data: &[u8]) -> (TestMount, fs::File) {
+    use std::os::unix::fs::MetadataExt;
+    let d = data.to_vec();
     let m = TestMount::builder()
         .option("promote=manual")
         .option("attr_timeout=60,entry_timeout=1")
-        .populate(move |src| fs::write(src.join("film.mkv"), &d2).unwrap())
+        .populate(move |src| fs::write(src.join(name), &d).unwrap())
         .start();
-    promote_wait(&m, "film.mkv");
+    promote_wait(&m, name);
     require_passthrough(&m);
-    let player = fs::File::open(m.path("film.mkv")).unwrap();
+    let player = fs::File::open(m.path(name)).unwrap();
     let writer = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(m.path("film.mkv"))
+        .open(m.path(name))
         .unwrap();
     let writer_ino = writer.metadata().unwrap().ino();
     assert_ne!(
@@ -602,8 +597,22 @@ fn change_through_one_kernel_inode_shows_through_the_other() {
     drop(player);
     // Once the name's entry expires, it leads to the file's own inode again.
     eventually("the name to lead to the own inode", &m, || {
-        fs::metadata(m.path("film.mkv")).unwrap().ino() != writer_ino
+        fs::metadata(m.path(name)).unwrap().ino() != writer_ino
     });
+    (m, writer)
+}
+
+/// After the passthrough readers that made a writer's open land on a second kernel
+/// inode (see the tagger test) are gone, the name leads to the file's own inode again
+/// while the writer keeps the other: a truncate through the name must show at once
+/// through the writer's descriptor too (found by the exerciser: a read past the new end
+/// returned old bytes).
+#[test]
+fn change_through_one_kernel_inode_shows_through_the_other() {
+    crate::require_mount!();
+    use std::os::unix::fs::FileExt;
+    let data = pattern(1 << 20, 61);
+    let (m, writer) = writer_on_a_kernel_inode_of_its_own("film.mkv", &data);
     let c = cpath(&m.path("film.mkv"));
     // SAFETY: c is NUL-terminated.
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 4096) }, 0);
@@ -693,4 +702,32 @@ fn locks_hold_between_a_passthrough_reader_and_a_later_writer() {
         libc::EWOULDBLOCK,
         "a writer took an flock held by a passthrough reader"
     );
+}
+
+/// Found by the exerciser (SIGBUS in the test binary): a writer's descriptor is on a
+/// kernel inode of its own (opened beside a passthrough reader), the reader is gone and
+/// the name leads to the file's own inode again; a truncate through the name grows the
+/// file. A mapping of the writer's descriptor past the old end must read the new zeros:
+/// the kernel asks the daemon nothing at a fault, and a page past the size its inode has
+/// is a SIGBUS.
+#[test]
+fn truncate_up_through_another_kernel_inode_grows_the_writers_mapping() {
+    crate::require_mount!();
+    use std::os::fd::AsRawFd;
+    const OLD: u64 = 900_000;
+    const NEW: u64 = 947_256;
+    let data = pattern(OLD as usize, 71);
+    let (m, writer) = writer_on_a_kernel_inode_of_its_own("f.bin", &data);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("f.bin"))
+        .and_then(|f| f.set_len(NEW))
+        .unwrap();
+    // Nothing may ask for the writer's attributes before the mapping does its reads.
+    let off = OLD & !4095;
+    let got = crate::common::mmap_read_in_child(writer.as_raw_fd(), off, (NEW - off) as usize)
+        .unwrap_or_else(|e| panic!("mapping the writer's descriptor past the old end: {e}"));
+    let mut want = data[off as usize..].to_vec();
+    want.resize((NEW - off) as usize, 0);
+    assert!(got == want, "the writer's mapping read other bytes");
 }
