@@ -1,6 +1,6 @@
 //! The FUSE session: mount(2) on an open /dev/fuse, the fuser session over the core with
-//! its worker threads, the notifier the core invalidates through, and the control socket
-//! beside it.
+//! its worker threads, the notifier the core invalidates through (see `notify`), and the
+//! control socket beside it.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -8,14 +8,13 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{MountError, err, stale};
 use crate::config::Config;
 use crate::control;
 use crate::daemon::Daemon;
 use crate::fuse::CachefsFs;
-use crate::overlay::{Overlay, Tail};
+use crate::overlay::Overlay;
 use crate::sys;
 
 /// FUSE request worker threads. Most of them sleep in a slow source call at any time,
@@ -62,7 +61,7 @@ pub(super) fn mount(
         cfg.mountpoint.display(),
         cfg.cache.display()
     );
-    core.set_invalidator(invalidator(session.notifier())?);
+    core.set_invalidator(super::notify::invalidator(session.notifier()));
     Ok(session)
 }
 
@@ -116,89 +115,4 @@ fn fuse_mount(cfg: &Config, dev: &OwnedFd) -> io::Result<()> {
     let target = sys::cpath(&cfg.mountpoint)?;
     let data = CString::new(data)?;
     sys::mount(&source, &target, c"fuse.cachefs", flags, &data)
-}
-
-/// How long a change waits for another kernel inode of its file to take a growth in.
-/// Storing the last byte locks that inode's last page, which a request in flight there
-/// can hold: a read (answered by another worker soon), or a write whose worker is
-/// itself waiting here for the first inode's last page (two writers extending the file
-/// through two kernel inodes at once). The wait is bounded so that the pair cannot
-/// deadlock; the growth then lands just after the call returns.
-const GROW_WAIT: Duration = Duration::from_millis(500);
-
-/// A change for the notifier's threads: the node, the end the node must grow to, whether
-/// its pages go, and who waits for the growth.
-struct Change {
-    nodeid: u64,
-    tail: Option<Tail>,
-    data: bool,
-    grown: Option<crossbeam_channel::Sender<()>>,
-}
-
-/// The core's way to tell the kernel that another inode of an object changed. The
-/// attributes go at once (no inode lock is taken for them). A growth is stored by a
-/// thread that the call waits for (`GROW_WAIT`): the kernel's size must be right before
-/// the call that grew the file returns, as a mapping's fault past it raises SIGBUS. The
-/// pages are dropped by a thread of their own, because dropping them waits for page
-/// locks that a read in flight on that inode holds until the daemon answers it; the
-/// growth thread hands them on, so that the byte it stored is dropped with them, never
-/// left behind by an invalidation that ran first.
-fn invalidator(notifier: fuser::Notifier) -> Result<crate::overlay::Invalidator, MountError> {
-    let (grow_tx, grow_rx) = crossbeam_channel::unbounded::<Change>();
-    let (pages_tx, pages_rx) = crossbeam_channel::unbounded::<u64>();
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(f)
-            .map(drop)
-            .map_err(|e| err(format!("cannot start the {name} thread: {e}")))
-    };
-    let pages = notifier.clone();
-    spawn(
-        "invalidate",
-        Box::new(move || {
-            for nodeid in pages_rx {
-                let _ = pages.inval_inode(fuser::INodeNo(nodeid), 0, 0);
-            }
-        }),
-    )?;
-    let store = notifier.clone();
-    spawn(
-        "grow",
-        Box::new(move || {
-            for c in grow_rx {
-                if let Some(t) = c.tail {
-                    // Ends at the size: the kernel's size grows to it, if smaller.
-                    let _ = store.store(fuser::INodeNo(c.nodeid), t.size - 1, &[t.last]);
-                }
-                if let Some(grown) = c.grown {
-                    let _ = grown.send(());
-                }
-                if c.data {
-                    let _ = pages_tx.send(c.nodeid);
-                }
-            }
-        }),
-    )?;
-    Ok(Box::new(move |nodeid, data, tail| {
-        let _ = notifier.inval_inode(fuser::INodeNo(nodeid), -1, 0);
-        let (grown, wait) = match tail {
-            Some(_) => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let _ = grow_tx.send(Change {
-            nodeid,
-            tail,
-            data,
-            grown,
-        });
-        if let Some(rx) = wait
-            && rx.recv_timeout(GROW_WAIT).is_err()
-        {
-            tracing::debug!("node {nodeid:#x} takes a growth in after the change returns");
-        }
-    }))
 }

@@ -21,7 +21,7 @@ use std::num::NonZeroU64;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rustix::fs::{Advice, AtFlags, FallocateFlags, OFlags, SeekFrom};
@@ -93,6 +93,24 @@ pub(super) struct FileHandle {
     seen_generation: AtomicU64,
     promoted: AtomicBool,
     job: Mutex<Option<Arc<Job>>>,
+    /// Writes through this handle the daemon is serving now; see `others_changed`.
+    writing: AtomicU32,
+}
+
+/// A write being served through a handle, counted in its `writing` while it lasts.
+struct Writing<'a>(&'a AtomicU32);
+
+impl<'a> Writing<'a> {
+    fn start(h: &'a FileHandle) -> Writing<'a> {
+        h.writing.fetch_add(1, Ordering::SeqCst);
+        Writing(&h.writing)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How the kernel is to serve an open.
@@ -247,6 +265,7 @@ impl Overlay {
             seen_generation: AtomicU64::new(generation),
             promoted: AtomicBool::new(write),
             job: Mutex::new(None),
+            writing: AtomicU32::new(0),
         });
         self.inodes.fds.pin(nodeid, fh, fd);
         Ok(Opened {
@@ -363,7 +382,16 @@ impl Overlay {
 
     /// The object's bytes or size changed through node `via`: its other kernel inodes
     /// (its own node and its aliases, see `refuse_beside_passthrough`) drop their cached
-    /// attributes and pages, so their readers see the change as on a plain directory.
+    /// attributes and pages and grow to the new size, so their readers, mappings too, see
+    /// the change as on a plain directory.
+    ///
+    /// That takes page locks of those inodes, and a write in flight there holds one (the
+    /// kernel keeps a partly written page locked until the daemon answers): if its worker
+    /// were waiting here too, for this node's pages, which this call's own write holds,
+    /// neither would ever go on. So the call waits for the kernel only on nodes with no
+    /// write being served; another's change lands there just after that write returns (the
+    /// two writes ran at once). Of two such writes, at least one sees the other (the
+    /// counts are sequentially consistent), so they never wait for each other.
     pub(super) fn others_changed(&self, obj: (u64, u64), via: u64, fd: BorrowedFd<'_>) {
         self.meta_changed(obj);
         let Some(invalidate) = self.invalidator.get() else {
@@ -375,8 +403,17 @@ impl Overlay {
         }
         let tail = tail(fd);
         for n in others {
-            invalidate(n, true, tail);
+            invalidate(n, tail, !self.writing_through(n));
         }
+    }
+
+    /// Whether a write through `nodeid` is being served now.
+    fn writing_through(&self, nodeid: u64) -> bool {
+        self.files
+            .map
+            .lock()
+            .values()
+            .any(|h| h.nodeid == nodeid && h.writing.load(Ordering::SeqCst) > 0)
     }
 
     /// Node `nodeid` of `obj` has no passthrough reader left. Returns whether no node of
@@ -499,6 +536,7 @@ impl Overlay {
             ),
             promoted: AtomicBool::new(true),
             job: Mutex::new(None),
+            writing: AtomicU32::new(0),
         });
         self.inodes.fds.pin(inode.nodeid, fh, fd);
         Ok((
@@ -600,6 +638,7 @@ impl Overlay {
         kill_suidgid: bool,
     ) -> io::Result<u32> {
         let h = self.files.get(fh)?;
+        let _writing = Writing::start(&h);
         let as_caller = if kill_suidgid {
             Some(self.creds.enter(caller)?)
         } else {
