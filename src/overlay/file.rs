@@ -168,6 +168,12 @@ impl Overlay {
         };
         drop(path_fd);
         let regular = inode.is_regular();
+        if regular && flags & libc::O_TRUNC != 0 {
+            // Emptied by this open (FUSE_ATOMIC_O_TRUNC: no SETATTR comes): readers open
+            // on the object's other kernel inodes, passthrough ones on their copies, see
+            // it as on a plain directory, as after a truncate.
+            self.truncated(&inode, 0);
+        }
         let rel = if regular && self.cache.is_some() {
             self.rel_of(&inode)
         } else {
@@ -507,6 +513,10 @@ impl Overlay {
             // O_CREAT on an existing file, possibly with O_TRUNC.
             cache.invalidate(rel);
             self.readers_leave_copies((inode.dev, inode.ino));
+        }
+        if flags & libc::O_TRUNC != 0 {
+            // As in `open`.
+            self.truncated(&inode, 0);
         }
         // O_CREAT can open an existing file that readers have open by passthrough: then
         // this open must be direct I/O to coexist with them, as in `open`.

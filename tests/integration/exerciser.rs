@@ -1,9 +1,10 @@
 //! The project's own exerciser, in the spirit of xfstests' fsx: random reads, writes,
-//! truncates, mmap reads and reopens on several descriptors of a few files, every read
-//! checked against a model of what the files must hold, while the promoter copies them
-//! into the cache all the time (`promote_after=64K`). Run with passthrough on and off.
-//! On a mismatch it prints the seed and the last operations. `EXERCISER_SEED` (decimal
-//! or 0x-hex) replaces both variants' seeds, to replay a run or to explore others.
+//! truncates (O_TRUNC opens too), mmap reads and reopens on several descriptors of a few
+//! files, every read checked against a model of what the files must hold, while the
+//! promoter copies them into the cache all the time (`promote_after=64K`). Run with
+//! passthrough on and off. On a mismatch it prints the seed and the last operations.
+//! `EXERCISER_SEED` (decimal or 0x-hex) replaces the variants' seeds, to replay a run
+//! or to explore others.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -103,15 +104,19 @@ impl World<'_> {
                     .unwrap_or_else(|e| self.fail(&format!("write f{i}: {e}")));
                 self.model.write(Self::name(i), off as u64, &data);
             }
-            // Truncate, by path or through a descriptor.
+            // Truncate, by path (a new open, emptying the file first with O_TRUNC at
+            // times) or through a descriptor.
             55..=61 => {
                 let to = rng.below(MAX_LEN);
                 let by_path = rng.below(2) == 0 || !self.descs[i].iter().any(|d| d.writable);
-                self.log
-                    .push(format!("truncate f{i} to {to} by_path={by_path}"));
+                let o_trunc = by_path && rng.below(3) == 0;
+                self.log.push(format!(
+                    "truncate f{i} to {to} by_path={by_path} o_trunc={o_trunc}"
+                ));
                 let r = if by_path {
                     OpenOptions::new()
                         .write(true)
+                        .truncate(o_trunc)
                         .open(self.m.path(Self::name(i)))
                         .and_then(|f| f.set_len(to as u64))
                 } else {
@@ -119,6 +124,9 @@ impl World<'_> {
                     self.descs[i][d].file.set_len(to as u64)
                 };
                 r.unwrap_or_else(|e| self.fail(&format!("truncate f{i}: {e}")));
+                if o_trunc {
+                    self.model.truncate(Self::name(i), 0);
+                }
                 self.model.truncate(Self::name(i), to as u64);
             }
             // mmap a range of an open descriptor and compare it.

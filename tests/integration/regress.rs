@@ -808,3 +808,36 @@ fn two_writers_through_two_kernel_inodes_do_not_stall_each_other() {
     assert_eq!(got[..data.len()], data[..]);
     assert!(got[data.len()..].iter().all(|&b| b == 1 || b == 2));
 }
+
+/// Found while looking for the exerciser's SIGBUS: an open with O_TRUNC beside a
+/// passthrough reader (given a kernel inode of its own, see the tagger test) emptied the
+/// file in SOURCE, but the reader's backing copy kept every byte: the kernel sends no
+/// SETATTR for O_TRUNC (FUSE_ATOMIC_O_TRUNC), and only a truncate was mirrored to the
+/// copies and told to the other kernel inodes.
+#[test]
+fn o_trunc_beside_a_passthrough_reader_empties_what_it_reads() {
+    crate::require_mount!();
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let data = pattern(1 << 20, 101);
+    let m = with_cached_file("film.mkv", &data);
+    require_passthrough(&m);
+    let player = fs::File::open(m.path("film.mkv")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    player.read_exact_at(&mut buf, 0).unwrap();
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(m.path("film.mkv"))
+        .expect("an O_TRUNC open beside a passthrough reader");
+    assert_eq!(fs::metadata(m.src("film.mkv")).unwrap().len(), 0, "SOURCE");
+    assert_eq!(player.metadata().unwrap().len(), 0, "the reader's size");
+    assert_eq!(
+        player.read_at(&mut buf, 8192).unwrap(),
+        0,
+        "the reader read old bytes"
+    );
+    writer.write_all_at(b"new", 0).unwrap();
+    let mut got = [0u8; 8];
+    assert_eq!(player.read_at(&mut got, 0).unwrap(), 3);
+    assert_eq!(&got[..3], b"new");
+}
