@@ -6,6 +6,7 @@
 //! - [`watchdog`]: a forked process that unmounts a mount its daemon left stale (SIGKILL).
 //! - [`signals`]: the stop signals, the thread that waits for them, the PID 1 reaper.
 //! - [`session`]: mount(2) on /dev/fuse and the fuser session with its notifier.
+//! - [`notify`]: a change through one kernel inode of a file told to its others.
 //! - [`stale`]: a dead predecessor's mount at MOUNTPOINT removed, a live one refused.
 //!
 //! The order in [`run_foreground`] matters: signals are blocked and the watchdog forked
@@ -14,6 +15,7 @@
 //! process-wide state.
 
 mod daemonize;
+mod notify;
 mod process;
 mod session;
 mod signals;

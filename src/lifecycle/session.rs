@@ -1,6 +1,6 @@
 //! The FUSE session: mount(2) on an open /dev/fuse, the fuser session over the core with
-//! its worker threads, the notifier the core invalidates through, and the control socket
-//! beside it.
+//! its worker threads, the notifier the core invalidates through (see `notify`), and the
+//! control socket beside it.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -66,7 +66,7 @@ pub(super) fn mount(
         cfg.mountpoint.display(),
         cfg.cache.display()
     );
-    core.set_invalidator(invalidator(session.notifier())?);
+    core.set_invalidator(super::notify::invalidator(session.notifier()));
     Ok(session)
 }
 
@@ -127,31 +127,4 @@ fn fuse_mount(cfg: &Config, dev: &OwnedFd) -> io::Result<()> {
     let target = process::cpath(&cfg.mountpoint)?;
     let data = CString::new(data)?;
     process::mount(&source, &target, c"fuse.cachefs", flags, &data)
-}
-
-/// The core's way to tell the kernel that another inode of an object changed. The
-/// attributes go at once (no inode lock is taken for them); the pages are dropped by a
-/// thread of their own, because dropping them waits for page locks that a read in flight
-/// on that inode holds until the daemon answers it.
-fn invalidator(notifier: fuser::Notifier) -> Result<crate::overlay::Invalidator, MountError> {
-    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
-    let pages = notifier.clone();
-    std::thread::Builder::new()
-        .name("invalidate".into())
-        .spawn(move || {
-            for nodeid in rx {
-                let _ = pages.inval_inode(fuser::INodeNo(nodeid), 0, 0);
-            }
-        })
-        .map_err(|e| err(format!("cannot start the invalidation thread: {e}")))?;
-    Ok(Box::new(move |nodeid, data, size| {
-        let _ = notifier.inval_inode(fuser::INodeNo(nodeid), -1, 0);
-        if let Some(size) = size {
-            // Storing nothing at `size` grows the kernel's size to it, if smaller.
-            let _ = notifier.store(fuser::INodeNo(nodeid), size, &[]);
-        }
-        if data {
-            let _ = tx.send(nodeid);
-        }
-    }))
 }

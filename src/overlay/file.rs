@@ -21,7 +21,7 @@ use std::num::NonZeroU64;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rustix::fs::{Advice, AtFlags, FallocateFlags, OFlags, SeekFrom};
@@ -101,6 +101,24 @@ pub(super) struct FileHandle {
     /// The file's size when a cached copy was found for it at open (0 otherwise): what a
     /// passthrough open offers, counted as such (the daemon never sees those reads).
     copy_size: u64,
+    /// Writes through this handle the daemon is serving now; see `others_changed`.
+    writing: AtomicU32,
+}
+
+/// A write being served through a handle, counted in its `writing` while it lasts.
+struct Writing<'a>(&'a AtomicU32);
+
+impl<'a> Writing<'a> {
+    fn start(h: &'a FileHandle) -> Writing<'a> {
+        h.writing.fetch_add(1, Ordering::SeqCst);
+        Writing(&h.writing)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How the kernel is to serve an open.
@@ -158,6 +176,12 @@ impl Overlay {
         };
         drop(path_fd);
         let regular = inode.is_regular();
+        if regular && flags & libc::O_TRUNC != 0 {
+            // Emptied by this open (FUSE_ATOMIC_O_TRUNC: no SETATTR comes): readers open
+            // on the object's other kernel inodes, passthrough ones on their copies, see
+            // it as on a plain directory, as after a truncate.
+            self.truncated(&inode, 0);
+        }
         let rel = if regular && self.cache.is_some() {
             self.rel_of(&inode)
         } else {
@@ -265,6 +289,7 @@ impl Overlay {
             promoted: AtomicBool::new(write || ignored),
             job: Mutex::new(None),
             copy_size,
+            writing: AtomicU32::new(0),
         });
         self.inodes.fds.pin(nodeid, fh, fd);
         Ok(Opened {
@@ -381,7 +406,16 @@ impl Overlay {
 
     /// The object's bytes or size changed through node `via`: its other kernel inodes
     /// (its own node and its aliases, see `refuse_beside_passthrough`) drop their cached
-    /// attributes and pages, so their readers see the change as on a plain directory.
+    /// attributes and pages and grow to the new size, so their readers, mappings too, see
+    /// the change as on a plain directory.
+    ///
+    /// That takes page locks of those inodes, and a write in flight there holds one (the
+    /// kernel keeps a partly written page locked until the daemon answers): if its worker
+    /// were waiting here too, for this node's pages, which this call's own write holds,
+    /// neither would ever go on. So the call waits for the kernel only on nodes with no
+    /// write being served; another's change lands there just after that write returns (the
+    /// two writes ran at once). Of two such writes, at least one sees the other (the
+    /// counts are sequentially consistent), so they never wait for each other.
     pub(super) fn others_changed(&self, obj: (u64, u64), via: u64, fd: BorrowedFd<'_>) {
         self.meta_changed(obj);
         let Some(invalidate) = self.invalidator.get() else {
@@ -391,10 +425,19 @@ impl Overlay {
         if others.is_empty() {
             return;
         }
-        let size = rustix::fs::fstat(fd).ok().map(|st| st.st_size as u64);
+        let tail = tail(fd);
         for n in others {
-            invalidate(n, true, size);
+            invalidate(n, tail, !self.writing_through(n));
         }
+    }
+
+    /// Whether a write through `nodeid` is being served now.
+    fn writing_through(&self, nodeid: u64) -> bool {
+        self.files
+            .map
+            .lock()
+            .values()
+            .any(|h| h.nodeid == nodeid && h.writing.load(Ordering::SeqCst) > 0)
     }
 
     /// Node `nodeid` of `obj` has no passthrough reader left. Returns whether no node of
@@ -501,6 +544,10 @@ impl Overlay {
             cache.invalidate(rel);
             self.readers_leave_copies((inode.dev, inode.ino));
         }
+        if flags & libc::O_TRUNC != 0 {
+            // As in `open`.
+            self.truncated(&inode, 0);
+        }
         // O_CREAT can open an existing file that readers have open by passthrough: then
         // this open must be direct I/O to coexist with them, as in `open`.
         let mode = {
@@ -531,6 +578,7 @@ impl Overlay {
             promoted: AtomicBool::new(true),
             job: Mutex::new(None),
             copy_size: 0,
+            writing: AtomicU32::new(0),
         });
         self.inodes.fds.pin(inode.nodeid, fh, fd);
         Ok((
@@ -655,7 +703,8 @@ impl Overlay {
         kill_suidgid: bool,
     ) -> io::Result<u32> {
         let h = self.files.get(fh)?;
-        let _as = if kill_suidgid {
+        let _writing = Writing::start(&h);
+        let as_caller = if kill_suidgid {
             Some(self.creds.enter(caller)?)
         } else {
             None
@@ -669,6 +718,8 @@ impl Overlay {
             }
             done += n;
         }
+        // What follows is the daemon's own bookkeeping (reading the file's end included).
+        drop(as_caller);
         self.mirror(h.obj, |m| {
             fdio::pwrite_all(m.as_fd(), &data[..done], offset)
         });
@@ -818,6 +869,32 @@ fn read_source(
         .source_read_bytes
         .fetch_add(n as u64, Ordering::Relaxed);
     Ok(n)
+}
+
+/// The end of the file open as `fd` (any descriptor of it, `O_PATH` or write-only too),
+/// for the object's other kernel inodes to grow to. `None` for an empty file, or when
+/// the byte cannot be read (then those inodes learn the size at their next getattr).
+/// Runs as the daemon: the reopen is the daemon's, not the caller's.
+fn tail(fd: BorrowedFd<'_>) -> Option<super::Tail> {
+    let size = rustix::fs::fstat(fd).ok()?.st_size as u64;
+    let at = size.checked_sub(1)?;
+    let mut last = [0u8];
+    let n = match fdio::pread_full(fd, &mut last, at) {
+        Ok(n) => n,
+        Err(_) => {
+            let proc = fdio::proc_path(fd);
+            let readable =
+                rustix::fs::open(&proc, oflags(libc::O_RDONLY), rustix::fs::Mode::empty())
+                    .map_err(|e| tracing::debug!("cannot reopen a file to read its last byte: {e}"))
+                    .ok()?;
+            fdio::pread_full(readable.as_fd(), &mut last, at).ok()?
+        }
+    };
+    // Shortened meanwhile: the change that did it tells the other inodes.
+    (n == 1).then_some(super::Tail {
+        size,
+        last: last[0],
+    })
 }
 
 /// O_DIRECT's meaning on the source: the range's pages written back (`written`) and

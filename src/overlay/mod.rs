@@ -40,13 +40,24 @@ use crate::meta::{MetaCache, MetaStats};
 use crate::source::{FdStats, Fds};
 use crate::{fdio, sys};
 
-/// Asks the kernel to drop its cached attributes of a node, and its cached data too when
-/// the flag is set (a fuser notifier, wrapped so that the core knows nothing of fuser).
-/// Never called for the node a request in flight is about.
-/// With a size, the kernel's size of the node grows to it if it is smaller (a change
-/// that extended the file through another node: a fault of a mapping past the old size
-/// would otherwise raise SIGBUS, as the kernel does not ask for attributes there).
-pub type Invalidator = Box<dyn Fn(u64, bool, Option<u64>) + Send + Sync>;
+/// Tells the kernel that a node's file changed through another of its nodes: it drops
+/// the node's cached attributes and pages and, with a `Tail`, grows its size to the
+/// file's if smaller (a fuser notifier, wrapped so that the core knows nothing of fuser).
+/// With the flag set, all of it lands before the call returns: a mapping asks the daemon
+/// nothing while its pages are cached, and a fault past the kernel's size raises SIGBUS
+/// without asking for attributes. Never called for the node a request in flight is about.
+pub type Invalidator = Box<dyn Fn(u64, Option<Tail>, bool) + Send + Sync>;
+
+/// The end of a file as SOURCE has it: its size and its last byte. The kernel grows an
+/// inode's size only by storing bytes that end there (FUSE_NOTIFY_STORE of nothing
+/// leaves the size alone: `fuse_write_update_attr` moves it only for a count above
+/// zero), so the growth is told with the true last byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// Above zero.
+    pub size: u64,
+    pub last: u8,
+}
 
 /// A looked-up object: its node id and the source's attributes (in the layout
 /// `crate::fuse` reads).

@@ -9,6 +9,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -830,7 +831,19 @@ impl Creds {
 /// data prepared beforehand (`CString`s, buffers), no allocation, no locks, no printing.
 /// The code travels back through std's exec-error pipe: a non-zero code becomes the
 /// `spawn()` error; on zero the child execs `/bin/true`.
-pub fn in_child<F>(creds: Option<Creds>, mut f: F) -> i32
+pub fn in_child<F>(creds: Option<Creds>, f: F) -> i32
+where
+    F: FnMut() -> i32 + Send + Sync + 'static,
+{
+    match try_in_child(creds, f) {
+        Ok(code) => code,
+        Err(st) => panic!("/bin/true in child: {st:?}"),
+    }
+}
+
+/// `in_child`, for a child that may die of a signal (a mapping's SIGBUS): that is the
+/// `Err`, reported by the caller instead of a panic here.
+pub fn try_in_child<F>(creds: Option<Creds>, mut f: F) -> Result<i32, ExitStatus>
 where
     F: FnMut() -> i32 + Send + Sync + 'static,
 {
@@ -862,8 +875,7 @@ where
     match cmd.spawn() {
         Ok(mut child) => {
             let st = child.wait().expect("wait for child");
-            assert!(st.success(), "/bin/true in child: {st:?}");
-            0
+            if st.success() { Ok(0) } else { Err(st) }
         }
         Err(e) => {
             let code = e.raw_os_error().unwrap_or_else(|| panic!("spawn: {e}"));
@@ -871,9 +883,66 @@ where
                 code, CREDS_FAILED,
                 "switching credentials in the child failed"
             );
-            code
+            Ok(code)
         }
     }
+}
+
+/// Reads `n` bytes at `off` of the open file `fd` through a shared mapping, in a child
+/// process, so that a fault the kernel answers with SIGBUS (the range lies past the size
+/// the file's kernel inode has) kills the child, not the test binary: that is the `Err`.
+/// The child copies the bytes into a shared anonymous mapping that the caller reads.
+pub fn mmap_read_in_child(fd: RawFd, off: u64, n: usize) -> Result<Vec<u8>, String> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+    // SAFETY: a fresh anonymous mapping of n bytes, unmapped below.
+    let buf = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            n,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if buf == libc::MAP_FAILED {
+        return Err(format!("mmap of a buffer: {}", io::Error::last_os_error()));
+    }
+    let to = buf as usize;
+    let r = try_in_child(None, move || {
+        // SAFETY: async-signal-safe calls; the copy stays within two mappings of n bytes.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                n,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                off as libc::off_t,
+            );
+            if p == libc::MAP_FAILED {
+                return errno();
+            }
+            std::ptr::copy_nonoverlapping(p as *const u8, to as *mut u8, n);
+            libc::munmap(p, n);
+        }
+        0
+    });
+    let out = match r {
+        // SAFETY: buf is n bytes the child filled; no one else writes it now.
+        Ok(0) => Ok(unsafe { std::slice::from_raw_parts(buf as *const u8, n) }.to_vec()),
+        Ok(e) => Err(format!("mmap: {}", io::Error::from_raw_os_error(e))),
+        Err(st) => Err(match st.signal() {
+            Some(libc::SIGBUS) => "the mapping's read raised SIGBUS".to_string(),
+            _ => format!("the child reading the mapping ended with {st:?}"),
+        }),
+    };
+    // SAFETY: buf is the mapping made above, no longer used.
+    unsafe { libc::munmap(buf, n) };
+    out
 }
 
 /// Code returned by `in_child` when the credential switch itself failed.
