@@ -29,7 +29,7 @@
 //! - `fdio`: descriptor helpers over rustix (whole directories, full reads and writes).
 //! - `sys`: the only `unsafe`: what rustix does not wrap safely.
 //!
-//! Invariants (ARCHITECTURE.md): the source is the truth; no stale bytes; reads never
+//! Invariants (docs/architecture.md): the source is the truth; no stale bytes; reads never
 //! wait for promotion; nothing partial is visible; no path escapes SOURCE.
 
 pub mod cache;

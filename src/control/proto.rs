@@ -3,7 +3,7 @@
 //!
 //! Each JSON key the daemon or a client writes is a field name below and nowhere else, so
 //! renaming one is a compile error in the code that builds or reads it, and the golden tests
-//! at the bottom fail if a key CONTRACT.md promises goes missing.
+//! at the bottom fail if a key docs/reference.md promises goes missing.
 //!
 //! Fields are declared in alphabetical order on purpose: before these types existed the
 //! messages were `serde_json::Value` maps, which serialize with sorted keys, and declaration
@@ -157,9 +157,10 @@ pub struct Progress {
     pub path: String,
 }
 
-/// The `cachefs status --json` object. CONTRACT.md lists the keys every version has; the
-/// ones marked "extra" are this daemon's own additions (tests, the text status and the
-/// Prometheus metrics read them). Counters count since the mount started.
+/// The `cachefs status --json` object, whose keys docs/reference.md lists. The keys every
+/// version has are `CONTRACT_KEYS` in the tests below; the ones marked "extra" are this
+/// daemon's own additions (tests, the text status and the Prometheus metrics read them).
+/// Counters count since the mount started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub cache: String,
@@ -460,7 +461,7 @@ mod tests {
     use serde_json::{Value, json};
     use std::collections::BTreeSet;
 
-    /// The keys CONTRACT.md's status JSON lists: every one must be there.
+    /// The keys docs/reference.md's status JSON lists: every one must be there.
     const CONTRACT_KEYS: [&str; 17] = [
         "mountpoint",
         "source",

@@ -5,7 +5,7 @@
 //! writes split in FUSE-sized requests, and truncates by path or by handle.
 //!
 //! Every open the core answers is checked against the io-mode rules of fs/fuse/iomode.c
-//! (ARCHITECTURE.md, "One backing file per inode"): an inode with passthrough opens
+//! (docs/architecture.md, "One backing file per inode"): an inode with passthrough opens
 //! takes only passthrough opens to the same backing registration; an inode with cached
 //! (not direct-I/O) opens takes no passthrough open; FOPEN_KEEP_CACHE never comes with
 //! passthrough. The real kernel fails such an open with EIO; so does this one, and it

@@ -1,7 +1,7 @@
 //! The overlay's decisions, without FUSE: which mode an open is served in (SOURCE, the
 //! copy through the daemon, or passthrough to the copy once the kernel agreed to
 //! passthrough), how modes change at open and release, and what a reader holding a copy
-//! sees when the file is written or truncated through the mount (ARCHITECTURE.md
+//! sees when the file is written or truncated through the mount (docs/architecture.md
 //! invariant 10) or changed behind it (invariant 2: a stale copy is never served).
 //!
 //! Requests go through `kernel::Kernel`, which checks every answer against the kernel's
