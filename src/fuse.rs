@@ -18,7 +18,7 @@ use fuser::BackingId;
 
 use crate::config::Passthrough;
 use crate::overlay::{
-    Backing, BackingToken, Caller, Entry, Opened, Overlay, SetAttr, Timestamp, XattrReply,
+    BackingToken, Caller, Entry, Opened, Overlay, SetAttr, Timestamp, XattrReply,
 };
 use crate::sys;
 
@@ -409,39 +409,14 @@ impl Filesystem for CachefsFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let o = match self.core.open(&caller(req), ino.0, flags.0) {
-            Ok(o) => o,
-            Err(e) => return reply.error(fail("open", ino.0, &e)),
-        };
-        let fh = FileHandle(o.fh);
-        if let Some(backing) = o.passthrough {
-            // The core owns the registration (one per inode, shared by its passthrough
-            // opens); a new one is registered here and handed to it.
-            let token: io::Result<BackingToken> = match backing {
-                Backing::Registered(t) => Ok(t),
-                Backing::Unregistered(file) => reply
-                    .open_backing(file.as_ref())
-                    .map(|id| self.core.backing_registered(ino.0, Arc::new(id))),
-            };
-            let id = token.and_then(|t| {
-                t.downcast::<BackingId>()
-                    .map_err(|_| io::Error::other("backing token of another type"))
-            });
-            match id {
-                Ok(id) => {
-                    self.core.passthrough_started(o.fh);
-                    return reply.opened_passthrough(fh, FopenFlags::empty(), &id);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "kernel refused a passthrough backing file, serving it through the daemon: {e}"
-                    );
-                    self.core.passthrough_failed(o.fh);
-                    return reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
-                }
-            }
+        let register = |f: &std::fs::File| register(reply.open_backing(f));
+        match self.core.open(&caller(req), ino.0, flags.0, &register) {
+            Ok(o) => match backing_id(&o) {
+                Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id),
+                None => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+            },
+            Err(e) => reply.error(fail("open", ino.0, &e)),
         }
-        reply.opened(fh, fopen_flags(&o));
     }
 
     fn read(
@@ -689,14 +664,31 @@ impl Filesystem for CachefsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create(&caller(req), parent.0, name, mode, flags) {
-            Ok((e, o)) => reply.created(
-                &self.entry_ttl,
-                &attr(e.nodeid, &e.stat),
-                Generation(0),
-                FileHandle(o.fh),
-                fopen_flags(&o),
-            ),
+        let register = |f: &std::fs::File| register(reply.open_backing(f));
+        match self
+            .core
+            .create(&caller(req), parent.0, name, mode, flags, &register)
+        {
+            Ok((e, o)) => {
+                let attr = attr(e.nodeid, &e.stat);
+                match backing_id(&o) {
+                    Some(id) => reply.created_passthrough(
+                        &self.entry_ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(o.fh),
+                        FopenFlags::empty(),
+                        id,
+                    ),
+                    None => reply.created(
+                        &self.entry_ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(o.fh),
+                        fopen_flags(&o),
+                    ),
+                }
+            }
             Err(e) => reply.error(fail("create", parent.0, &e)),
         }
     }
@@ -755,6 +747,17 @@ impl Filesystem for CachefsFs {
             Err(e) => reply.error(fail("copy_file_range", ino_in.0, &e)),
         }
     }
+}
+
+/// The kernel's registration of a backing file, as the core's opaque token.
+fn register(id: io::Result<BackingId>) -> io::Result<BackingToken> {
+    Ok(Arc::new(id?))
+}
+
+/// The registration an open is to be answered with, if passthrough. Every token the core
+/// holds was made by `register`.
+fn backing_id(o: &Opened) -> Option<&BackingId> {
+    o.passthrough.as_ref()?.downcast_ref::<BackingId>()
 }
 
 fn fopen_flags(o: &Opened) -> FopenFlags {

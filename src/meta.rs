@@ -237,12 +237,32 @@ struct Node {
     attr_at: u64,
     attr: Attr,
     listing: Option<Box<Listing>>,
+    /// Writers open through the mount (`hold`): the attributes are never answered from
+    /// here while they last, since their writes move them unseen.
+    held: u32,
 }
 
 impl Node {
     /// The newest fetch time in the node, for pruning.
     fn newest(&self) -> u64 {
+        if self.held > 0 {
+            return u64::MAX;
+        }
         self.attr_at.max(self.listing.as_ref().map_or(0, |l| l.at))
+    }
+}
+
+/// Forgets what is known of `key`; a held node stays, knowing nothing.
+fn forget(nodes: &mut HashMap<Key, Node>, key: Key) {
+    match nodes.get_mut(&key) {
+        Some(n) if n.held > 0 => {
+            n.attr_at = 0;
+            n.listing = None;
+        }
+        Some(_) => {
+            nodes.remove(&key);
+        }
+        None => {}
     }
 }
 
@@ -356,6 +376,9 @@ impl MetaCache {
     pub fn put_attr(&self, st: &Stat) {
         let mut nodes = self.nodes.write();
         let n = nodes.entry((st.st_dev, st.st_ino)).or_default();
+        if n.held > 0 {
+            return;
+        }
         n.attr_at = now_ms();
         n.attr = Attr::of(st);
         self.bound(&mut nodes);
@@ -373,7 +396,28 @@ impl MetaCache {
 
     /// The object changed (its attributes, or its names if a directory): forget both.
     pub fn changed(&self, key: Key) {
-        self.nodes.write().remove(&key);
+        forget(&mut self.nodes.write(), key);
+    }
+
+    /// A writer of `key` opened: its attributes are not answered from here until the
+    /// matching `unhold`.
+    pub fn hold(&self, key: Key) {
+        let mut nodes = self.nodes.write();
+        let n = nodes.entry(key).or_default();
+        n.held += 1;
+        n.attr_at = 0;
+    }
+
+    /// A writer of `key` closed: what was known of it goes (its writes changed it).
+    pub fn unhold(&self, key: Key) {
+        let mut nodes = self.nodes.write();
+        if let Some(n) = nodes.get_mut(&key) {
+            n.held = n.held.saturating_sub(1);
+            n.attr_at = 0;
+            if n.held == 0 && n.listing.is_none() {
+                nodes.remove(&key);
+            }
+        }
     }
 
     /// A name in `parent` was made, removed or replaced: forget the directory (its
@@ -386,9 +430,9 @@ impl MetaCache {
             .and_then(|l| l.find(name.as_bytes()))
             .map(|k| k.ino)
         {
-            nodes.remove(&(parent.0, ino));
+            forget(&mut nodes, (parent.0, ino));
         }
-        nodes.remove(&parent);
+        forget(&mut nodes, parent);
     }
 
     pub fn stats(&self) -> MetaStats {
@@ -564,6 +608,7 @@ fn decode(data: &[u8], root: Key) -> Option<Vec<(Key, Node)>> {
                 attr_at,
                 attr,
                 listing,
+                held: 0,
             },
         ));
     }

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 
 use crate::config::{Config, MinFree};
 use index::{Entries, Meta};
+pub use promoter::Gate;
 use promoter::{Events, Job, Priority, Promoter};
 use store::{Lookup, Provenance, Store};
 
@@ -542,6 +543,11 @@ impl Cache {
             tracing::warn!("cannot move the copies under {}: {e}", from.display());
             self.store.remove_tree(from);
         }
+    }
+
+    /// See `promoter::Gate`.
+    pub fn set_gate(&self, gate: Arc<dyn Gate>) {
+        self.promoter.set_gate(gate);
     }
 
     pub fn promote(&self, rel: &Path, priority: Priority) -> Arc<Job> {

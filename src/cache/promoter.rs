@@ -128,6 +128,51 @@ pub trait Events: Send + Sync + 'static {
     fn usable(&self) -> bool;
 }
 
+/// Who decides whether a finished copy may be published: the owner of the source
+/// object's state (the overlay's `Objects`). A copy is published only if its object did
+/// not change through the mount, nor was open for writing, from `copy_started` to the
+/// publish, which runs under the owner's lock, so no write can begin between the check
+/// and the rename.
+pub trait Gate: Send + Sync {
+    /// A copy of `obj` (st_dev, st_ino) starts: a token for `copy_ended`, or `None` while
+    /// the object is open for writing (no copy is made then).
+    fn copy_started(&self, obj: (u64, u64)) -> Option<u64>;
+    /// The copy ends: `publish` runs if the object is unchanged since `started`. Returns
+    /// whether it ran (and its error, if it failed).
+    fn copy_ended(
+        &self,
+        obj: (u64, u64),
+        started: u64,
+        publish: Option<&mut dyn FnMut() -> io::Result<()>>,
+    ) -> io::Result<bool>;
+}
+
+/// A copy counted in by `Gate::copy_started`, counted out when dropped unpublished.
+struct Gated<'a> {
+    gate: Option<&'a dyn Gate>,
+    obj: (u64, u64),
+    started: u64,
+}
+
+impl Gated<'_> {
+    /// Publishes through the gate (or directly, without one). `Ok(false)`: the object
+    /// changed meanwhile.
+    fn publish(mut self, publish: &mut dyn FnMut() -> io::Result<()>) -> io::Result<bool> {
+        match self.gate.take() {
+            Some(g) => g.copy_ended(self.obj, self.started, Some(publish)),
+            None => publish().map(|()| true),
+        }
+    }
+}
+
+impl Drop for Gated<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.gate.take() {
+            let _ = g.copy_ended(self.obj, self.started, None);
+        }
+    }
+}
+
 /// The promoter's counters, since the mount started.
 #[derive(Default)]
 pub struct Stats {
@@ -185,6 +230,7 @@ struct Shared {
     stopping: AtomicBool,
     stats: Stats,
     limit: RateLimit,
+    gate: OnceLock<Arc<dyn Gate>>,
 }
 
 /// The workers hold the senders too (they queue prefetches), so they run for the life
@@ -214,6 +260,7 @@ impl Promoter {
             stopping: AtomicBool::new(false),
             stats: Stats::default(),
             limit: RateLimit::new(bandwidth),
+            gate: OnceLock::new(),
         });
         for i in 0..threads.max(1) {
             let rx: [Receiver<Arc<Job>>; 3] =
@@ -268,6 +315,11 @@ impl Promoter {
         while !self.running().is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Installs the gate every publish goes through (once; the daemon's overlay).
+    pub fn set_gate(&self, gate: Arc<dyn Gate>) {
+        let _ = self.shared.gate.set(gate);
     }
 
     pub fn stats(&self) -> &Stats {
@@ -416,6 +468,18 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
         return Err(io::Error::other("not a regular file"));
     }
     let total = before.st_size as u64;
+    let obj = (before.st_dev, before.st_ino);
+    let gate = shared.gate.get().map(|g| g.as_ref());
+    let gated = Gated {
+        gate,
+        obj,
+        started: match gate {
+            Some(g) => g
+                .copy_started(obj)
+                .ok_or_else(|| io::Error::other("the file is open for writing"))?,
+            None => 0,
+        },
+    };
     let mut temp = None;
     shared
         .events
@@ -447,7 +511,9 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
         if job.cancelled.load(Ordering::SeqCst) {
             return Err(cancelled());
         }
-        shared.store.publish(&tmp, &tmp_name, &job.rel, &prov)?;
+        if !gated.publish(&mut || shared.store.publish(&tmp, &tmp_name, &job.rel, &prov))? {
+            return Err(changed());
+        }
         shared.events.published(&job.rel, &prov, total);
         // A write through the mount cancels the job, then reads the generation that
         // `published` bumped (file.rs, `before_change`), all sequentially consistent:

@@ -12,6 +12,7 @@ mod creds;
 mod dir;
 mod entry;
 mod file;
+mod objects;
 mod readers;
 mod xattr;
 
@@ -30,7 +31,8 @@ pub use counters::Counters;
 pub use creds::Caller;
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
-pub use file::{Backing, BackingToken, Opened};
+pub use file::{Opened, Register};
+pub use objects::BackingToken;
 pub use xattr::XattrReply;
 
 use crate::cache::Cache;
@@ -91,13 +93,8 @@ pub struct Overlay {
     pub cache: Option<Arc<Cache>>,
     /// Set once the kernel has agreed to FUSE passthrough.
     passthrough: AtomicBool,
-    /// How each open inode is being served; see `file.rs`.
-    io: Mutex<HashMap<u64, file::InodeIo>>,
-    /// Writable descriptors of backing copies that passthrough readers still read while
-    /// their object is written through another node, by (st_dev, st_ino); see `file.rs`.
-    mirrors: Mutex<Mirrors>,
-    /// Entries in `mirrors`, so that writes skip its lock while there are none.
-    mirror_count: AtomicU64,
+    /// How each open source object is served: one owner, one lock (`objects.rs`).
+    objects: Arc<objects::Objects>,
     /// Tells the kernel a node's attributes (and data) changed behind it (set once
     /// mounted).
     invalidator: std::sync::OnceLock<Invalidator>,
@@ -111,10 +108,6 @@ pub struct Overlay {
 /// Objects the metadata cache remembers at most: about 170 MB at a library's typical
 /// name lengths.
 const META_MAX_NODES: usize = 1 << 20;
-
-/// By object (st_dev, st_ino), one entry per node with passthrough readers: its id and
-/// a writable descriptor of their backing copy.
-type Mirrors = HashMap<(u64, u64), Vec<(u64, Arc<std::fs::File>)>>;
 
 /// Open handles by number. Numbers are never reused within a mount.
 struct Handles<T> {
@@ -131,9 +124,18 @@ impl<T> Handles<T> {
     }
 
     fn insert(&self, value: T) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map.lock().insert(fh, Arc::new(value));
+        let fh = self.reserve();
+        self.put(fh, Arc::new(value));
         fh
+    }
+
+    /// A number for a handle made before it is put in.
+    fn reserve(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn put(&self, fh: u64, value: Arc<T>) {
+        self.map.lock().insert(fh, value);
     }
 
     fn get(&self, fh: u64) -> io::Result<Arc<T>> {
@@ -181,6 +183,10 @@ impl Overlay {
             meta
         });
         let readers = readers::Readers::new(&cfg.promote_ignore);
+        let objects = Arc::new(objects::Objects::default());
+        if let Some(cache) = &cache {
+            cache.set_gate(objects.clone());
+        }
         Ok(Overlay {
             cfg,
             inodes,
@@ -191,9 +197,7 @@ impl Overlay {
             node_dirs: Mutex::new(HashMap::new()),
             cache,
             passthrough: AtomicBool::new(false),
-            io: Mutex::new(HashMap::new()),
-            mirrors: Mutex::new(HashMap::new()),
-            mirror_count: AtomicU64::new(0),
+            objects,
             invalidator: std::sync::OnceLock::new(),
             meta,
             counters: Counters::default(),

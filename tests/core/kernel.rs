@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use cachefs::overlay::{Backing, BackingToken, Caller, Opened, Overlay, SetAttr};
+use cachefs::overlay::{BackingToken, Caller, Opened, Overlay, SetAttr};
 
 /// The largest read or write the kernel sends in one request (fuser's default max_write,
 /// and max_read with max_pages at its default).
@@ -61,7 +61,7 @@ pub struct Kernel<'a> {
     nodes: HashMap<u64, NodeIo>,
     registrations: Vec<Weak<dyn Any + Send + Sync>>,
     /// Set to refuse the next backing file (as `open_backing` can): the open is then
-    /// served by the daemon (`Overlay::passthrough_failed`).
+    /// served by the daemon instead.
     pub refuse_next_backing: bool,
     /// Opens the real kernel would have failed, and why.
     pub violations: Vec<String>,
@@ -123,14 +123,27 @@ impl<'a> Kernel<'a> {
         } else {
             self.lookup(rel)?
         };
-        let opened = match self.ov.open(&self.who, nodeid, flags) {
+        let refuse = std::mem::take(&mut self.refuse_next_backing);
+        let made = std::cell::RefCell::new(Vec::new());
+        // As fuser's `open_backing`: a registration of the file, or the kernel's refusal.
+        let register = |f: &File| -> io::Result<BackingToken> {
+            if refuse {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            let file = f.try_clone()?;
+            let t: BackingToken = Arc::new(FakeBackingId(Arc::new(file)));
+            made.borrow_mut().push(Arc::downgrade(&t));
+            Ok(t)
+        };
+        let opened = match self.ov.open(&self.who, nodeid, flags, &register) {
             Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
                 self.retried_opens += 1;
                 nodeid = self.lookup(rel)?;
-                self.ov.open(&self.who, nodeid, flags)?
+                self.ov.open(&self.who, nodeid, flags, &register)?
             }
             r => r?,
         };
+        self.registrations.extend(made.into_inner());
         self.admit(rel, nodeid, opened)
     }
 
@@ -149,26 +162,10 @@ impl<'a> Kernel<'a> {
             direct_io: opened.direct_io,
             keep_cache: opened.keep_cache,
         };
-        let refuse = std::mem::take(&mut self.refuse_next_backing);
         let io = self.nodes.entry(nodeid).or_default();
         let mut broken = None;
         match opened.passthrough {
-            Some(Backing::Unregistered(_)) if refuse => {
-                self.ov.passthrough_failed(opened.fh);
-                if io.passthrough > 0 {
-                    broken = Some("an open served by the daemon beside passthrough opens");
-                }
-                io.cached += 1;
-            }
-            Some(b) => {
-                let token = match b {
-                    Backing::Unregistered(f) => {
-                        let t: BackingToken = Arc::new(FakeBackingId(f));
-                        self.registrations.push(Arc::downgrade(&t));
-                        self.ov.backing_registered(nodeid, t)
-                    }
-                    Backing::Registered(t) => t,
-                };
+            Some(token) => {
                 if opened.keep_cache {
                     broken = Some("FOPEN_KEEP_CACHE with passthrough");
                 } else if io.cached > 0 {

@@ -2133,11 +2133,16 @@ fn s_fallocate(c: &mut Ctx) {
         if r == 0 { Ok(()) } else { Err(r) }
     });
     c.note("size", format!("{:?}", fstat(&fd).map(|s| s.st_size)));
+    // No copy is made while a writer has the file open: it is promoted once closed.
+    drop(fd);
     c.promoted("f");
     if let Some(ro) = c.served_from_copy("open f O_RDONLY", |c| {
         c.open("open f O_RDONLY", "f", libc::O_RDONLY, 0)
     }) {
         c.sys("fallocate on O_RDONLY fd", fallocate(&ro, 0, 0, 10));
+        let Some(fd) = c.open("open f O_RDWR beside a reader", "f", libc::O_RDWR, 0) else {
+            return;
+        };
         // A hole punched through the writer while a reader is on the copy: the reader
         // sees it, and the copy goes.
         c.sys(
@@ -2289,13 +2294,25 @@ fn s_copy_range(c: &mut Ctx) {
         "dst content",
         fs::read(c.p("dst")).map(|b| (b.len(), b[..] == data[1000..201_000])),
     );
-    // dst promoted while its writer is open: the writer's next copy drops that copy.
+    // dst is promoted once its writer closes; a reader of the copy then sees a copy made
+    // into it through a write-only descriptor opened beside it.
+    drop(d);
     c.promoted("dst");
+    let (Some(reader), Some(d)) = (
+        c.served_from_copy("open dst", |c| c.open("open dst", "dst", libc::O_RDONLY, 0)),
+        c.open("open dst O_WRONLY", "dst", libc::O_WRONLY, 0),
+    ) else {
+        return;
+    };
     c.sys(
         "copy into the middle at 50000",
         copy_range(&s, 0, &d, 50_000, 10),
     );
     c.no_stale_copy("dst");
+    c.sys(
+        "the reader of dst sees the copied bytes",
+        pread_all(&reader, 10, 50_000).map(|b| b == data[..10]),
+    );
     c.io(
         "dst content",
         fs::read(c.p("dst")).map(|b| {
