@@ -856,6 +856,8 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Test for a POSIX file lock.
+    /// `flock` (cachefs): the kernel sets `FUSE_LK_FLOCK` for a BSD flock(2) lock it
+    /// emulates with lock requests (`lock_owner` is then the open file).
     fn getlk(
         &self,
         _req: &Request,
@@ -866,11 +868,12 @@ pub trait Filesystem: Send + Sync + 'static {
         end: u64,
         typ: i32,
         pid: u32,
+        flock: bool,
         reply: ReplyLock,
     ) {
         warn!(
             "[Not Implemented] getlk(ino: {ino:#x?}, fh: {fh}, lock_owner: {lock_owner}, \
-            start: {start}, end: {end}, typ: {typ}, pid: {pid})"
+            start: {start}, end: {end}, typ: {typ}, pid: {pid}, flock: {flock})"
         );
         reply.error(Errno::ENOSYS);
     }
@@ -882,6 +885,9 @@ pub trait Filesystem: Send + Sync + 'static {
     /// used to fill in this field in `getlk()`. Note: if the locking methods are not
     /// implemented, the kernel will still allow file locking to work locally.
     /// Hence these are only interesting for network filesystems and similar.
+    /// `flock` (cachefs): the kernel sets `FUSE_LK_FLOCK` for a BSD flock(2) lock it
+    /// emulates with lock requests (with `FUSE_FLOCK_LOCKS`; `lock_owner` is then the
+    /// open file, whose `release` carries the same owner).
     fn setlk(
         &self,
         _req: &Request,
@@ -892,12 +898,13 @@ pub trait Filesystem: Send + Sync + 'static {
         end: u64,
         typ: i32,
         pid: u32,
+        flock: bool,
         sleep: bool,
         reply: ReplyEmpty,
     ) {
         warn!(
             "[Not Implemented] setlk(ino: {ino:#x?}, fh: {fh}, lock_owner: {lock_owner}, \
-            start: {start}, end: {end}, typ: {typ}, pid: {pid}, sleep: {sleep})"
+            start: {start}, end: {end}, typ: {typ}, pid: {pid}, flock: {flock}, sleep: {sleep})"
         );
         reply.error(Errno::ENOSYS);
     }

@@ -395,6 +395,7 @@ impl<'a> RequestWithSender<'a> {
                     x.lock().range.1,
                     x.lock().typ,
                     x.lock().pid,
+                    x.flock(), // cachefs: FUSE_LK_FLOCK
                     self.reply(),
                 );
             }
@@ -408,6 +409,7 @@ impl<'a> RequestWithSender<'a> {
                     x.lock().range.1,
                     x.lock().typ,
                     x.lock().pid,
+                    x.flock(), // cachefs: FUSE_LK_FLOCK
                     x.sleep(),
                     self.reply(),
                 );

@@ -1170,6 +1170,11 @@ mod op {
         pub(crate) fn lock_owner(&self) -> LockOwner {
             LockOwner(self.arg.owner)
         }
+        /// cachefs: a BSD flock(2) lock, which the kernel emulates with lock requests
+        /// (`FUSE_LK_FLOCK` in `lk_flags`); the owner is then the open file.
+        pub(crate) fn flock(&self) -> bool {
+            self.arg.lk_flags & consts::FUSE_LK_FLOCK != 0
+        }
     }
 
     /// Acquire, modify or release a POSIX file lock.
@@ -1199,6 +1204,11 @@ mod op {
         }
         pub(crate) fn lock_owner(&self) -> LockOwner {
             LockOwner(self.arg.owner)
+        }
+        /// cachefs: a BSD flock(2) lock, which the kernel emulates with lock requests
+        /// (`FUSE_LK_FLOCK` in `lk_flags`); the owner is then the open file.
+        pub(crate) fn flock(&self) -> bool {
+            self.arg.lk_flags & consts::FUSE_LK_FLOCK != 0
         }
         /// If true, block until the lock can be acquired (SETLKW).
         /// If false, return immediately if the lock cannot be acquired (SETLK).
