@@ -653,11 +653,11 @@ fn child_on(path: &std::path::Path, flags: i32, f: fn(libc::c_int) -> libc::c_in
 
 /// Found by the promoting parity scripts (locks on a descriptor served from a copy): a
 /// writer opened beside a passthrough reader is given a kernel inode of its own (its open
-/// is answered ESTALE, see `overlay::file`), and the kernel keeps POSIX and flock locks
-/// per inode, so the reader's locks do not exist for the writer. On a plain directory
-/// they conflict.
+/// is answered ESTALE, see `overlay::file`), and the kernel kept POSIX and flock locks
+/// per inode, so the reader's locks did not exist for the writer. On a plain directory
+/// they conflict; the daemon now holds the locks on SOURCE (`overlay::locks`). More in
+/// `locks.rs`.
 #[test]
-#[ignore = "known defect: locks are not shared between a passthrough reader and a writer opened after it"]
 fn locks_hold_between_a_passthrough_reader_and_a_later_writer() {
     crate::require_mount!();
     use std::os::fd::AsRawFd;
