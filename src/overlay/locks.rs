@@ -360,7 +360,11 @@ impl Overlay {
     ) {
         match self.try_setlk(fh, &req, true) {
             Err(e) if busy(&e) => {}
-            r => return done(r),
+            Err(e) => {
+                self.lock_wait_ended(fh, &req);
+                return done(Err(e));
+            }
+            ok => return done(ok),
         }
         let wait = move || {
             let r = loop {
