@@ -10,15 +10,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use fuser::BackingId;
 
 use crate::config::Passthrough;
 use crate::overlay::{
-    BackingToken, Caller, Entry, Opened, Overlay, SetAttr, Timestamp, XattrReply,
+    BackingToken, Caller, Entry, LockRequest, Opened, Overlay, SetAttr, Timestamp, XattrReply,
 };
 use crate::sys;
 
@@ -218,7 +218,13 @@ impl Filesystem for CachefsFs {
             // The daemon clears setuid/setgid on a non-owner's write itself, as the source
             // filesystem would; without it the kernel asks for a chmod as the writer, which
             // a non-owner may not do, and the write fails.
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            // Locks are the daemon's to hold (on SOURCE, see `overlay::locks`): one
+            // source file can have several kernel inodes, and the kernel keeps its own
+            // locks per inode, so a passthrough reader's and a later writer's would
+            // never meet. flock comes as lock requests with FUSE_LK_FLOCK.
+            | InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_FLOCK_LOCKS;
         let offered = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!("kernel lacks FUSE capabilities {missing:?}");
@@ -463,9 +469,11 @@ impl Filesystem for CachefsFs {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // A close by `lock_owner`: its POSIX locks on the file go (any close releases).
+        self.core.locks_flush(fh.0, lock_owner.0);
         empty(reply, "flush", ino.0, self.core.flush(fh.0));
     }
 
@@ -475,10 +483,13 @@ impl Filesystem for CachefsFs {
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // `lock_owner` is set when the open file held flock locks (as that owner); the
+        // kernel flushed it before (`_flush` is for a release without a flush).
+        self.core.locks_release(fh.0, lock_owner.map(|o| o.0));
         self.core.release(fh.0);
         reply.ok();
     }
@@ -492,6 +503,61 @@ impl Filesystem for CachefsFs {
         reply: ReplyEmpty,
     ) {
         empty(reply, "fsync", ino.0, self.core.fsync(fh.0, datasync));
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        _flock: bool,
+        reply: ReplyLock,
+    ) {
+        match self.core.getlk(fh.0, lock_owner.0, typ, start, end) {
+            Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+            Err(e) => reply.error(fail("getlk", ino.0, &e)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        flock: bool,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lk = LockRequest {
+            owner: lock_owner.0,
+            typ,
+            start,
+            end,
+            // The lock's process (what F_GETLK reports); the kernel sends none with an
+            // unlock.
+            pid: if pid != 0 { pid } else { req.pid() },
+            flock,
+        };
+        if sleep {
+            // Answered from a thread of its own once the lock is set or the waiter has a
+            // signal: a worker never waits for another process's unlock.
+            let ino = ino.0;
+            self.core
+                .clone()
+                .setlk_wait(fh.0, lk, req.pid(), move |r| empty(reply, "setlk", ino, r));
+        } else {
+            empty(reply, "setlk", ino.0, self.core.setlk(fh.0, &lk));
+        }
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -3,7 +3,8 @@
 //! Everything else calls rustix directly, whose errors convert to `io::Error` with the
 //! errno unchanged. What is left here: per-thread filesystem ids (setfsuid has no safe
 //! wrapper; glibc's own credential calls broadcast to every thread), file handles,
-//! truncate(2) and sync_file_range(2), fork, _exit, signal dispositions and masks,
+//! truncate(2) and sync_file_range(2), byte-range locks (fcntl with a `struct flock`),
+//! fork, _exit, signal dispositions and masks,
 //! syslog, and unsharing the mount namespace in a test; and the conversion of rustix's
 //! stat to the libc layout the FUSE replies are built from.
 
@@ -43,6 +44,80 @@ pub fn sync_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     check(unsafe { libc::sync_file_range(fd.as_raw_fd(), offset as i64, len as i64, flags) })
         .map(drop)
+}
+
+// ---- byte-range locks ----
+
+/// The last byte of a lock that runs to the end of the file, as FUSE and the kernel
+/// write it (OFFSET_MAX).
+pub const LOCK_TO_EOF: u64 = i64::MAX as u64;
+
+/// A byte-range lock: `typ` is F_RDLCK, F_WRLCK or F_UNLCK; `start..=end` the bytes
+/// (`end` = `LOCK_TO_EOF`: to the end of the file, however long); `pid` the holder's
+/// as fcntl reports it (-1 for an open file description's lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeLock {
+    pub typ: i32,
+    pub start: u64,
+    pub end: u64,
+    pub pid: i32,
+}
+
+fn to_flock(typ: i32, start: u64, end: u64) -> libc::flock {
+    // SAFETY: libc::flock is plain old data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { MaybeUninit::zeroed().assume_init() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start.min(LOCK_TO_EOF) as libc::off_t;
+    fl.l_len = if end >= LOCK_TO_EOF {
+        0
+    } else {
+        (end.saturating_sub(start) + 1) as libc::off_t
+    };
+    fl
+}
+
+/// Sets (or with F_UNLCK removes) an open file description lock (F_OFD_SETLK) on
+/// `start..=end`, without waiting: EAGAIN when another lock conflicts.
+pub fn ofd_setlk(fd: BorrowedFd<'_>, typ: i32, start: u64, end: u64) -> io::Result<()> {
+    let mut fl = to_flock(typ, start, end);
+    // SAFETY: fl is a valid, initialised struct flock that lives across the call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) }).map(drop)
+}
+
+/// The first lock that would conflict with a `typ` lock on `start..=end` set through
+/// `fd`: with `ofd`, as an open file description lock of `fd` (F_OFD_GETLK: `fd`'s own
+/// description's locks never conflict); else as a lock of this process (F_GETLK, which
+/// reports the holder's pid).
+pub fn getlk(
+    fd: BorrowedFd<'_>,
+    ofd: bool,
+    typ: i32,
+    start: u64,
+    end: u64,
+) -> io::Result<Option<RangeLock>> {
+    let mut fl = to_flock(typ, start, end);
+    let cmd = if ofd {
+        libc::F_OFD_GETLK
+    } else {
+        libc::F_GETLK
+    };
+    // SAFETY: fl is a valid, initialised struct flock that lives across the call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl) })?;
+    if fl.l_type as i32 == libc::F_UNLCK {
+        return Ok(None);
+    }
+    let start = fl.l_start.max(0) as u64;
+    let end = match fl.l_len {
+        0 => LOCK_TO_EOF,
+        len => (fl.l_start + len - 1).max(0) as u64,
+    };
+    Ok(Some(RangeLock {
+        typ: fl.l_type as i32,
+        start,
+        end,
+        pid: fl.l_pid,
+    }))
 }
 
 // ---- credentials (per thread) ----

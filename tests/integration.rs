@@ -19,6 +19,9 @@
 //! - `scale`: libraries past the descriptor limit, objects renamed, removed or swapped for
 //!   symlinks behind the mount.
 //! - `regress`: regression tests for defects outside suites found, named after them.
+//! - `locks`: fcntl, lockf and flock locks meet across the kernel inodes of one file (a
+//!   passthrough reader's and a later writer's), released, waited for and reported as on
+//!   a plain directory.
 //! - `scan`: library scans; the kernel's caches and the metadata cache (`meta_ttl`) and
 //!   its snapshot stay exact for changes through the mount, and show SOURCE's own changes
 //!   once their lifetime passes.
@@ -74,6 +77,9 @@ mod scale;
 
 #[path = "integration/regress.rs"]
 mod regress;
+
+#[path = "integration/locks.rs"]
+mod locks;
 
 #[path = "integration/exerciser.rs"]
 mod exerciser;

@@ -12,6 +12,7 @@ mod creds;
 mod dir;
 mod entry;
 mod file;
+mod locks;
 mod objects;
 mod readers;
 mod xattr;
@@ -32,6 +33,7 @@ pub use creds::Caller;
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
 pub use file::{Opened, Register};
+pub use locks::{LockInfo, LockRequest};
 pub use objects::BackingToken;
 pub use xattr::XattrReply;
 
@@ -86,6 +88,8 @@ pub struct Overlay {
     readers: readers::Readers,
     files: Handles<file::FileHandle>,
     dirs: Handles<dir::DirHandle>,
+    /// Locks taken through the mount, held on SOURCE; see `locks.rs`.
+    locks: locks::Locks,
     /// Directories read without an open handle (the kernel's no-opendir mode), by node,
     /// from the read at offset 0 until a read reaches the end.
     node_dirs: Mutex<HashMap<u64, Arc<dir::DirHandle>>>,
@@ -194,6 +198,7 @@ impl Overlay {
             readers,
             files: Handles::new(),
             dirs: Handles::new(),
+            locks: locks::Locks::default(),
             node_dirs: Mutex::new(HashMap::new()),
             cache,
             passthrough: AtomicBool::new(false),

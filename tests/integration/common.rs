@@ -1193,6 +1193,45 @@ pub fn promote_wait(m: &TestMount, rel: &str) {
     );
 }
 
+/// A mount (promote=manual) whose SOURCE holds `name` with `data`, promoted.
+pub fn with_cached_file(name: &'static str, data: &[u8]) -> TestMount {
+    let d = data.to_vec();
+    let m = TestMount::builder()
+        .option("promote=manual")
+        .populate(move |src| fs::write(src.join(name), &d).unwrap())
+        .start();
+    promote_wait(&m, name);
+    m
+}
+
+/// Fails a test that needs reads served by kernel passthrough where they are not.
+pub fn require_passthrough(m: &TestMount) {
+    assert_eq!(
+        status(m)["passthrough"].as_bool(),
+        Some(true),
+        "this test needs FUSE passthrough (Linux 6.9+, root)"
+    );
+}
+
+/// In a child process, opens `path` with `flags` and returns 0 if `f(fd)` returns 0, else
+/// the errno. Async-signal-safe.
+pub fn child_on(path: &Path, flags: i32, f: fn(libc::c_int) -> libc::c_int) -> i32 {
+    let c = cpath(path);
+    in_child(None, move || {
+        // SAFETY: async-signal-safe calls on a prepared path.
+        unsafe {
+            let fd = libc::open(c.as_ptr(), flags);
+            if fd < 0 {
+                return errno();
+            }
+            if f(fd) != 0 {
+                return errno();
+            }
+            0
+        }
+    })
+}
+
 /// Polls `cond` for up to 20 s (promotion and maintenance run in the background).
 pub fn eventually(what: &str, m: &TestMount, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(20);

@@ -2483,9 +2483,9 @@ fn s_locks(c: &mut Ctx) {
         c.sys("F_RDLCK on O_WRONLY", setlk(&w, libc::F_RDLCK, 0, 1));
     }
     drop(fd);
-    // Locks on a descriptor served from the copy hold against other readers. (Against
-    // a writer opened beside it they do not: regress::locks_hold_between_a_passthrough_
-    // reader_and_a_later_writer.)
+    // Locks on a descriptor served from the copy hold against other readers (and
+    // against a writer opened beside it: regress::locks_hold_between_a_passthrough_
+    // reader_and_a_later_writer).
     c.promoted("f");
     if let Some(ro) = c.served_from_copy("open f on the copy", |c| {
         c.open("open f on the copy", "f", libc::O_RDONLY, 0)

@@ -11,29 +11,9 @@ use std::process::Command;
 use tempfile::TempDir;
 
 use crate::common::{
-    Creds, OTHER_GID, OTHER_UID, TestMount, as_user, cpath, errno, eventually, num, pattern,
-    plain_dir, promote_wait, status,
+    Creds, OTHER_GID, OTHER_UID, TestMount, as_user, child_on, cpath, errno, eventually, num,
+    pattern, plain_dir, promote_wait, require_passthrough, status, with_cached_file,
 };
-
-/// A mount (promote=manual) whose SOURCE holds `name` with `data`, promoted.
-fn with_cached_file(name: &'static str, data: &[u8]) -> TestMount {
-    let d = data.to_vec();
-    let m = TestMount::builder()
-        .option("promote=manual")
-        .populate(move |src| fs::write(src.join(name), &d).unwrap())
-        .start();
-    promote_wait(&m, name);
-    m
-}
-
-/// Fails a test that needs reads served by kernel passthrough where they are not.
-fn require_passthrough(m: &TestMount) {
-    assert_eq!(
-        status(m)["passthrough"].as_bool(),
-        Some(true),
-        "this test needs FUSE passthrough (Linux 6.9+, root)"
-    );
-}
 
 /// Opens `path` as a directory and reads one batch of entries: 0, or the errno.
 /// Async-signal-safe (for `as_user`).
@@ -632,32 +612,13 @@ fn change_through_one_kernel_inode_shows_through_the_other() {
     assert_eq!(&fs::read(m.path("film.mkv")).unwrap()[..3], b"NEW");
 }
 
-/// In a child process, opens `path` with `flags` and returns 0 if `f(fd)` returns 0, else
-/// the errno. Async-signal-safe.
-fn child_on(path: &std::path::Path, flags: i32, f: fn(libc::c_int) -> libc::c_int) -> i32 {
-    let c = cpath(path);
-    crate::common::in_child(None, move || {
-        // SAFETY: async-signal-safe calls on a prepared path.
-        unsafe {
-            let fd = libc::open(c.as_ptr(), flags);
-            if fd < 0 {
-                return errno();
-            }
-            if f(fd) != 0 {
-                return errno();
-            }
-            0
-        }
-    })
-}
-
 /// Found by the promoting parity scripts (locks on a descriptor served from a copy): a
 /// writer opened beside a passthrough reader is given a kernel inode of its own (its open
-/// is answered ESTALE, see `overlay::file`), and the kernel keeps POSIX and flock locks
-/// per inode, so the reader's locks do not exist for the writer. On a plain directory
-/// they conflict.
+/// is answered ESTALE, see `overlay::file`), and the kernel kept POSIX and flock locks
+/// per inode, so the reader's locks did not exist for the writer. On a plain directory
+/// they conflict; the daemon now holds the locks on SOURCE (`overlay::locks`). More in
+/// `locks.rs`.
 #[test]
-#[ignore = "known defect: locks are not shared between a passthrough reader and a writer opened after it"]
 fn locks_hold_between_a_passthrough_reader_and_a_later_writer() {
     crate::require_mount!();
     use std::os::fd::AsRawFd;
