@@ -262,7 +262,8 @@ run_fsx() { # DIR PT SEED FSX-ARGS...
         reader=$LAST
     fi
     local rc=0
-    wait "$proc" || rc=$?
+    # (braces: no "Bus error" job notice from the shell; the tally names the signal)
+    { wait "$proc"; } 2>/dev/null || rc=$?
     wait "$MONITOR" 2>/dev/null || true
     MONITOR=
     end_group "$reader"
@@ -292,7 +293,11 @@ run_fsx() { # DIR PT SEED FSX-ARGS...
         local msg
         msg=$(awk '/^LOG DUMP/ { print prev; exit } { prev = $0 }' "$dir/out.log" |
             sed -E 's/0x[0-9a-fA-F]+/N/g; s/[0-9]+/N/g' | cut -c1-60)
-        KIND="other: fsx rc $rc${msg:+, $msg}"
+        if [ -z "$msg" ] && [ "$rc" -gt 128 ]; then
+            KIND="other: fsx killed by SIG$(kill -l $((rc - 128)) 2>/dev/null || echo "$((rc - 128))")"
+        else
+            KIND="other: fsx rc $rc${msg:+, $msg}"
+        fi
     elif [ "$differs" = 1 ]; then
         KIND="other: file differs from SOURCE at the end"
     elif [ "${reader_errs:-0}" -gt 0 ]; then
@@ -334,7 +339,8 @@ run_fsstress() { # DIR PT SEED
         reader "$MNT/stress"
     local reader=$LAST
     local rc=0
-    wait "$proc" || rc=$?
+    # (braces: no "Bus error" job notice from the shell; the tally names the signal)
+    { wait "$proc"; } 2>/dev/null || rc=$?
     wait "$MONITOR" 2>/dev/null || true
     MONITOR=
     end_group "$reader"
