@@ -50,8 +50,8 @@ BENCH_NAME=bench-index
 # shellcheck source=scripts/bench-lib.sh
 . "$repo/scripts/bench-lib.sh"
 
-[[ $N =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] || die "BENCH_ENTRIES must be a positive integer"
-[[ $REPS =~ ^[0-9]+$ ]] && [ "$REPS" -ge 1 ] || die "BENCH_REPS must be a positive integer"
+if ! [[ $N =~ ^[0-9]+$ ]] || [ "$N" -lt 1 ]; then die "BENCH_ENTRIES must be a positive integer"; fi
+if ! [[ $REPS =~ ^[0-9]+$ ]] || [ "$REPS" -lt 1 ]; then die "BENCH_REPS must be a positive integer"; fi
 [ "$(id -u)" -eq 0 ] || die "must run as root (mounts, drop_caches)"
 [ -c /dev/fuse ] || die "no /dev/fuse"
 [ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches"
@@ -199,8 +199,8 @@ vm() { awk -v k="$2:" '$1 == k { print $2 * 1024 }' /proc/"$1"/status; }
 # Checks the running daemon reports WANT cached files and records its RSS (after status
 # answered, so the index is in memory). Sets RSS and HWM.
 check_daemon() { # NAME WANT
-    local files bytes _h _m
-    read -r files bytes _h _m < <(status)
+    local files _b _h _m
+    read -r files _b _h _m < <(status)
     [ "$files" -eq "$2" ] || {
         cat "$DLOG" >&2
         die "$1: status says cached_files=$files, expected $2"
@@ -308,8 +308,9 @@ for ((r = 1; r <= REPS; r++)); do
         # One read through the mount must be served from the cache (provenance matches).
         cat "$MNT/$SAMPLE" >/dev/null
         read -r _f _b hits misses < <(status)
-        [ "$hits" -ge 1 ] && [ "$misses" -eq 0 ] ||
+        if [ "$hits" -lt 1 ] || [ "$misses" -ne 0 ]; then
             die "reading $SAMPLE through the mount: hits=$hits misses=$misses, expected a hit"
+        fi
     fi
     stop_clean "index-$r" "$CACHE"
     STOPS+=("$STOP_S")
@@ -327,7 +328,9 @@ say "index (cold): startup $INDEX_COLD s"
 # ---- 5. the walk alone ---------------------------------------------------------------------
 
 drop_caches
+# shellcheck disable=SC2016 # $1 is the inner shell's
 FIND_COLD=$(timed sh -c 'find "$1" | wc -l' sh "$CACHE/data")
+# shellcheck disable=SC2016
 FIND_WARM=$(timed sh -c 'find "$1" | wc -l' sh "$CACHE/data")
 drop_caches
 FSTAT_COLD=$(timed find "$CACHE/data" -printf '%s %T@\n')

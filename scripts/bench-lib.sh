@@ -1,6 +1,8 @@
-# Helpers shared by scripts/bench.sh and scripts/bench-index.sh (sourced, not run).
-# The sourcing script sets BENCH_NAME (its log prefix) first; private_binary needs
-# `repo` and `WORK`.
+# Helpers shared by scripts/bench.sh, bench-index.sh, scale.sh and stress.sh (sourced, not
+# run). The sourcing script sets BENCH_NAME (its log prefix) first; private_binary needs
+# `repo` and `WORK`, and sets BIN for the sourcing script.
+# shellcheck shell=bash
+# shellcheck disable=SC2034,SC2154 # BIN is the sourcing script's; repo and WORK are set there
 
 say() { echo "$BENCH_NAME: $*" >&2; }
 

@@ -74,9 +74,10 @@ BENCH_NAME=bench-scan
 # shellcheck source=scripts/bench-lib.sh
 . "$repo/scripts/bench-lib.sh"
 
-[[ $REPS =~ ^[0-9]+$ ]] && [ "$REPS" -ge 1 ] || die "BENCH_REPS must be a positive integer"
-[[ $PROBES =~ ^[0-9]+$ ]] && [ "$PROBES" -ge 1 ] && [ "$PROBES" -le 50000 ] ||
+if ! [[ $REPS =~ ^[0-9]+$ ]] || [ "$REPS" -lt 1 ]; then die "BENCH_REPS must be a positive integer"; fi
+if ! [[ $PROBES =~ ^[0-9]+$ ]] || [ "$PROBES" -lt 1 ] || [ "$PROBES" -gt 50000 ]; then
     die "BENCH_PROBES must be an integer from 1 to 50000"
+fi
 [ "$(id -u)" -eq 0 ] || die "must run as root (loop devices, mounts, drop_caches)"
 [ -c /dev/fuse ] || die "no /dev/fuse"
 [ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches"

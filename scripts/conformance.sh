@@ -132,7 +132,7 @@ regressions=$(comm -13 "$work/plain.failed" "$work/mount.failed")
 extra_skips=$(comm -13 "$work/plain.skipped" "$work/mount.skipped")
 if [ -n "$extra_skips" ]; then
     echo "skipped on the mount only:"
-    sed 's/^/  /' <<<"$extra_skips"
+    while read -r t; do echo "  $t"; done <<<"$extra_skips"
 fi
 if [ -n "$regressions" ]; then
     echo "FAILED on the mount, passed on a plain directory:"

@@ -47,8 +47,8 @@ BENCH_NAME=scale
 # shellcheck source=scripts/bench-lib.sh
 . "$repo/scripts/bench-lib.sh"
 
-[[ $N =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] || die "SCALE_ENTRIES must be a positive integer"
-[[ $NOFILE =~ ^[0-9]+$ ]] && [ "$NOFILE" -ge 64 ] || die "SCALE_NOFILE must be an integer >= 64"
+if ! [[ $N =~ ^[0-9]+$ ]] || [ "$N" -lt 1 ]; then die "SCALE_ENTRIES must be a positive integer"; fi
+if ! [[ $NOFILE =~ ^[0-9]+$ ]] || [ "$NOFILE" -lt 64 ]; then die "SCALE_NOFILE must be an integer >= 64"; fi
 [ "$(id -u)" -eq 0 ] || die "must run as root (mounts, drop_caches)"
 [ -c /dev/fuse ] || die "no /dev/fuse"
 for tool in python3 prlimit findmnt find sha256sum; do
@@ -170,7 +170,7 @@ for f in mount mount-warm; do
     check "$f scan differs from SOURCE's: $(diff "$WORK/native.txt" "$WORK/$f.txt" | head -4)" $(($? == 0))
 done
 sleep 0.2
-kill "$SAMPLER" 2>/dev/null && wait "$SAMPLER" 2>/dev/null || true
+if kill "$SAMPLER" 2>/dev/null; then wait "$SAMPLER" 2>/dev/null || true; fi
 SAMPLER=
 peak=$(cat "$WORK/fds" 2>/dev/null || echo 0)
 if [[ $bound =~ ^[0-9]+$ ]]; then
@@ -183,7 +183,7 @@ check "peak of $peak descriptors exceeds the limit $limit" $((peak <= limit))
 hits_before=$(status_json | jnum hits)
 want=$(sha256sum <"$SRC/$FILM")
 got=$(sha256sum <"$MNT/$FILM" || echo "read failed")
-check "the film read through the mount hashes differently ($got)" $(([ "$got" = "$want" ] && echo 1) || echo 0)
+check "the film read through the mount hashes differently ($got)" "$([ "$got" = "$want" ] && echo 1 || echo 0)"
 hits_after=$(status_json | jnum hits)
 check "the film was not a cache hit" $((hits_after == hits_before + 1))
 probe=$(python3 - "$MNT" "$N" <<'EOF'
@@ -203,7 +203,7 @@ for i in range(1000):
 print(len(bad), bad[:3])
 EOF
 )
-check "missing-name probes: $probe" $(([ "${probe%% *}" = 0 ] && echo 1) || echo 0)
+check "missing-name probes: $probe" "$([ "${probe%% *}" = 0 ] && echo 1 || echo 0)"
 
 st=$(status_json)
 inodes=$(jnum inodes <<<"$st")
