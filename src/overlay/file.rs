@@ -65,6 +65,28 @@ pub(super) struct FileHandle {
     job: Mutex<Option<Arc<Job>>>,
 }
 
+#[cfg(test)]
+impl FileHandle {
+    /// A handle of `obj` through `nodeid` on `fd`, for the owner's tests.
+    pub(super) fn for_test(fd: OwnedFd, nodeid: u64, obj: Obj, writable: bool) -> FileHandle {
+        FileHandle {
+            fd: Arc::new(fd),
+            nodeid,
+            obj,
+            writable,
+            o_direct: false,
+            mode: Mutex::new(Mode::Cached),
+            rel: None,
+            copy: Mutex::new(None),
+            size: 0,
+            read_bytes: AtomicU64::new(0),
+            seen_generation: AtomicU64::new(0),
+            promoted: AtomicBool::new(true),
+            job: Mutex::new(None),
+        }
+    }
+}
+
 /// How the kernel is to serve an open.
 pub struct Opened {
     pub fh: u64,

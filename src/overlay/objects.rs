@@ -613,3 +613,232 @@ impl crate::cache::Gate for Objects {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Gate;
+
+    const OBJ: Obj = (1, 42);
+    const NODE: u64 = 7;
+    const ALIAS: u64 = 0xff00_0000_0000_0001;
+
+    fn file() -> Arc<File> {
+        Arc::new(tempfile::tempfile().expect("a temporary file"))
+    }
+
+    fn handle(nodeid: u64, writable: bool) -> Arc<FileHandle> {
+        let fd = tempfile::tempfile().expect("a temporary file").into();
+        Arc::new(FileHandle::for_test(fd, nodeid, OBJ, writable))
+    }
+
+    fn reader() -> Want {
+        Want {
+            write: false,
+            o_direct: false,
+            counts: false,
+            passthrough: true,
+            source_backing: true,
+        }
+    }
+
+    fn writer() -> Want {
+        Want {
+            write: true,
+            ..reader()
+        }
+    }
+
+    /// Admits `h`, returning its mode (`None`: retire its node).
+    fn admit(
+        o: &Objects,
+        h: &Arc<FileHandle>,
+        want: Want,
+        copy: Option<Arc<File>>,
+    ) -> Option<Mode> {
+        let t = o.ticket(h.obj);
+        match o.admit(h, want, t, (copy, None), Some(file())) {
+            Admitted::Retire => None,
+            Admitted::Serve { mode, .. } => Some(mode),
+        }
+    }
+
+    /// The fsx failure: an open looked up the copy, a write dropped it, then the open
+    /// was admitted. It must not read the copy.
+    #[test]
+    fn a_copy_looked_up_before_a_change_is_never_served() {
+        let o = Objects::default();
+        let w = handle(NODE, true);
+        assert_eq!(
+            admit(
+                &o,
+                &w,
+                Want {
+                    passthrough: false,
+                    ..writer()
+                },
+                None
+            ),
+            Some(Mode::Cached)
+        );
+        o.release(&w);
+        let r = handle(NODE, false);
+        let ticket = o.ticket(OBJ);
+        let change = o.change(OBJ, Some(NODE));
+        o.changed(&change);
+        let copy = Some(file());
+        let Admitted::Serve { mode, .. } = o.admit(&r, reader(), ticket, (copy, None), None) else {
+            panic!("retired");
+        };
+        assert_eq!(mode, Mode::Cached);
+        assert!(
+            r.copy.lock().is_none(),
+            "the reader got the copy the change dropped"
+        );
+    }
+
+    #[test]
+    fn a_change_takes_daemon_served_readers_off_their_copy() {
+        let o = Objects::default();
+        let r = handle(NODE, false);
+        let want = Want {
+            passthrough: false,
+            ..reader()
+        };
+        assert_eq!(admit(&o, &r, want, Some(file())), Some(Mode::Cached));
+        assert!(r.copy.lock().is_some());
+        let c = o.change(OBJ, Some(NODE));
+        assert!(r.copy.lock().is_none());
+        o.changed(&c);
+        // A copy published later is adopted only with a ticket taken after the change.
+        let stale = Ticket {
+            generation: 0,
+            copy_allowed: true,
+        };
+        assert!(!o.adopt(&r, stale, file()));
+        assert!(o.adopt(&r, o.ticket(OBJ), file()));
+    }
+
+    #[test]
+    fn no_copy_is_published_while_a_writer_is_open_or_after_a_change() {
+        let o = Objects::default();
+        let mut published = 0;
+        let started = o.copy_started(OBJ).expect("no writer yet");
+        let w = handle(NODE, true);
+        admit(&o, &w, writer(), None);
+        assert_eq!(o.copy_started(OBJ), None, "a copy started beside a writer");
+        let ran = o.copy_ended(
+            OBJ,
+            started,
+            Some(&mut || {
+                published += 1;
+                Ok(())
+            }),
+        );
+        assert!(
+            !ran.unwrap(),
+            "a copy begun before the writer opened was published"
+        );
+        o.release(&w);
+        // Without a writer: a change during the copy stops the publish too.
+        let started = o.copy_started(OBJ).expect("no writer");
+        o.changed(&o.change(OBJ, None));
+        assert!(!o.copy_ended(OBJ, started, Some(&mut || Ok(()))).unwrap());
+        let started = o.copy_started(OBJ).expect("no writer");
+        assert!(
+            o.copy_ended(
+                OBJ,
+                started,
+                Some(&mut || {
+                    published += 1;
+                    Ok(())
+                })
+            )
+            .unwrap()
+        );
+        assert_eq!(published, 1);
+        assert!(
+            o.inner.lock().map.is_empty(),
+            "an idle object stays in the table"
+        );
+    }
+
+    #[test]
+    fn counted_readers_are_served_by_the_daemon_and_others_by_passthrough_to_source() {
+        let o = Objects::default();
+        let counted = handle(NODE, false);
+        assert_eq!(
+            admit(
+                &o,
+                &counted,
+                Want {
+                    counts: true,
+                    ..reader()
+                },
+                None
+            ),
+            Some(Mode::Cached)
+        );
+        // The inode uses the page cache now: a writer may not have passthrough there.
+        let w = handle(NODE, true);
+        assert_eq!(admit(&o, &w, writer(), None), Some(Mode::Cached));
+        o.release(&w);
+        o.release(&counted);
+        let scanner = handle(NODE, false);
+        assert_eq!(admit(&o, &scanner, reader(), None), Some(Mode::PassSource));
+        // Every later open of that inode shares its passthrough to SOURCE.
+        let w = handle(NODE, true);
+        assert_eq!(admit(&o, &w, writer(), None), Some(Mode::PassSource));
+        let player = handle(NODE, false);
+        assert_eq!(
+            admit(
+                &o,
+                &player,
+                Want {
+                    counts: true,
+                    ..reader()
+                },
+                None
+            ),
+            Some(Mode::PassSource)
+        );
+        // Another inode of the object keeps no pages beside them.
+        let other = handle(ALIAS, false);
+        assert_eq!(
+            admit(
+                &o,
+                &other,
+                Want {
+                    passthrough: false,
+                    ..reader()
+                },
+                None
+            ),
+            Some(Mode::Direct)
+        );
+    }
+
+    #[test]
+    fn a_writer_beside_passthrough_readers_of_a_copy_goes_to_a_new_inode_served_by_the_daemon() {
+        let o = Objects::default();
+        let r = handle(NODE, false);
+        assert_eq!(admit(&o, &r, reader(), Some(file())), Some(Mode::PassCopy));
+        assert!(o.must_retire(OBJ, NODE, true));
+        // Until the writer arrives, a reader on the new inode does not take the copy
+        // there (the writer's retry would meet it and fail).
+        let early = handle(ALIAS, false);
+        assert_eq!(
+            admit(&o, &early, reader(), Some(file())),
+            Some(Mode::PassSource)
+        );
+        o.release(&early);
+        // The writer's writes must reach the copy's readers: through the daemon.
+        let w = handle(ALIAS, true);
+        assert_eq!(admit(&o, &w, writer(), None), Some(Mode::Cached));
+        assert!(!o.release(&w));
+        assert!(
+            o.release(&r),
+            "the last reader of the copy: the node may be unretired"
+        );
+    }
+}

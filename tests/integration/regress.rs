@@ -802,3 +802,124 @@ fn o_trunc_beside_a_passthrough_reader_empties_what_it_reads() {
     assert_eq!(player.read_at(&mut got, 0).unwrap(), 3);
     assert_eq!(&got[..3], b"new");
 }
+
+/// Found beside fsx: a copy_file_range into a descriptor opened write-only beside a
+/// passthrough reader of the copy left the reader with the old bytes (the mirror re-read
+/// what had landed through the caller's write-only descriptor: EBADF). The reader must
+/// see the copied bytes, as on a plain directory.
+#[test]
+fn copy_file_range_into_a_write_only_descriptor_reaches_a_passthrough_reader() {
+    crate::require_mount!();
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let old = pattern(256 << 10, 81);
+    let new = pattern(4096, 82);
+    let m = with_cached_file("f", &old);
+    require_passthrough(&m);
+    fs::write(m.source.join("donor"), &new).unwrap();
+    let reader = fs::File::open(m.path("f")).unwrap();
+    assert_eq!(
+        num(&status(&m), "passthrough_opens"),
+        1,
+        "the reader is not on the copy"
+    );
+    let donor = fs::File::open(m.path("donor")).unwrap();
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    let (mut off_in, mut off_out): (i64, i64) = (0, 8192);
+    // SAFETY: both descriptors are open; the offsets are locals.
+    let n = unsafe {
+        libc::copy_file_range(
+            donor.as_raw_fd(),
+            &mut off_in,
+            writer.as_raw_fd(),
+            &mut off_out,
+            new.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        n,
+        new.len() as isize,
+        "copy_file_range: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut got = vec![0u8; new.len()];
+    reader.read_exact_at(&mut got, 8192).unwrap();
+    assert!(
+        got == new,
+        "the passthrough reader read the old bytes after the copy"
+    );
+    let mut want = old.clone();
+    want[8192..8192 + new.len()].copy_from_slice(&new);
+    assert!(fs::read(m.source.join("f")).unwrap() == want);
+    assert!(fs::read(m.path("f")).unwrap() == want);
+}
+
+/// Found beside fsx with a whole-file reader: a reader's open picked the copy, and a
+/// write that dropped it arrived before the open had registered, so the reader kept
+/// reading the old copy (a short read there then cut the kernel's idea of the size).
+/// Many opens racing many writes: every read after a write returned sees its bytes.
+#[test]
+fn readers_opening_beside_a_writer_never_read_the_copy_it_dropped() {
+    crate::require_mount!();
+    use std::os::unix::fs::FileExt;
+    let size = 192 << 10;
+    let m = TestMount::builder()
+        .option("promote_after=64K")
+        .option("prefetch=0")
+        .populate(move |src| fs::write(src.join("f"), pattern(size, 90)).unwrap())
+        .start();
+    let path = m.path("f");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Whole-file readers, over and over: each read of the file promotes it (64K), and
+    // each open may pick the copy.
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (p, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::read(&p);
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let mut round = 0u64;
+    // Until copies have come and gone often enough to meet the writes (bounded).
+    while round < 300
+        || (round < 20_000 && round % 50 != 0)
+        || (round < 20_000 && num(&status(&m), "promotions_done") < 20)
+    {
+        round += 1;
+        let w = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let stamp = round.to_le_bytes();
+        let at = (round * 4099) % (size as u64 - 8);
+        w.write_all_at(&stamp, at).unwrap();
+        drop(w);
+        // A fresh open after the write returned must see it, wherever it is served from.
+        let r = fs::File::open(&path).unwrap();
+        let mut got = [0u8; 8];
+        r.read_exact_at(&mut got, at).unwrap();
+        let len = r.metadata().unwrap().len();
+        if got != stamp || len != size as u64 {
+            failures.push(format!("round {round}: read {got:?} at {at} (size {len})"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "stale reads: {failures:?}\nlog:\n{}",
+        m.log_contents()
+    );
+    let st = status(&m);
+    assert!(
+        num(&st, "promotions_done") >= 20 && num(&st, "hits") > 0,
+        "copies were not made and served often enough to meet the writes: {st}"
+    );
+}
