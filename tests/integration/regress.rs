@@ -890,7 +890,7 @@ fn readers_opening_beside_a_writer_never_read_the_copy_it_dropped() {
     let mut round = 0u64;
     // Until copies have come and gone often enough to meet the writes (bounded).
     while round < 300
-        || (round < 20_000 && round % 50 != 0)
+        || (round < 20_000 && !round.is_multiple_of(50))
         || (round < 20_000 && num(&status(&m), "promotions_done") < 20)
     {
         round += 1;
