@@ -134,16 +134,60 @@ pub struct InodeTable {
     /// SOURCE's root opened for reading: `open_by_handle_at` refuses `O_PATH` mount fds.
     /// `None` when handles are not used.
     mount_fd: Option<OwnedFd>,
-    /// Objects whose node is retired for new opens, by (st_dev, st_ino): the node id a
-    /// lookup gives them instead (see `retire`).
-    aliases: Mutex<HashMap<(u64, u64), u64>>,
-    /// Entries in `aliases`, so that lookups skip its lock while there are none.
-    alias_count: AtomicU64,
-    /// Alias nodes the kernel may still hold, by object: they outlive `unretire` while
-    /// opens on them last, and a change through one node must reach the others.
-    live_aliases: Mutex<HashMap<(u64, u64), Vec<u64>>>,
-    live_alias_count: AtomicU64,
+    /// Objects with alias nodes (see `retire`).
+    aliases: Aliases,
     next_alias: AtomicU64,
+}
+
+/// An object's alias nodes.
+#[derive(Default)]
+struct AliasState {
+    /// While its own node is retired for new opens: the node id a lookup gives instead.
+    current: Option<u64>,
+    /// Alias nodes the kernel may still hold: they outlive `unretire` while opens on them
+    /// last, and a change through one node must reach the others.
+    live: Vec<u64>,
+}
+
+/// Alias state by object (st_dev, st_ino). Almost always empty: `len` lets lookups skip
+/// the lock then.
+#[derive(Default)]
+struct Aliases {
+    map: Mutex<HashMap<(u64, u64), AliasState>>,
+    len: AtomicU64,
+}
+
+impl Aliases {
+    /// Reads an object's state, without taking the lock while no object has any.
+    fn read<T>(&self, key: (u64, u64), f: impl FnOnce(&AliasState) -> T) -> Option<T> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.map.lock().get(&key).map(f)
+    }
+
+    /// Changes an object's state; it goes once it holds nothing.
+    fn update<T>(&self, key: (u64, u64), f: impl FnOnce(&mut AliasState) -> T) -> T {
+        let mut map = self.map.lock();
+        let fresh = !map.contains_key(&key);
+        let state = map.entry(key).or_default();
+        let r = f(state);
+        let empty = state.current.is_none() && state.live.is_empty();
+        match (fresh, empty) {
+            (true, false) => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+            (false, true) => {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                map.remove(&key);
+            }
+            (true, true) => {
+                map.remove(&key);
+            }
+            (false, false) => {}
+        }
+        r
+    }
 }
 
 impl InodeTable {
@@ -176,10 +220,7 @@ impl InodeTable {
             root_fd: Arc::new(root),
             fds,
             mount_fd,
-            aliases: Mutex::new(HashMap::new()),
-            alias_count: AtomicU64::new(0),
-            live_aliases: Mutex::new(HashMap::new()),
-            live_alias_count: AtomicU64::new(0),
+            aliases: Aliases::default(),
             next_alias: AtomicU64::new(ALIAS_BASE + 1),
         })
     }
@@ -206,64 +247,43 @@ impl InodeTable {
     /// file per inode, fs/fuse/iomode.c) is answered: ESTALE, the kernel walks the
     /// path again, and the new open lands on the new inode. Returns the alias.
     pub fn retire(&self, inode: &Inode) -> u64 {
-        let mut aliases = self.aliases.lock();
-        let key = (inode.dev, inode.ino);
-        match aliases.get(&key) {
-            // Already retired, and this is not the alias itself: new opens go there.
-            Some(&alias) if alias != inode.nodeid => alias,
-            current => {
-                if current.is_none() {
-                    self.alias_count.fetch_add(1, Ordering::Relaxed);
-                }
-                let alias = self.next_alias.fetch_add(1, Ordering::Relaxed);
-                aliases.insert(key, alias);
-                alias
-            }
-        }
-    }
-
-    fn alias_forgotten(&self, dev: u64, ino: u64, nodeid: u64) {
-        let mut live = self.live_aliases.lock();
-        if let Some(v) = live.get_mut(&(dev, ino)) {
-            let before = v.len();
-            v.retain(|&a| a != nodeid);
-            if v.len() < before {
-                self.live_alias_count.fetch_sub(1, Ordering::Relaxed);
-            }
-            if v.is_empty() {
-                live.remove(&(dev, ino));
-            }
-        }
+        self.aliases
+            .update((inode.dev, inode.ino), |a| match a.current {
+                // Already retired, and this is not the alias itself: new opens go there.
+                Some(alias) if alias != inode.nodeid => alias,
+                _ => *a
+                    .current
+                    .insert(self.next_alias.fetch_add(1, Ordering::Relaxed)),
+            })
     }
 
     /// Ends `retire`: lookups give the object its own node id again.
     pub fn unretire(&self, dev: u64, ino: u64) {
-        if self.aliases.lock().remove(&(dev, ino)).is_some() {
-            self.alias_count.fetch_sub(1, Ordering::Relaxed);
+        if self.aliases.read((dev, ino), |a| a.current.is_some()) == Some(true) {
+            self.aliases.update((dev, ino), |a| a.current = None);
         }
     }
 
     /// The node id of a source object (an alias while its own node is retired).
     pub fn nodeid_of(&self, dev: u64, ino: u64) -> u64 {
-        if self.alias_count.load(Ordering::Relaxed) > 0
-            && let Some(&alias) = self.aliases.lock().get(&(dev, ino))
-        {
-            return alias;
-        }
-        self.own_nodeid(dev, ino)
+        self.aliases
+            .read((dev, ino), |a| a.current)
+            .flatten()
+            .unwrap_or_else(|| self.own_nodeid(dev, ino))
     }
 
     /// The node ids other than `except` that the kernel may hold for an object: its own
     /// and its aliases. Empty for an object that never had an alias (the usual case).
     pub fn other_nodes(&self, dev: u64, ino: u64, except: u64) -> Vec<u64> {
-        if self.live_alias_count.load(Ordering::Relaxed) == 0 {
-            return Vec::new();
-        }
-        let Some(aliases) = self.live_aliases.lock().get(&(dev, ino)).cloned() else {
+        let Some(live) = self
+            .aliases
+            .read((dev, ino), |a| a.live.clone())
+            .filter(|l| !l.is_empty())
+        else {
             return Vec::new();
         };
         std::iter::once(self.own_nodeid(dev, ino))
-            .chain(aliases)
+            .chain(live)
             .filter(|&n| n != except)
             .collect()
     }
@@ -527,13 +547,8 @@ impl InodeTable {
                 drop(map);
                 if created && nodeid >= ALIAS_BASE {
                     // The kernel now holds this alias node: changes must reach it.
-                    let key = (id.dev, id.ino);
-                    self.live_aliases
-                        .lock()
-                        .entry(key)
-                        .or_default()
-                        .push(nodeid);
-                    self.live_alias_count.fetch_add(1, Ordering::Relaxed);
+                    self.aliases
+                        .update((id.dev, id.ino), |a| a.live.push(nodeid));
                 }
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
                 inode
@@ -641,7 +656,8 @@ impl InodeTable {
                 if let Some(inode) = gone
                     && nodeid >= ALIAS_BASE
                 {
-                    self.alias_forgotten(inode.dev, inode.ino, nodeid);
+                    self.aliases
+                        .update((inode.dev, inode.ino), |a| a.live.retain(|&n| n != nodeid));
                 }
             }
         }
