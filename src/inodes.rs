@@ -246,11 +246,12 @@ impl InodeTable {
     /// would refuse on the old inode (a write beside passthrough readers: one backing
     /// file per inode, fs/fuse/iomode.c) is answered: ESTALE, the kernel walks the
     /// path again, and the new open lands on the new inode. Returns the alias.
-    pub fn retire(&self, inode: &Inode) -> u64 {
+    /// An alias already given is reused if `reusable` says so.
+    pub fn retire(&self, inode: &Inode, reusable: impl Fn(u64) -> bool) -> u64 {
         self.aliases
             .update((inode.dev, inode.ino), |a| match a.current {
                 // Already retired, and this is not the alias itself: new opens go there.
-                Some(alias) if alias != inode.nodeid => alias,
+                Some(alias) if alias != inode.nodeid && reusable(alias) => alias,
                 _ => *a
                     .current
                     .insert(self.next_alias.fetch_add(1, Ordering::Relaxed)),
@@ -901,16 +902,16 @@ mod tests {
         let root = t.root();
         let own = lookup(&t, &root, "f").unwrap();
         assert!(t.other_nodes(own.dev, own.ino, own.nodeid).is_empty());
-        let alias = t.retire(&own);
+        let alias = t.retire(&own, |_| true);
         assert!(alias >= ALIAS_BASE);
         // Retiring again from the own node keeps the alias; from the alias, a fresh one.
-        assert_eq!(t.retire(&own), alias);
+        assert_eq!(t.retire(&own, |_| true), alias);
         let a = lookup(&t, &root, "f").unwrap();
         assert_eq!(a.nodeid, alias);
         assert_eq!((a.dev, a.ino), (own.dev, own.ino));
         assert_eq!(t.other_nodes(own.dev, own.ino, alias), vec![own.nodeid]);
         assert_eq!(t.other_nodes(own.dev, own.ino, own.nodeid), vec![alias]);
-        let second = t.retire(&a);
+        let second = t.retire(&a, |_| true);
         assert_ne!(second, alias);
         t.unretire(own.dev, own.ino);
         assert_eq!(lookup(&t, &root, "f").unwrap().nodeid, own.nodeid);

@@ -328,7 +328,12 @@ impl Overlay {
     /// which gets every write and truncate made through the mount (its mirror), so they
     /// read what a plain directory would show them (invariant 10).
     fn retire(&self, inode: &crate::inodes::Inode) -> io::Error {
-        let alias = self.inodes.retire(inode);
+        // An alias whose own passthrough readers of a copy came meanwhile would refuse
+        // the retried open again: a fresh one then.
+        let obj = (inode.dev, inode.ino);
+        let alias = self
+            .inodes
+            .retire(inode, |alias| !self.objects.copy_readers_on(obj, alias));
         tracing::debug!(
             "node {} has passthrough readers of a copy: new opens go to node {alias:#x}",
             inode.nodeid

@@ -461,13 +461,14 @@ impl Objects {
                 closing = node.backing.take();
                 if mode == Mode::PassCopy {
                     st.mirrors.retain(|(n, _)| *n != h.nodeid);
-                    unretire = st.mirrors.is_empty();
+                    unretire = true;
                 }
             }
             if node.is_idle() {
                 st.nodes.remove(&h.nodeid);
             }
         }
+        unretire &= !st.nodes.values().any(|n| n.pass_kind() == Some(false));
         if st.is_idle() {
             inner.map.remove(&h.obj);
         }
