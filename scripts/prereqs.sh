@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Make this machine able to run cachefs and its tests: install fuse3 and attr if missing
-# (Debian/Ubuntu, as root), and check that FUSE is usable. Under CI=true any missing
-# prerequisite is fatal; elsewhere it is a warning and the mount tests skip themselves.
+# Make this machine able to run cachefs and its tests: install fuse3, attr, ffmpeg and the
+# other tools the tests use if missing (Debian/Ubuntu, as root), and check that FUSE is
+# usable. Under CI=true any missing prerequisite is fatal; elsewhere it is a warning and
+# the mount tests skip themselves.
 set -euo pipefail
 
 ci=${CI:-}
@@ -28,6 +29,9 @@ command -v debugfs >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v dd >/dev/null 2>&1 || need+=(coreutils)
 command -v find >/dev/null 2>&1 || need+=(findutils)
+# The media tests: episodes made by the real ffmpeg, probed by ffprobe and played.
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages ${need[*]}: run as root or install them" >&2

@@ -30,6 +30,9 @@
 //!   tokens, HTTP errors and unreachable servers are one line and exit 1.
 //! - `metrics`: the Prometheus listener scraped on a real mount, `status --json` failures
 //!   as JSON, `promote --wait` as plain lines off a terminal.
+//! - `media`: real episodes made by ffmpeg: an ffprobe library scan promotes nothing,
+//!   ffmpeg playing an episode promotes it and the next one, and plays it again from
+//!   the copy.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //! - `faults`: daemon kills, SOURCE changed, failing and slow, the cache full, removed or
@@ -95,3 +98,6 @@ mod metrics;
 
 #[path = "integration/faults.rs"]
 mod faults;
+
+#[path = "integration/media.rs"]
+mod media;
