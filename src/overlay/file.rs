@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use rustix::fs::{Advice, AtFlags, FallocateFlags, OFlags, SeekFrom};
 
-use super::objects::{Admitted, BackingToken, Change, Mode, Obj, Want};
+use super::objects::{Admitted, Backing, BackingToken, Change, Mode, Obj, Want};
 use super::{Caller, Entry, Overlay, check_writable};
 use crate::cache::promoter::Job;
 use crate::config::PromoteMode;
@@ -275,50 +275,65 @@ impl Overlay {
         if write {
             self.write_opened(&h);
         }
-        let token = match backing {
-            None => None,
-            Some(Ok(shared)) => Some(shared),
-            Some(Err(file)) => match register(&file) {
-                Ok(t) => Some(self.objects.registered(&h, t)),
-                Err(e) => {
-                    let shared = self.objects.refused(&h);
-                    if shared.is_none() {
-                        tracing::warn!(
-                            "kernel refused a passthrough backing file, serving it through the daemon: {e}"
-                        );
-                    }
-                    shared
-                }
-            },
-        };
+        let token = backing.and_then(|b| self.backing_token(&h, b, register));
         let mode = if token.is_some() {
             mode
         } else {
             *h.mode.lock()
         };
-        let hit = mode == Mode::PassCopy || h.copy.lock().is_some();
-        if let Some(cache) = &self.cache
-            && st.is_some()
-        {
-            let counter = if hit { &cache.hits } else { &cache.misses };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        if mode == Mode::PassCopy {
-            self.counters
-                .passthrough_opens
-                .fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .passthrough_bytes
-                .fetch_add(size, Ordering::Relaxed);
-        }
+        self.count_open(&h, mode);
+        let reads_copy = h.copy.lock().is_some();
         self.files.put(fh, h);
         self.inodes.fds.pin(nodeid, fh, fd);
         Ok(Opened {
             fh,
             passthrough: token,
             direct_io: mode == Mode::Direct,
-            keep_cache: mode == Mode::Cached && hit,
+            keep_cache: mode == Mode::Cached && reads_copy,
         })
+    }
+
+    /// The registration a passthrough open of `h` is answered with: the one its inode
+    /// shares, or `file` registered now. `None` if the kernel refuses it (then `h` is
+    /// served by the daemon).
+    fn backing_token(
+        &self,
+        h: &FileHandle,
+        backing: Backing,
+        register: Register<'_>,
+    ) -> Option<BackingToken> {
+        let file = match backing {
+            Ok(shared) => return Some(shared),
+            Err(file) => file,
+        };
+        match register(&file) {
+            Ok(t) => Some(self.objects.registered(h, t)),
+            Err(e) => {
+                let shared = self.objects.refused(h);
+                if shared.is_none() {
+                    tracing::warn!(
+                        "kernel refused a passthrough backing file, serving it through the daemon: {e}"
+                    );
+                }
+                shared
+            }
+        }
+    }
+
+    /// Counts an open of a regular file as served from the cache or from SOURCE.
+    fn count_open(&self, h: &FileHandle, mode: Mode) {
+        let Some(cache) = &self.cache else { return };
+        if h.rel.is_none() {
+            return;
+        }
+        let hit = mode == Mode::PassCopy || h.copy.lock().is_some();
+        let counter = if hit { &cache.hits } else { &cache.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if mode == Mode::PassCopy {
+            let c = &self.counters;
+            c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+            c.passthrough_bytes.fetch_add(h.size, Ordering::Relaxed);
+        }
     }
 
     /// An open the kernel would refuse on an inode that has passthrough readers of a

@@ -85,6 +85,76 @@ impl NodeIo {
         (self.pass > 0).then(|| self.backing.as_ref().is_some_and(|b| b.source))
     }
 
+    /// How an open of this inode is served, given what the object's other inodes are
+    /// doing, the valid copy (if any) and a descriptor of the SOURCE file; the backing
+    /// file to share or register with it. `None`: the open cannot be served on this
+    /// inode (it has passthrough opens this one cannot share); its node is retired.
+    fn decide(
+        &mut self,
+        want: Want,
+        others: &Others,
+        copy: Option<&Arc<File>>,
+        source: Option<Arc<File>>,
+    ) -> Option<(Mode, Option<Backing>)> {
+        let share = |b: &NodeBacking| b.token.clone().ok_or_else(|| b.file.clone());
+        match self.pass_kind() {
+            Some(false) => {
+                let reads_copy = copy.is_some() && !want.write && !want.o_direct;
+                let b = self.backing.as_ref().filter(|_| reads_copy)?;
+                Some((Mode::PassCopy, Some(share(b))))
+            }
+            // Every open of an inode with passthrough opens must be passthrough to the
+            // same file. A reader whose reads would count shares it too (they do not
+            // count then); a writer whose writes other inodes' readers must see through
+            // the daemon goes to a new inode instead.
+            Some(true) => {
+                if want.write && (others.cached || others.pass_copy) {
+                    return None;
+                }
+                Some((Mode::PassSource, self.backing.as_ref().map(share)))
+            }
+            None if want.passthrough
+                && !want.o_direct
+                && self.cached == 0
+                && self.direct == 0
+                && copy.is_some() =>
+            {
+                let file = copy?.clone();
+                Some((Mode::PassCopy, Some(Err(self.back(file, false)))))
+            }
+            None => {
+                // Passthrough to SOURCE: the daemon sees none of its reads or writes. So
+                // not for reads the policy counts, not where this inode has opens using
+                // the page cache (the kernel refuses it), and not where another inode's
+                // cached pages or passthrough readers of a copy would miss its writes.
+                let source_ok = want.passthrough
+                    && want.source_backing
+                    && copy.is_none()
+                    && (want.write || !want.counts)
+                    && self.cached == 0
+                    && !others.cached
+                    && !(want.write && others.pass_copy);
+                Some(match source.filter(|_| source_ok) {
+                    Some(file) => (Mode::PassSource, Some(Err(self.back(file, true)))),
+                    // Beside another inode's passthrough to SOURCE, pages kept here would
+                    // go stale at its writes, which the daemon never sees.
+                    None if others.pass_source || want.o_direct => (Mode::Direct, None),
+                    None => (Mode::Cached, None),
+                })
+            }
+        }
+    }
+
+    /// Makes `file` this inode's backing file (its first passthrough open).
+    fn back(&mut self, file: Arc<File>, source: bool) -> Arc<File> {
+        self.backing = Some(NodeBacking {
+            source,
+            file: file.clone(),
+            token: None,
+        });
+        file
+    }
+
     fn count(&mut self, mode: Mode) -> &mut u32 {
         match mode {
             Mode::PassCopy | Mode::PassSource => &mut self.pass,
@@ -185,6 +255,10 @@ impl Ticket {
     }
 }
 
+/// The backing file of a passthrough open: the registration its inode shares
+/// (`Ok`), or the file to register (`Err`).
+pub type Backing = Result<BackingToken, Arc<File>>;
+
 /// What an open is to be answered with.
 pub enum Admitted {
     /// The node has passthrough readers of a copy this open cannot share: retire the node
@@ -192,8 +266,7 @@ pub enum Admitted {
     Retire,
     Serve {
         mode: Mode,
-        /// The registration to share, or the file to register.
-        backing: Option<Result<BackingToken, Arc<File>>>,
+        backing: Option<Backing>,
     },
 }
 
@@ -288,77 +361,11 @@ impl Objects {
             copy.filter(|_| st.generation == ticket.generation && st.copy_allowed() && !want.write);
         let others = st.others(h.nodeid);
         let node = st.nodes.entry(h.nodeid).or_default();
-        let (mode, backing) = match node.pass_kind() {
-            Some(false) => match (&copy, &node.backing) {
-                (Some(_), Some(b)) if !want.write && !want.o_direct => (
-                    Mode::PassCopy,
-                    Some(b.token.clone().ok_or_else(|| b.file.clone())),
-                ),
-                _ => {
-                    if want.write {
-                        st.writer_due = Some(Instant::now() + WRITER_DUE);
-                    }
-                    return Admitted::Retire;
-                }
-            },
-            // Every open of an inode with passthrough opens must be passthrough to the
-            // same file. A reader whose reads would count shares it too (they do not
-            // count then); a writer whose writes other inodes' readers must see through
-            // the daemon goes to a new inode instead.
-            Some(true) => {
-                if want.write && (others.cached || others.pass_copy) {
-                    st.writer_due = Some(Instant::now() + WRITER_DUE);
-                    return Admitted::Retire;
-                }
-                let b = node.backing.as_ref();
-                (
-                    Mode::PassSource,
-                    b.map(|b| b.token.clone().ok_or_else(|| b.file.clone())),
-                )
+        let Some((mode, backing)) = node.decide(want, &others, copy.as_ref(), source) else {
+            if want.write {
+                st.writer_due = Some(Instant::now() + WRITER_DUE);
             }
-            None => match copy.clone() {
-                Some(file)
-                    if want.passthrough
-                        && !want.o_direct
-                        && node.cached == 0
-                        && node.direct == 0 =>
-                {
-                    node.backing = Some(NodeBacking {
-                        source: false,
-                        file: file.clone(),
-                        token: None,
-                    });
-                    (Mode::PassCopy, Some(Err(file)))
-                }
-                copy => {
-                    // Passthrough to SOURCE: the daemon sees none of its reads or writes.
-                    // So not for reads the policy counts, not where this inode has opens
-                    // using the page cache (the kernel refuses it), and not where another
-                    // inode's cached pages or passthrough readers of a copy would miss
-                    // its writes.
-                    let source_ok = want.passthrough
-                        && want.source_backing
-                        && copy.is_none()
-                        && (want.write || !want.counts)
-                        && node.cached == 0
-                        && !others.cached
-                        && !(want.write && others.pass_copy);
-                    match source.filter(|_| source_ok) {
-                        Some(file) => {
-                            node.backing = Some(NodeBacking {
-                                source: true,
-                                file: file.clone(),
-                                token: None,
-                            });
-                            (Mode::PassSource, Some(Err(file)))
-                        }
-                        // Beside another inode's passthrough to SOURCE, pages kept here
-                        // would go stale at its writes, which the daemon never sees.
-                        None if others.pass_source || want.o_direct => (Mode::Direct, None),
-                        None => (Mode::Cached, None),
-                    }
-                }
-            },
+            return Admitted::Retire;
         };
         *node.count(mode) += 1;
         if mode == Mode::PassCopy
