@@ -511,7 +511,20 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
         if job.cancelled.load(Ordering::SeqCst) {
             return Err(cancelled());
         }
-        if !gated.publish(&mut || shared.store.publish(&tmp, &tmp_name, &job.rel, &prov))? {
+        // Renamed into place under the gate; made durable outside it.
+        let mut placed = None;
+        let published = gated.publish(&mut || {
+            placed = Some(
+                shared
+                    .store
+                    .rename_into_place(&tmp, &tmp_name, &job.rel, &prov)?,
+            );
+            Ok(())
+        })?;
+        if let Some(p) = placed {
+            p.sync();
+        }
+        if !published {
             return Err(changed());
         }
         shared.events.published(&job.rel, &prov, total);

@@ -215,6 +215,21 @@ pub struct Store {
     next_tmp: AtomicU64,
 }
 
+/// A copy renamed into place; its directory still to be synced.
+pub struct Placed(OwnedFd);
+
+impl Placed {
+    /// The rename is durable once the directory is; a crash before that loses the copy
+    /// (fine), never half of it.
+    pub fn sync(self) {
+        let dir = self.0;
+        let _ = rustix::fs::fsync(&dir).or_else(|_| {
+            // An O_PATH directory cannot be fsynced; reopen it for reading.
+            openat(dir.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY).and_then(rustix::fs::fsync)
+        });
+    }
+}
+
 impl Store {
     /// Opens (creating) the cache directory's layout, takes its lock, and empties `tmp/`
     /// of copies a previous run left unfinished.
@@ -431,16 +446,24 @@ impl Store {
         rel: &Path,
         prov: &Provenance,
     ) -> io::Result<()> {
+        self.rename_into_place(file, tmp_name, rel, prov)?.sync();
+        Ok(())
+    }
+
+    /// The first step of `publish`: the copy is in place, not yet durable (see
+    /// `Placed::sync`). Callers that hold a lock while the copy appears take it for this
+    /// step alone: the directory's fsync can take a journal commit.
+    pub fn rename_into_place(
+        &self,
+        file: &File,
+        tmp_name: &str,
+        rel: &Path,
+        prov: &Provenance,
+    ) -> io::Result<Placed> {
         set_provenance(file, prov)?;
         let (dir, name) = walk_parent(self.data.as_fd(), rel, true)?;
         rustix::fs::renameat(&self.tmp, tmp_name, &dir, name)?;
-        // The rename is durable once the directory is; a crash before that loses the copy
-        // (fine), never half of it.
-        let _ = rustix::fs::fsync(&dir).or_else(|_| {
-            // An O_PATH directory cannot be fsynced; reopen it for reading.
-            openat(dir.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY).and_then(rustix::fs::fsync)
-        });
-        Ok(())
+        Ok(Placed(dir))
     }
 
     /// The whole of a small file in the cache directory (`index`, `pins`).
