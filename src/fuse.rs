@@ -415,7 +415,7 @@ impl Filesystem for CachefsFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let register = |f: &std::fs::File| register(reply.open_backing(f));
+        let register = |f: std::os::fd::BorrowedFd<'_>| register(reply.open_backing(f));
         match self.core.open(&caller(req), ino.0, flags.0, &register) {
             Ok(o) => match backing_id(&o) {
                 Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id),
@@ -730,7 +730,7 @@ impl Filesystem for CachefsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let register = |f: &std::fs::File| register(reply.open_backing(f));
+        let register = |f: std::os::fd::BorrowedFd<'_>| register(reply.open_backing(f));
         match self
             .core
             .create(&caller(req), parent.0, name, mode, flags, &register)

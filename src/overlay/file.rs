@@ -33,7 +33,7 @@ use crate::{fdio, policy, sys};
 
 /// Registers a backing file with the kernel for a passthrough open (fuser's
 /// `ReplyOpen::open_backing`), returning the registration as an opaque token.
-pub type Register<'a> = &'a dyn Fn(&File) -> io::Result<BackingToken>;
+pub type Register<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingToken>;
 
 pub(super) struct FileHandle {
     /// The source file, opened as the caller; also its inode's descriptor while open.
@@ -245,10 +245,8 @@ impl Overlay {
             .as_ref()
             .filter(|_| want.passthrough && !self.objects.copy_readers_on(obj, nodeid))
             .and_then(|c| open_mirror(c));
-        let source = (want.passthrough && want.source_backing && copy.is_none())
-            .then(|| fd.try_clone().ok())
-            .flatten()
-            .map(|f| Arc::new(File::from(f)));
+        let source =
+            (want.passthrough && want.source_backing && copy.is_none()).then(|| fd.clone());
         let fh = self.files.reserve();
         let h = Arc::new(FileHandle {
             fd: fd.clone(),
@@ -306,7 +304,7 @@ impl Overlay {
             Ok(shared) => return Some(shared),
             Err(file) => file,
         };
-        match register(&file) {
+        match register(file.as_fd()) {
             Ok(t) => Some(self.objects.registered(h, t)),
             Err(e) => {
                 let shared = self.objects.refused(h);

@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,13 +57,43 @@ impl Mode {
     }
 }
 
+/// The file a passthrough open is backed by.
+#[derive(Clone)]
+pub enum BackingFile {
+    /// The cached copy.
+    Copy(Arc<File>),
+    /// The SOURCE file, through the descriptor of the handle that registered it (no
+    /// descriptor of its own: the daemon's are counted).
+    Source(Arc<OwnedFd>),
+}
+
+impl AsFd for BackingFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            BackingFile::Copy(f) => f.as_fd(),
+            BackingFile::Source(f) => f.as_fd(),
+        }
+    }
+}
+
 /// A kernel inode's backing file while it has passthrough opens.
 struct NodeBacking {
     /// The SOURCE file (else the cached copy).
     source: bool,
-    file: Arc<File>,
+    /// Until the kernel has accepted a registration of it (opens then share `token`).
+    file: Option<BackingFile>,
     /// Set by the first open whose registration the kernel accepted.
     token: Option<BackingToken>,
+}
+
+impl NodeBacking {
+    fn share(&self) -> Option<Backing> {
+        match (&self.token, &self.file) {
+            (Some(t), _) => Some(Ok(t.clone())),
+            (None, Some(f)) => Some(Err(f.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 /// One kernel inode of the object.
@@ -94,14 +125,13 @@ impl NodeIo {
         want: Want,
         others: &Others,
         copy: Option<&Arc<File>>,
-        source: Option<Arc<File>>,
+        source: Option<Arc<OwnedFd>>,
     ) -> Option<(Mode, Option<Backing>)> {
-        let share = |b: &NodeBacking| b.token.clone().ok_or_else(|| b.file.clone());
         match self.pass_kind() {
             Some(false) => {
                 let reads_copy = copy.is_some() && !want.write && !want.o_direct;
                 let b = self.backing.as_ref().filter(|_| reads_copy)?;
-                Some((Mode::PassCopy, Some(share(b))))
+                Some((Mode::PassCopy, b.share()))
             }
             // Every open of an inode with passthrough opens must be passthrough to the
             // same file. A reader whose reads would count shares it too (they do not
@@ -111,7 +141,10 @@ impl NodeIo {
                 if want.write && (others.cached || others.pass_copy) {
                     return None;
                 }
-                Some((Mode::PassSource, self.backing.as_ref().map(share)))
+                Some((
+                    Mode::PassSource,
+                    self.backing.as_ref().and_then(NodeBacking::share),
+                ))
             }
             None if want.passthrough
                 && !want.o_direct
@@ -119,7 +152,7 @@ impl NodeIo {
                 && self.direct == 0
                 && copy.is_some() =>
             {
-                let file = copy?.clone();
+                let file = BackingFile::Copy(copy?.clone());
                 Some((Mode::PassCopy, Some(Err(self.back(file, false)))))
             }
             None => {
@@ -135,7 +168,10 @@ impl NodeIo {
                     && !others.cached
                     && !(want.write && others.pass_copy);
                 Some(match source.filter(|_| source_ok) {
-                    Some(file) => (Mode::PassSource, Some(Err(self.back(file, true)))),
+                    Some(fd) => {
+                        let file = BackingFile::Source(fd);
+                        (Mode::PassSource, Some(Err(self.back(file, true))))
+                    }
                     // Beside another inode's passthrough to SOURCE, pages kept here would
                     // go stale at its writes, which the daemon never sees.
                     None if others.pass_source || want.o_direct => (Mode::Direct, None),
@@ -146,10 +182,10 @@ impl NodeIo {
     }
 
     /// Makes `file` this inode's backing file (its first passthrough open).
-    fn back(&mut self, file: Arc<File>, source: bool) -> Arc<File> {
+    fn back(&mut self, file: BackingFile, source: bool) -> BackingFile {
         self.backing = Some(NodeBacking {
             source,
-            file: file.clone(),
+            file: Some(file.clone()),
             token: None,
         });
         file
@@ -257,7 +293,7 @@ impl Ticket {
 
 /// The backing file of a passthrough open: the registration its inode shares
 /// (`Ok`), or the file to register (`Err`).
-pub type Backing = Result<BackingToken, Arc<File>>;
+pub type Backing = Result<BackingToken, BackingFile>;
 
 /// What an open is to be answered with.
 pub enum Admitted {
@@ -347,7 +383,7 @@ impl Objects {
         want: Want,
         ticket: Ticket,
         (copy, mirror): (Option<Arc<File>>, Option<Arc<File>>),
-        source: Option<Arc<File>>,
+        source: Option<Arc<OwnedFd>>,
     ) -> Admitted {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -402,7 +438,11 @@ impl Objects {
             .and_then(|s| s.nodes.get_mut(&h.nodeid))
             .and_then(|n| n.backing.as_mut())
         {
-            Some(b) => b.token.get_or_insert(token).clone(),
+            Some(b) => {
+                // Opens share the registration from now on; the file is no longer needed.
+                b.file = None;
+                b.token.get_or_insert(token).clone()
+            }
             None => token,
         }
     }
@@ -430,7 +470,10 @@ impl Objects {
             None
         };
         if *mode == Mode::PassCopy {
-            *h.copy.lock() = backing.as_ref().map(|b| b.file.clone());
+            *h.copy.lock() = match backing.as_ref().and_then(|b| b.file.clone()) {
+                Some(BackingFile::Copy(f)) => Some(f),
+                _ => None,
+            };
             st.mirrors.retain(|(n, _)| *n != h.nodeid || node.pass > 0);
         }
         *mode = if others_pass_source || h.o_direct {
@@ -665,7 +708,10 @@ mod tests {
         copy: Option<Arc<File>>,
     ) -> Option<Mode> {
         let t = o.ticket(h.obj);
-        match o.admit(h, want, t, (copy, None), Some(file())) {
+        let source = Arc::new(OwnedFd::from(
+            tempfile::tempfile().expect("a temporary file"),
+        ));
+        match o.admit(h, want, t, (copy, None), Some(source)) {
             Admitted::Retire => None,
             Admitted::Serve { mode, .. } => Some(mode),
         }

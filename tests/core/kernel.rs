@@ -126,11 +126,12 @@ impl<'a> Kernel<'a> {
         let refuse = std::mem::take(&mut self.refuse_next_backing);
         let made = std::cell::RefCell::new(Vec::new());
         // As fuser's `open_backing`: a registration of the file, or the kernel's refusal.
-        let register = |f: &File| -> io::Result<BackingToken> {
+        let register = |f: std::os::fd::BorrowedFd<'_>| -> io::Result<BackingToken> {
             if refuse {
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
             }
-            let file = f.try_clone()?;
+            // The kernel keeps its own reference to the file: here, a duplicate.
+            let file = File::from(f.try_clone_to_owned()?);
             let t: BackingToken = Arc::new(FakeBackingId(Arc::new(file)));
             made.borrow_mut().push(Arc::downgrade(&t));
             Ok(t)
