@@ -238,6 +238,19 @@ status_summary() { # prints "promotions P, hits H" of the current mount
 }
 
 # fsx beside a whole-file reader loop. Sets KIND (empty: passed) and INFO.
+# Waits for an exerciser (PROC) to end, then ends its checker and its reader (READER);
+# sets RUN_RC (its exit status) and RUN_SECS (since T0).
+finish_run() { # PROC READER T0
+    RUN_RC=0
+    # (braces: no "Bus error" job notice from the shell; the tally names the signal)
+    { wait "$1"; } 2>/dev/null || RUN_RC=$?
+    wait "$MONITOR" 2>/dev/null || true
+    MONITOR=
+    end_group "$2"
+    end_group "$1"
+    RUN_SECS=$(awk -v a="$3" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
+}
+
 run_fsx() { # DIR PT SEED FSX-ARGS...
     local dir=$1 pt=$2 seed=$3 file=fsx.f
     shift 3
@@ -261,15 +274,9 @@ run_fsx() { # DIR PT SEED FSX-ARGS...
         start_group "$dir/reader.log" bash -c 'while :; do cat "$1" >/dev/null; done' reader "$MNT/$file"
         reader=$LAST
     fi
-    local rc=0
-    # (braces: no "Bus error" job notice from the shell; the tally names the signal)
-    { wait "$proc"; } 2>/dev/null || rc=$?
-    wait "$MONITOR" 2>/dev/null || true
-    MONITOR=
-    end_group "$reader"
-    end_group "$proc"
-    local secs
-    secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
+    local rc secs
+    finish_run "$proc" "$reader" "$t0"
+    rc=$RUN_RC secs=$RUN_SECS
     local mon_res
     mon_res=$(cat "$mon_out" 2>/dev/null || echo "checks ?")
     local differs=0
@@ -338,15 +345,9 @@ run_fsstress() { # DIR PT SEED
         'while :; do find "$1" -type f -exec cat {} + >/dev/null; sleep 0.01; done' \
         reader "$MNT/stress"
     local reader=$LAST
-    local rc=0
-    # (braces: no "Bus error" job notice from the shell; the tally names the signal)
-    { wait "$proc"; } 2>/dev/null || rc=$?
-    wait "$MONITOR" 2>/dev/null || true
-    MONITOR=
-    end_group "$reader"
-    end_group "$proc"
-    local secs mon_res
-    secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
+    local rc secs mon_res
+    finish_run "$proc" "$reader" "$t0"
+    rc=$RUN_RC secs=$RUN_SECS
     mon_res=$(cat "$dir/monitor.out" 2>/dev/null || true)
     local promo
     promo=$(status_summary)
