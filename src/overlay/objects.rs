@@ -78,7 +78,7 @@ impl AsFd for BackingFile {
 
 /// A kernel inode's backing file while it has passthrough opens.
 struct NodeBacking {
-    /// The SOURCE file (else the cached copy).
+    /// The SOURCE file (else the cached copy); kept after `file` goes.
     source: bool,
     /// Until the kernel has accepted a registration of it (opens then share `token`).
     file: Option<BackingFile>,
@@ -153,7 +153,7 @@ impl NodeIo {
                 && copy.is_some() =>
             {
                 let file = BackingFile::Copy(copy?.clone());
-                Some((Mode::PassCopy, Some(Err(self.back(file, false)))))
+                Some((Mode::PassCopy, Some(Err(self.back(file)))))
             }
             None => {
                 // Passthrough to SOURCE: the daemon sees none of its reads or writes. So
@@ -170,7 +170,7 @@ impl NodeIo {
                 Some(match source.filter(|_| source_ok) {
                     Some(fd) => {
                         let file = BackingFile::Source(fd);
-                        (Mode::PassSource, Some(Err(self.back(file, true))))
+                        (Mode::PassSource, Some(Err(self.back(file))))
                     }
                     // Beside another inode's passthrough to SOURCE, pages kept here would
                     // go stale at its writes, which the daemon never sees.
@@ -182,9 +182,9 @@ impl NodeIo {
     }
 
     /// Makes `file` this inode's backing file (its first passthrough open).
-    fn back(&mut self, file: BackingFile, source: bool) -> BackingFile {
+    fn back(&mut self, file: BackingFile) -> BackingFile {
         self.backing = Some(NodeBacking {
-            source,
+            source: matches!(file, BackingFile::Source(_)),
             file: Some(file.clone()),
             token: None,
         });
