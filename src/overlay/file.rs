@@ -216,7 +216,7 @@ impl Overlay {
             st,
         } = req;
         let size = st.as_ref().map_or(0, |s| s.st_size as u64);
-        let ticket = self.objects.ticket(obj);
+        let ticket = self.objects.ticket(obj, nodeid);
         // The copy to serve from: only for reading, and only while it matches the source.
         let copy = match (&self.cache, &rel, &st) {
             (Some(cache), Some(rel), Some(st)) if !write && ticket.copy_allowed() => {
@@ -243,7 +243,7 @@ impl Overlay {
         // node's first passthrough reader of it.
         let mirror = copy
             .as_ref()
-            .filter(|_| want.passthrough && !self.objects.copy_readers_on(obj, nodeid))
+            .filter(|_| want.passthrough && !ticket.copy_readers())
             .and_then(|c| open_mirror(c));
         let source =
             (want.passthrough && want.source_backing && copy.is_none()).then(|| fd.clone());
@@ -576,7 +576,7 @@ impl Overlay {
         if h.copy.lock().is_some() {
             return;
         }
-        let ticket = self.objects.ticket(h.obj);
+        let ticket = self.objects.ticket(h.obj, h.nodeid);
         if !ticket.copy_allowed() {
             return;
         }

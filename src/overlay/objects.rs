@@ -282,12 +282,18 @@ const WRITER_DUE: Duration = Duration::from_secs(1);
 pub struct Ticket {
     generation: u64,
     copy_allowed: bool,
+    copy_readers: bool,
 }
 
 impl Ticket {
     /// A copy may be looked for at all: the object is not open for writing.
     pub fn copy_allowed(&self) -> bool {
         self.copy_allowed
+    }
+
+    /// The node already had passthrough readers of a copy (and so its mirror).
+    pub fn copy_readers(&self) -> bool {
+        self.copy_readers
     }
 }
 
@@ -329,16 +335,23 @@ impl Default for Objects {
 }
 
 impl Objects {
-    pub fn ticket(&self, obj: Obj) -> Ticket {
+    /// The object's state as an open of it through `nodeid` begins, before it looks for
+    /// a copy.
+    pub fn ticket(&self, obj: Obj, nodeid: u64) -> Ticket {
         let inner = self.inner.lock();
         match inner.map.get(&obj) {
             Some(s) => Ticket {
                 generation: s.generation,
                 copy_allowed: s.copy_allowed(),
+                copy_readers: s
+                    .nodes
+                    .get(&nodeid)
+                    .is_some_and(|n| n.pass_kind() == Some(false)),
             },
             None => Ticket {
                 generation: inner.generation,
                 copy_allowed: true,
+                copy_readers: false,
             },
         }
     }
@@ -564,8 +577,12 @@ impl Objects {
             };
         };
         st.bump(&mut inner.generation);
-        for h in &st.handles {
-            *h.copy.lock() = None;
+        // With a writer open, no handle holds a copy (its admission took them all away,
+        // and none is taken since): a write through it has none to take away.
+        if st.writers == 0 {
+            for h in &st.handles {
+                *h.copy.lock() = None;
+            }
         }
         if let Some(n) = via.and_then(|v| st.nodes.get_mut(&v)) {
             n.writing += 1;
@@ -707,7 +724,7 @@ mod tests {
         want: Want,
         copy: Option<Arc<File>>,
     ) -> Option<Mode> {
-        let t = o.ticket(h.obj);
+        let t = o.ticket(h.obj, h.nodeid);
         let source = Arc::new(OwnedFd::from(
             tempfile::tempfile().expect("a temporary file"),
         ));
@@ -737,7 +754,7 @@ mod tests {
         );
         o.release(&w);
         let r = handle(NODE, false);
-        let ticket = o.ticket(OBJ);
+        let ticket = o.ticket(OBJ, NODE);
         let change = o.change(OBJ, Some(NODE));
         o.changed(&change);
         let copy = Some(file());
@@ -768,9 +785,10 @@ mod tests {
         let stale = Ticket {
             generation: 0,
             copy_allowed: true,
+            copy_readers: false,
         };
         assert!(!o.adopt(&r, stale, file()));
-        assert!(o.adopt(&r, o.ticket(OBJ), file()));
+        assert!(o.adopt(&r, o.ticket(OBJ, NODE), file()));
     }
 
     #[test]
