@@ -134,9 +134,10 @@ pub trait Events: Send + Sync + 'static {
 /// publish, which runs under the owner's lock, so no write can begin between the check
 /// and the rename.
 pub trait Gate: Send + Sync {
-    /// A copy of `obj` (st_dev, st_ino) starts: a token for `copy_ended`, or `None` while
-    /// the object is open for writing (no copy is made then).
-    fn copy_started(&self, obj: (u64, u64)) -> Option<u64>;
+    /// A copy of `obj` (st_dev, st_ino) starts: a token for `copy_ended`; or, while the
+    /// object is open for writing (no copy is made then), `Err(closing)`: whether every
+    /// writer has been closed by its process (the kernel has yet to release it).
+    fn copy_started(&self, obj: (u64, u64)) -> Result<u64, bool>;
     /// The copy ends: `publish` runs if the object is unchanged since `started`. Returns
     /// whether it ran (and its error, if it failed).
     fn copy_ended(
@@ -449,6 +450,33 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
     }
 }
 
+/// How long a copy waits for writers of its file that their processes have closed: the
+/// kernel tells the daemon of a close (RELEASE) just after close(2) returns, so a read or
+/// a `cachefs promote` right after a writer's close must not find it still open and give
+/// up. A writer still open fails the copy at once.
+const WRITER_WAIT: Duration = Duration::from_millis(500);
+
+/// `Gate::copy_started`, waiting up to `WRITER_WAIT` for writers that are closing.
+fn start_when_no_writer(
+    shared: &Shared,
+    job: &Job,
+    gate: &dyn Gate,
+    obj: (u64, u64),
+) -> io::Result<u64> {
+    let end = Instant::now() + WRITER_WAIT;
+    loop {
+        match gate.copy_started(obj) {
+            Ok(started) => return Ok(started),
+            Err(true) if Instant::now() < end => {}
+            Err(_) => return Err(io::Error::other("the file is open for writing")),
+        }
+        if job.cancelled.load(Ordering::Relaxed) || shared.stopping.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn cancelled() -> io::Error {
     io::Error::new(
         io::ErrorKind::Interrupted,
@@ -474,9 +502,7 @@ fn copy(shared: &Shared, job: &Job) -> io::Result<()> {
         gate,
         obj,
         started: match gate {
-            Some(g) => g
-                .copy_started(obj)
-                .ok_or_else(|| io::Error::other("the file is open for writing"))?,
+            Some(g) => start_when_no_writer(shared, job, g, obj)?,
             None => 0,
         },
     };

@@ -63,6 +63,8 @@ pub(super) struct FileHandle {
     /// writes, or its reads do not count.
     promoted: AtomicBool,
     job: Mutex<Option<Arc<Job>>>,
+    /// A close(2) of it was seen (FLUSH): its release is probably on its way.
+    pub(super) closed: AtomicBool,
 }
 
 #[cfg(test)]
@@ -83,6 +85,7 @@ impl FileHandle {
             seen_generation: AtomicU64::new(0),
             promoted: AtomicBool::new(true),
             job: Mutex::new(None),
+            closed: AtomicBool::new(false),
         }
     }
 }
@@ -264,6 +267,7 @@ impl Overlay {
             ),
             promoted: AtomicBool::new(!counts),
             job: Mutex::new(None),
+            closed: AtomicBool::new(false),
         });
         let Admitted::Serve { mode, backing } =
             self.objects.admit(&h, want, ticket, (copy, mirror), source)
@@ -630,8 +634,14 @@ impl Overlay {
 
     /// close(dup(fd)): lets the source filesystem see a close (NFS flushes there) while
     /// the handle itself stays open.
+    /// Also marks a writer as closed by its process: its release follows (unless the
+    /// descriptor was duplicated), and a copy may wait for it (`promoter::Gate`).
     pub fn flush(&self, fh: u64) -> io::Result<()> {
-        drop(self.files.get(fh)?.fd.try_clone()?);
+        let h = self.files.get(fh)?;
+        if h.writable {
+            h.closed.store(true, Ordering::Relaxed);
+        }
+        drop(h.fd.try_clone()?);
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -640,7 +641,7 @@ impl Change {
 /// The promoter's side: a copy is published only if its object did not change, and is
 /// not open for writing, from the start of the copy to its publish.
 impl crate::cache::Gate for Objects {
-    fn copy_started(&self, obj: Obj) -> Option<u64> {
+    fn copy_started(&self, obj: Obj) -> Result<u64, bool> {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let fresh = inner.generation;
@@ -649,13 +650,15 @@ impl crate::cache::Gate for Objects {
             ..ObjState::default()
         });
         if st.writers > 0 {
-            if st.is_idle() {
-                inner.map.remove(&obj);
-            }
-            return None;
+            let closing = st
+                .handles
+                .iter()
+                .filter(|h| h.writable)
+                .all(|h| h.closed.load(Ordering::Relaxed));
+            return Err(closing);
         }
         st.copying += 1;
-        Some(st.generation)
+        Ok(st.generation)
     }
 
     fn copy_ended(
@@ -798,7 +801,14 @@ mod tests {
         let started = o.copy_started(OBJ).expect("no writer yet");
         let w = handle(NODE, true);
         admit(&o, &w, writer(), None);
-        assert_eq!(o.copy_started(OBJ), None, "a copy started beside a writer");
+        assert_eq!(
+            o.copy_started(OBJ),
+            Err(false),
+            "a copy started beside a writer"
+        );
+        // Its process closed it (FLUSH): the copy may wait for the release.
+        w.closed.store(true, Ordering::Relaxed);
+        assert_eq!(o.copy_started(OBJ), Err(true));
         let ran = o.copy_ended(
             OBJ,
             started,
