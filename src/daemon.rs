@@ -161,6 +161,17 @@ impl Handler for Daemon {
             fds_shed: fds.shed,
             ..Status::default()
         };
+        let stalled = core.lane.stalled_since_ms();
+        s.source_answering = stalled.is_none();
+        s.source_stalled_since = stalled.map_or(0, |ms| ms / 1000);
+        let (busy, waiting) = core.lane.load();
+        (s.source_in_flight, s.source_waiting) = (busy as u64, waiting as u64);
+        s.source_ops = core
+            .lane
+            .ops()
+            .into_iter()
+            .map(|(op, n)| (op.to_string(), n))
+            .collect();
         if let Some(c) = &core.cache {
             (s.cached_files, s.cached_bytes, s.pinned_files) = c.ledger.totals();
             (s.cache_fs_avail, s.cache_fs_size) = c.ledger.space_now();

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,19 +18,48 @@ use fuser::{
 use fuser::BackingId;
 
 use crate::config::Passthrough;
+use crate::lane::Op;
 use crate::overlay::{
-    BackingToken, Caller, Entry, LockRequest, Opened, Overlay, SetAttr, Timestamp, XattrReply,
+    BackingToken, Caller, Entry, LockRequest, Opened, Overlay, SetAttr, Statfs, Timestamp,
+    XattrReply, needs_source,
 };
 use crate::sys;
 
 pub struct CachefsFs {
     core: Arc<Overlay>,
-    attr_ttl: Duration,
-    entry_ttl: Duration,
-    negative_ttl: Duration,
+    ttls: Ttls,
     /// The kernel reads directories without opening them (set at init): no OPENDIR and
     /// RELEASEDIR round trip per directory of a rescan.
     no_opendir: bool,
+}
+
+/// The kernel cache lifetimes every answer carries.
+#[derive(Clone, Copy)]
+struct Ttls {
+    attr: Duration,
+    entry: Duration,
+    negative: Duration,
+}
+
+impl Ttls {
+    fn reply_entry(self, reply: ReplyEntry, op: &'static str, parent: u64, r: io::Result<Entry>) {
+        match r {
+            Ok(e) => reply.entry_with_ttls(
+                &self.attr,
+                &self.entry,
+                &attr(e.nodeid, &e.stat),
+                Generation(0),
+            ),
+            // A negative entry: the kernel remembers the miss, so a scanner probing for
+            // missing subtitles does not ask again and again.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !self.negative.is_zero() => {
+                let mut a = attr(0, &sys::zeroed_stat());
+                a.ino = INodeNo(0);
+                reply.entry_with_ttls(&Duration::ZERO, &self.negative, &a, Generation(0))
+            }
+            Err(e) => reply.error(fail(op, parent, &e)),
+        }
+    }
 }
 
 impl CachefsFs {
@@ -37,30 +67,20 @@ impl CachefsFs {
         let cfg = core.cfg.clone();
         CachefsFs {
             core,
-            attr_ttl: cfg.attr_timeout,
-            entry_ttl: cfg.entry_timeout,
-            negative_ttl: cfg.negative_timeout,
+            ttls: Ttls {
+                attr: cfg.attr_timeout,
+                entry: cfg.entry_timeout,
+                negative: cfg.negative_timeout,
+            },
             no_opendir: false,
         }
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, op: &'static str, parent: u64, r: io::Result<Entry>) {
-        match r {
-            Ok(e) => reply.entry_with_ttls(
-                &self.attr_ttl,
-                &self.entry_ttl,
-                &attr(e.nodeid, &e.stat),
-                Generation(0),
-            ),
-            // A negative entry: the kernel remembers the miss, so a scanner probing for
-            // missing subtitles does not ask again and again.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !self.negative_ttl.is_zero() => {
-                let mut a = attr(0, &sys::zeroed_stat());
-                a.ino = INodeNo(0);
-                reply.entry_with_ttls(&Duration::ZERO, &self.negative_ttl, &a, Generation(0))
-            }
-            Err(e) => reply.error(fail(op, parent, &e)),
-        }
+    /// Runs `f`, a request that needs SOURCE, where such requests run (`crate::lane`):
+    /// a request the cache or memory can answer is answered before this, on the worker.
+    fn on_source(&self, op: Op, f: impl FnOnce(&Arc<Overlay>) + Send + 'static) {
+        let core = self.core.clone();
+        self.core.lane.run(op, move || f(&core));
     }
 }
 
@@ -255,12 +275,14 @@ impl Filesystem for CachefsFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(
-            reply,
-            "lookup",
-            parent.0,
-            self.core.lookup(&caller(req), parent.0, name),
-        );
+        let t = self.ttls;
+        if let Some(r) = self.core.lookup_from_memory(parent.0, name) {
+            return t.reply_entry(reply, "lookup", parent.0, r);
+        }
+        let (c, name) = (caller(req), name.to_owned());
+        self.on_source(Op::Lookup, move |core| {
+            t.reply_entry(reply, "lookup", parent.0, core.lookup(&c, parent.0, &name));
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -268,10 +290,15 @@ impl Filesystem for CachefsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.attr_ttl, &attr(ino.0, &st)),
-            Err(e) => reply.error(fail("getattr", ino.0, &e)),
+        let t = self.ttls;
+        let fh = fh.map(|f| f.0);
+        if let Some(st) = self.core.getattr_from_memory(ino.0, fh) {
+            return reply.attr(&t.attr, &attr(ino.0, &st));
         }
+        self.on_source(Op::Getattr, move |core| match core.getattr(ino.0, fh) {
+            Ok(st) => reply.attr(&t.attr, &attr(ino.0, &st)),
+            Err(e) => reply.error(fail("getattr", ino.0, &e)),
+        });
     }
 
     fn setattr(
@@ -301,17 +328,20 @@ impl Filesystem for CachefsFs {
             mtime: timestamp(mtime),
             fh: fh.map(|f| f.0),
         };
-        match self.core.setattr(&caller(req), ino.0, &set) {
-            Ok(st) => reply.attr(&self.attr_ttl, &attr(ino.0, &st)),
-            Err(e) => reply.error(fail("setattr", ino.0, &e)),
-        }
+        let (t, c) = (self.ttls, caller(req));
+        self.on_source(Op::Setattr, move |core| {
+            match core.setattr(&c, ino.0, &set) {
+                Ok(st) => reply.attr(&t.attr, &attr(ino.0, &st)),
+                Err(e) => reply.error(fail("setattr", ino.0, &e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.core.readlink(ino.0) {
+        self.on_source(Op::Readlink, move |core| match core.readlink(ino.0) {
             Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
             Err(e) => reply.error(fail("readlink", ino.0, &e)),
-        }
+        });
     }
 
     fn mknod(
@@ -324,12 +354,11 @@ impl Filesystem for CachefsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(
-            reply,
-            "mknod",
-            parent.0,
-            self.core.mknod(&caller(req), parent.0, name, mode, rdev),
-        );
+        let (t, c, name) = (self.ttls, caller(req), name.to_owned());
+        self.on_source(Op::Mknod, move |core| {
+            let r = core.mknod(&c, parent.0, &name, mode, rdev);
+            t.reply_entry(reply, "mknod", parent.0, r);
+        });
     }
 
     fn mkdir(
@@ -341,30 +370,25 @@ impl Filesystem for CachefsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(
-            reply,
-            "mkdir",
-            parent.0,
-            self.core.mkdir(&caller(req), parent.0, name, mode),
-        );
+        let (t, c, name) = (self.ttls, caller(req), name.to_owned());
+        self.on_source(Op::Mkdir, move |core| {
+            let r = core.mkdir(&c, parent.0, &name, mode);
+            t.reply_entry(reply, "mkdir", parent.0, r);
+        });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            "unlink",
-            parent.0,
-            self.core.unlink(&caller(req), parent.0, name),
-        );
+        let (c, name) = (caller(req), name.to_owned());
+        self.on_source(Op::Unlink, move |core| {
+            empty(reply, "unlink", parent.0, core.unlink(&c, parent.0, &name));
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            "rmdir",
-            parent.0,
-            self.core.rmdir(&caller(req), parent.0, name),
-        );
+        let (c, name) = (caller(req), name.to_owned());
+        self.on_source(Op::Rmdir, move |core| {
+            empty(reply, "rmdir", parent.0, core.rmdir(&c, parent.0, &name));
+        });
     }
 
     fn symlink(
@@ -375,10 +399,12 @@ impl Filesystem for CachefsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .core
-            .symlink(&caller(req), parent.0, link_name, target.as_os_str());
-        self.reply_entry(reply, "symlink", parent.0, r);
+        let (t, c) = (self.ttls, caller(req));
+        let (name, target) = (link_name.to_owned(), target.as_os_str().to_owned());
+        self.on_source(Op::Symlink, move |core| {
+            let r = core.symlink(&c, parent.0, &name, &target);
+            t.reply_entry(reply, "symlink", parent.0, r);
+        });
     }
 
     fn rename(
@@ -391,15 +417,12 @@ impl Filesystem for CachefsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.core.rename(
-            &caller(req),
-            parent.0,
-            name,
-            newparent.0,
-            newname,
-            flags.bits(),
-        );
-        empty(reply, "rename", parent.0, r);
+        let c = caller(req);
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.on_source(Op::Rename, move |core| {
+            let r = core.rename(&c, parent.0, &name, newparent.0, &newname, flags.bits());
+            empty(reply, "rename", parent.0, r);
+        });
     }
 
     fn link(
@@ -410,19 +433,27 @@ impl Filesystem for CachefsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.core.link(&caller(req), ino.0, newparent.0, newname);
-        self.reply_entry(reply, "link", ino.0, r);
+        let (t, c, newname) = (self.ttls, caller(req), newname.to_owned());
+        self.on_source(Op::Link, move |core| {
+            let r = core.link(&c, ino.0, newparent.0, &newname);
+            t.reply_entry(reply, "link", ino.0, r);
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let register = |f: std::os::fd::BorrowedFd<'_>| register(reply.open_backing(f));
-        match self.core.open(&caller(req), ino.0, flags.0, &register) {
-            Ok(o) => match backing_id(&o) {
-                Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id),
-                None => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
-            },
-            Err(e) => reply.error(fail("open", ino.0, &e)),
+        let c = caller(req);
+        let memory = {
+            let register = |f: BorrowedFd<'_>| register(reply.open_backing(f));
+            self.core.open_from_memory(&c, ino.0, flags.0, &register)
+        };
+        if let Some(r) = memory {
+            return reply_open(reply, ino.0, r);
         }
+        self.on_source(Op::Open, move |core| {
+            let register = |f: BorrowedFd<'_>| register(reply.open_backing(f));
+            let r = core.open(&c, ino.0, flags.0, &register);
+            reply_open(reply, ino.0, r);
+        });
     }
 
     fn read(
@@ -436,9 +467,14 @@ impl Filesystem for CachefsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
+        let answer = move |core: &Arc<Overlay>| match core.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fail("read", ino.0, &e)),
+        };
+        if self.core.reads_from_memory(fh.0) {
+            answer(&self.core);
+        } else {
+            self.on_source(Op::Read, answer);
         }
     }
 
@@ -455,13 +491,13 @@ impl Filesystem for CachefsFs {
         reply: ReplyWrite,
     ) {
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self
-            .core
-            .write(&caller(req), fh.0, offset, data, kill_suidgid)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(fail("write", ino.0, &e)),
-        }
+        let (c, data) = (caller(req), data.to_vec());
+        self.on_source(Op::Write, move |core| {
+            match core.write(&c, fh.0, offset, &data, kill_suidgid) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(fail("write", ino.0, &e)),
+            }
+        });
     }
 
     fn flush(
@@ -473,8 +509,15 @@ impl Filesystem for CachefsFs {
         reply: ReplyEmpty,
     ) {
         // A close by `lock_owner`: its POSIX locks on the file go (any close releases).
-        self.core.locks_flush(fh.0, lock_owner.0);
-        empty(reply, "flush", ino.0, self.core.flush(fh.0));
+        let answer = move |core: &Arc<Overlay>| {
+            core.locks_flush(fh.0, lock_owner.0);
+            empty(reply, "flush", ino.0, core.flush(fh.0));
+        };
+        if self.core.handle_without_source(fh.0) {
+            answer(&self.core);
+        } else {
+            self.on_source(Op::Flush, answer);
+        }
     }
 
     fn release(
@@ -488,10 +531,18 @@ impl Filesystem for CachefsFs {
         reply: ReplyEmpty,
     ) {
         // `lock_owner` is set when the open file held flock locks (as that owner); the
-        // kernel flushed it before (`_flush` is for a release without a flush).
-        self.core.locks_release(fh.0, lock_owner.map(|o| o.0));
-        self.core.release(fh.0);
-        reply.ok();
+        // kernel flushed it before (`_flush` is for a release without a flush). Closing
+        // the SOURCE file can wait for SOURCE (an NFS or FUSE SOURCE flushes at close).
+        let answer = move |core: &Arc<Overlay>| {
+            core.locks_release(fh.0, lock_owner.map(|o| o.0));
+            core.release(fh.0);
+            reply.ok();
+        };
+        if self.core.handle_without_source(fh.0) {
+            answer(&self.core);
+        } else {
+            self.on_source(Op::Release, answer);
+        }
     }
 
     fn fsync(
@@ -502,7 +553,13 @@ impl Filesystem for CachefsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "fsync", ino.0, self.core.fsync(fh.0, datasync));
+        let answer =
+            move |core: &Arc<Overlay>| empty(reply, "fsync", ino.0, core.fsync(fh.0, datasync));
+        if self.core.handle_without_source(fh.0) {
+            answer(&self.core);
+        } else {
+            self.on_source(Op::Fsync, answer);
+        }
     }
 
     fn getlk(
@@ -518,10 +575,12 @@ impl Filesystem for CachefsFs {
         _flock: bool,
         reply: ReplyLock,
     ) {
-        match self.core.getlk(fh.0, lock_owner.0, typ, start, end) {
-            Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
-            Err(e) => reply.error(fail("getlk", ino.0, &e)),
-        }
+        self.on_source(Op::Lock, move |core| {
+            match core.getlk(fh.0, lock_owner.0, typ, start, end) {
+                Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+                Err(e) => reply.error(fail("getlk", ino.0, &e)),
+            }
+        });
     }
 
     fn setlk(
@@ -548,23 +607,26 @@ impl Filesystem for CachefsFs {
             pid: if pid != 0 { pid } else { req.pid() },
             flock,
         };
-        if sleep {
-            // Answered from a thread of its own once the lock is set or the waiter has a
-            // signal: a worker never waits for another process's unlock.
-            let ino = ino.0;
-            self.core
-                .clone()
-                .setlk_wait(fh.0, lk, req.pid(), move |r| empty(reply, "setlk", ino, r));
-        } else {
-            empty(reply, "setlk", ino.0, self.core.setlk(fh.0, &lk));
-        }
+        let waiter = req.pid();
+        self.on_source(Op::Lock, move |core| {
+            if sleep {
+                // Answered from a thread of its own once the lock is set or the waiter
+                // has a signal: nothing waits here for another process's unlock.
+                let ino = ino.0;
+                core.clone()
+                    .setlk_wait(fh.0, lk, waiter, move |r| empty(reply, "setlk", ino, r));
+            } else {
+                empty(reply, "setlk", ino.0, core.setlk(fh.0, &lk));
+            }
+        });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if self.no_opendir {
             return reply.error(Errno::from_i32(libc::ENOSYS));
         }
-        match self.core.opendir(&caller(req), ino.0) {
+        let c = caller(req);
+        self.on_source(Op::Opendir, move |core| match core.opendir(&c, ino.0) {
             // The kernel keeps the listing, across opens, while the directory's mtime
             // and change counter stay the same: a change through the mount bumps the
             // counter, one in SOURCE shows with the mtime once `attr_timeout` passes.
@@ -573,7 +635,7 @@ impl Filesystem for CachefsFs {
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(fail("opendir", ino.0, &e)),
-        }
+        });
     }
 
     fn readdir(
@@ -582,14 +644,24 @@ impl Filesystem for CachefsFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let r = self.core.readdir(ino.0, fh.0, offset, |e| {
-            reply.add(INodeNo(e.ino), e.next, dtype_kind(e.kind), e.name)
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("readdir", ino.0, &e)),
+        let answer = move |core: &Overlay, mut reply: ReplyDirectory, memory_only: bool| {
+            let r = core.readdir(ino.0, fh.0, (offset, memory_only), |e| {
+                reply.add(INodeNo(e.ino), e.next, dtype_kind(e.kind), e.name)
+            });
+            match r {
+                // Nothing was added: the whole request goes to SOURCE.
+                Err(e) if needs_source(&e) => return Some(reply),
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("readdir", ino.0, &e)),
+            }
+            None
+        };
+        if let Some(reply) = answer(&self.core, reply, true) {
+            self.on_source(Op::Readdir, move |core| {
+                let _ = answer(core, reply, false);
+            });
         }
     }
 
@@ -599,14 +671,13 @@ impl Filesystem for CachefsFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let (attr_ttl, entry_ttl) = (self.attr_ttl, self.entry_ttl);
-        let r = self
-            .core
-            .readdirplus(&caller(req), ino.0, fh.0, offset, |name, e, next| {
+        let (t, c) = (self.ttls, caller(req));
+        let answer = move |core: &Overlay, mut reply: ReplyDirectoryPlus, memory_only: bool| {
+            let r = core.readdirplus(&c, ino.0, fh.0, (offset, memory_only), |name, e, next| {
                 // fuser gives one TTL per entry; the shorter keeps attributes honest.
-                let ttl = attr_ttl.min(entry_ttl);
+                let ttl = t.attr.min(t.entry);
                 reply.add(
                     INodeNo(e.nodeid),
                     next,
@@ -616,9 +687,18 @@ impl Filesystem for CachefsFs {
                     Generation(0),
                 )
             });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("readdirplus", ino.0, &e)),
+            match r {
+                // Nothing was added: the whole request goes to SOURCE.
+                Err(e) if needs_source(&e) => return Some(reply),
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("readdirplus", ino.0, &e)),
+            }
+            None
+        };
+        if let Some(reply) = answer(&self.core, reply, true) {
+            self.on_source(Op::Readdir, move |core| {
+                let _ = answer(core, reply, false);
+            });
         }
     }
 
@@ -642,28 +722,29 @@ impl Filesystem for CachefsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            "fsyncdir",
-            ino.0,
-            self.core.fsyncdir(ino.0, fh.0, datasync),
-        );
+        self.on_source(Op::Fsyncdir, move |core| {
+            empty(
+                reply,
+                "fsyncdir",
+                ino.0,
+                core.fsyncdir(ino.0, fh.0, datasync),
+            );
+        });
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.core.statfs(ino.0) {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(fail("statfs", ino.0, &e)),
+        let answer = |reply: ReplyStatfs, s: Statfs| {
+            reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
+            )
+        };
+        if let Some(s) = self.core.statfs_from_memory(ino.0) {
+            return answer(reply, s);
         }
+        self.on_source(Op::Statfs, move |core| match core.statfs(ino.0) {
+            Ok(s) => answer(reply, s),
+            Err(e) => reply.error(fail("statfs", ino.0, &e)),
+        });
     }
 
     fn setxattr(
@@ -676,48 +757,48 @@ impl Filesystem for CachefsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            "setxattr",
-            ino.0,
-            self.core.setxattr(&caller(req), ino.0, name, value, flags),
-        );
+        let (c, name, value) = (caller(req), name.to_owned(), value.to_vec());
+        self.on_source(Op::Xattr, move |core| {
+            let r = core.setxattr(&c, ino.0, &name, &value, flags);
+            empty(reply, "setxattr", ino.0, r);
+        });
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr(
-            reply,
-            "getxattr",
-            ino.0,
-            self.core.getxattr(&caller(req), ino.0, name, size),
-        );
+        let (c, name) = (caller(req), name.to_owned());
+        self.on_source(Op::Xattr, move |core| {
+            let r = core.getxattr(&c, ino.0, &name, size);
+            xattr(reply, "getxattr", ino.0, r);
+        });
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr(
-            reply,
-            "listxattr",
-            ino.0,
-            self.core.listxattr(&caller(req), ino.0, size),
-        );
+        let c = caller(req);
+        self.on_source(Op::Xattr, move |core| {
+            xattr(reply, "listxattr", ino.0, core.listxattr(&c, ino.0, size));
+        });
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            "removexattr",
-            ino.0,
-            self.core.removexattr(&caller(req), ino.0, name),
-        );
+        let (c, name) = (caller(req), name.to_owned());
+        self.on_source(Op::Xattr, move |core| {
+            empty(
+                reply,
+                "removexattr",
+                ino.0,
+                core.removexattr(&c, ino.0, &name),
+            );
+        });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        empty(
-            reply,
-            "access",
-            ino.0,
-            self.core.access(&caller(req), ino.0, mask.bits()),
-        );
+        let c = caller(req);
+        if let Some(()) = self.core.access_from_memory(&c, ino.0, mask.bits()) {
+            return reply.ok();
+        }
+        self.on_source(Op::Access, move |core| {
+            empty(reply, "access", ino.0, core.access(&c, ino.0, mask.bits()));
+        });
     }
 
     fn create(
@@ -730,33 +811,33 @@ impl Filesystem for CachefsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let register = |f: std::os::fd::BorrowedFd<'_>| register(reply.open_backing(f));
-        match self
-            .core
-            .create(&caller(req), parent.0, name, mode, flags, &register)
-        {
-            Ok((e, o)) => {
-                let attr = attr(e.nodeid, &e.stat);
-                match backing_id(&o) {
-                    Some(id) => reply.created_passthrough(
-                        &self.entry_ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(o.fh),
-                        FopenFlags::empty(),
-                        id,
-                    ),
-                    None => reply.created(
-                        &self.entry_ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(o.fh),
-                        fopen_flags(&o),
-                    ),
+        let (t, c, name) = (self.ttls, caller(req), name.to_owned());
+        self.on_source(Op::Create, move |core| {
+            let register = |f: BorrowedFd<'_>| register(reply.open_backing(f));
+            match core.create(&c, parent.0, &name, mode, flags, &register) {
+                Ok((e, o)) => {
+                    let attr = attr(e.nodeid, &e.stat);
+                    match backing_id(&o) {
+                        Some(id) => reply.created_passthrough(
+                            &t.entry,
+                            &attr,
+                            Generation(0),
+                            FileHandle(o.fh),
+                            FopenFlags::empty(),
+                            id,
+                        ),
+                        None => reply.created(
+                            &t.entry,
+                            &attr,
+                            Generation(0),
+                            FileHandle(o.fh),
+                            fopen_flags(&o),
+                        ),
+                    }
                 }
+                Err(e) => reply.error(fail("create", parent.0, &e)),
             }
-            Err(e) => reply.error(fail("create", parent.0, &e)),
-        }
+        });
     }
 
     fn fallocate(
@@ -769,12 +850,10 @@ impl Filesystem for CachefsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            "fallocate",
-            ino.0,
-            self.core.fallocate(fh.0, offset, length, mode),
-        );
+        self.on_source(Op::Fallocate, move |core| {
+            let r = core.fallocate(fh.0, offset, length, mode);
+            empty(reply, "fallocate", ino.0, r);
+        });
     }
 
     fn lseek(
@@ -786,9 +865,14 @@ impl Filesystem for CachefsFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.core.lseek(fh.0, offset, whence) {
+        let answer = move |core: &Arc<Overlay>| match core.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(fail("lseek", ino.0, &e)),
+        };
+        if self.core.reads_from_memory(fh.0) {
+            answer(&self.core);
+        } else {
+            self.on_source(Op::Lseek, answer);
         }
     }
 
@@ -805,13 +889,23 @@ impl Filesystem for CachefsFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .core
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(fail("copy_file_range", ino_in.0, &e)),
-        }
+        self.on_source(Op::CopyFileRange, move |core| {
+            match core.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(fail("copy_file_range", ino_in.0, &e)),
+            }
+        });
+    }
+}
+
+/// An open's answer to the kernel.
+fn reply_open(reply: ReplyOpen, ino: u64, r: io::Result<Opened>) {
+    match r {
+        Ok(o) => match backing_id(&o) {
+            Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id),
+            None => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+        },
+        Err(e) => reply.error(fail("open", ino, &e)),
     }
 }
 

@@ -415,26 +415,34 @@ impl InodeTable {
         loop {
             let parent = inode.parent().ok_or_else(stale)?;
             let pfd = self.fd_at_depth(&parent, depth + 1)?;
-            let loc = inode.loc.lock();
-            // Seen under another parent meanwhile: resolve that one instead.
-            match loc.as_ref() {
-                Some(l) if Arc::ptr_eq(&l.parent, &parent) => {
-                    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                    return match self
-                        .fds
-                        .retry(|| Ok(rustix::fs::openat(&*pfd, &*l.name, flags, Mode::empty())?))
-                    {
-                        Err(e)
-                            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
-                        {
-                            Err(stale())
-                        }
-                        r => r,
-                    };
-                }
+            // The name is copied out: the lock is never held across a SOURCE call, which
+            // may hang, while the name is wanted by requests answered from memory.
+            let name = match inode.loc.lock().as_ref() {
+                Some(l) if Arc::ptr_eq(&l.parent, &parent) => l.name.clone(),
+                // Seen under another parent meanwhile: resolve that one instead.
                 Some(_) => continue,
                 None => return Err(stale()),
+            };
+            let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let r = self
+                .fds
+                .retry(|| Ok(rustix::fs::openat(&*pfd, &*name, flags, Mode::empty())?));
+            // Moved while being opened: the object's name now is the one to open (a
+            // wrong object found here fails the caller's identity check anyway).
+            if inode
+                .loc
+                .lock()
+                .as_ref()
+                .is_some_and(|l| !Arc::ptr_eq(&l.parent, &parent) || l.name != name)
+            {
+                continue;
             }
+            return match r {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    Err(stale())
+                }
+                r => r,
+            };
         }
     }
 

@@ -43,6 +43,7 @@ pub mod fdio;
 pub mod feed;
 pub mod fuse;
 pub mod inodes;
+pub mod lane;
 pub mod lifecycle;
 pub mod logging;
 pub mod man;

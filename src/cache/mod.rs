@@ -438,8 +438,9 @@ impl Cache {
         }
     }
 
-    /// The valid copy of `rel`, if there is one; `source` is the source's stat now.
-    pub fn lookup(&self, rel: &Path, source: &rustix::fs::Stat) -> Option<File> {
+    /// The valid copy of `rel`, if there is one; `source` is what the source is now (its
+    /// stat, or the metadata cache's attributes for it).
+    pub fn lookup(&self, rel: &Path, source: &Provenance) -> Option<File> {
         if !self.ledger.usable() {
             return None;
         }

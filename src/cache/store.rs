@@ -60,6 +60,17 @@ impl Provenance {
         }
     }
 
+    /// The same from a stat in libc's layout (the metadata cache's attributes).
+    pub fn of_libc(st: &libc::stat) -> Provenance {
+        Provenance {
+            size: st.st_size as u64,
+            mtime_sec: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec,
+            ino: st.st_ino,
+            ctime: Some((st.st_ctime, st.st_ctime_nsec)),
+        }
+    }
+
     pub fn compare(&self, now: &Provenance) -> Match {
         if (self.size, self.mtime_sec, self.mtime_nsec, self.ino)
             != (now.size, now.mtime_sec, now.mtime_nsec, now.ino)
@@ -293,7 +304,7 @@ impl Store {
 
     /// The copy of `rel` if it still matches the source's `current` attributes. A copy
     /// that does not match is removed (it can never become valid again).
-    pub fn lookup(&self, rel: &Path, current: &Stat) -> io::Result<Lookup> {
+    pub fn lookup(&self, rel: &Path, current: &Provenance) -> io::Result<Lookup> {
         let file = match open_below(self.data.as_fd(), rel) {
             Ok(f) => f,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
@@ -301,10 +312,9 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let m = read_provenance(&file)
-            .map_or(Match::Different, |p| p.compare(&Provenance::of(current)));
+        let m = read_provenance(&file).map_or(Match::Different, |p| p.compare(current));
         let st = rustix::fs::fstat(&file)?;
-        if st.st_size as u64 == current.st_size as u64 {
+        if st.st_size as u64 == current.size {
             match m {
                 Match::Same => return Ok(Lookup::Hit(file)),
                 Match::CtimeOnly => return Ok(Lookup::Recheck),
@@ -649,12 +659,12 @@ mod tests {
         for (src, rel, kept) in [(&same, "same", true), (&changed, "changed", false)] {
             let st = rustix::fs::stat(src).unwrap();
             assert!(matches!(
-                store.lookup(Path::new(rel), &st).unwrap(),
+                store.lookup(Path::new(rel), &Provenance::of(&st)).unwrap(),
                 Lookup::Recheck
             ));
             let f = File::open(src).unwrap();
             assert_eq!(store.reverify(&f, Path::new(rel)).unwrap(), kept, "{rel}");
-            let after = store.lookup(Path::new(rel), &st).unwrap();
+            let after = store.lookup(Path::new(rel), &Provenance::of(&st)).unwrap();
             assert_eq!(matches!(after, Lookup::Hit(_)), kept, "{rel}");
         }
     }
@@ -670,12 +680,18 @@ mod tests {
         assert!(Store::open(&dir.path().join("cache")).is_err());
 
         let rel = Path::new("Show/S01/E01.mkv");
-        assert!(matches!(store.lookup(rel, &st).unwrap(), Lookup::Miss));
+        assert!(matches!(
+            store.lookup(rel, &Provenance::of(&st)).unwrap(),
+            Lookup::Miss
+        ));
         let (mut f, name) = store.temp_file().unwrap();
         io::Write::write_all(&mut f, b"hello").unwrap();
         f.sync_all().unwrap();
         store.publish(&f, &name, rel, &Provenance::of(&st)).unwrap();
-        assert!(matches!(store.lookup(rel, &st).unwrap(), Lookup::Hit(_)));
+        assert!(matches!(
+            store.lookup(rel, &Provenance::of(&st)).unwrap(),
+            Lookup::Hit(_)
+        ));
         let scanned = store.scan().unwrap();
         assert_eq!(scanned.len(), 1);
         assert_eq!((scanned[0].0.as_path(), scanned[0].1), (rel, 5));
@@ -683,7 +699,10 @@ mod tests {
         // The source changes: the copy is stale and goes.
         let mut changed = st;
         changed.st_mtime_nsec += 1;
-        assert!(matches!(store.lookup(rel, &changed).unwrap(), Lookup::Miss));
+        assert!(matches!(
+            store.lookup(rel, &Provenance::of(&changed)).unwrap(),
+            Lookup::Miss
+        ));
         assert!(store.scan().unwrap().is_empty());
     }
 }

@@ -241,6 +241,41 @@ pub fn exposition(s: &Status) -> String {
         "Names resolved against SOURCE (lookups, readdirplus entries), not from memory.",
         s.source_lookups,
     );
+    o.one(
+        "cachefs_source_up",
+        Gauge,
+        "1 while SOURCE answers; 0 once a call to it has been in flight for more than 3 s.",
+        u64::from(s.source_answering),
+    );
+    o.one(
+        "cachefs_source_stalled_since_seconds",
+        Gauge,
+        "When SOURCE stopped answering (unix time); 0 while it answers.",
+        s.source_stalled_since,
+    );
+    o.one(
+        "cachefs_source_in_flight",
+        Gauge,
+        "Calls to SOURCE in flight now.",
+        s.source_in_flight,
+    );
+    o.one(
+        "cachefs_source_waiting",
+        Gauge,
+        "Requests waiting for a thread to call SOURCE.",
+        s.source_waiting,
+    );
+    let ops: Vec<(Option<(&str, &str)>, u64)> = s
+        .source_ops
+        .iter()
+        .map(|(op, n)| (Some(("op", op.as_str())), *n))
+        .collect();
+    o.family(
+        "cachefs_source_ops_total",
+        Counter,
+        "Requests that needed SOURCE, by operation; the cache and memory answered the rest.",
+        &ops,
+    );
     o.family(
         "cachefs_meta_requests_total",
         Counter,
@@ -538,6 +573,22 @@ cachefs_cache_usable 1
 # HELP cachefs_source_lookups_total Names resolved against SOURCE (lookups, readdirplus entries), not from memory.
 # TYPE cachefs_source_lookups_total counter
 cachefs_source_lookups_total 120
+# HELP cachefs_source_up 1 while SOURCE answers; 0 once a call to it has been in flight for more than 3 s.
+# TYPE cachefs_source_up gauge
+cachefs_source_up 1
+# HELP cachefs_source_stalled_since_seconds When SOURCE stopped answering (unix time); 0 while it answers.
+# TYPE cachefs_source_stalled_since_seconds gauge
+cachefs_source_stalled_since_seconds 0
+# HELP cachefs_source_in_flight Calls to SOURCE in flight now.
+# TYPE cachefs_source_in_flight gauge
+cachefs_source_in_flight 0
+# HELP cachefs_source_waiting Requests waiting for a thread to call SOURCE.
+# TYPE cachefs_source_waiting gauge
+cachefs_source_waiting 0
+# HELP cachefs_source_ops_total Requests that needed SOURCE, by operation; the cache and memory answered the rest.
+# TYPE cachefs_source_ops_total counter
+cachefs_source_ops_total{{op="lookup"}} 120
+cachefs_source_ops_total{{op="read"}} 8
 # HELP cachefs_meta_requests_total Questions to the metadata cache (meta_ttl), by whether it could answer.
 # TYPE cachefs_meta_requests_total counter
 cachefs_meta_requests_total{{result="hit"}} 40

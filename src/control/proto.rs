@@ -235,12 +235,32 @@ pub struct Status {
     pub promotions_failed: u64,
     pub queued: u64,
     pub source: String,
+    /// Extra: whether SOURCE answers; when not, since when (unix seconds; 0 while it
+    /// answers): a call to it has been in flight for longer than `lane::STALL`.
+    #[serde(default = "answering")]
+    pub source_answering: bool,
+    /// Extra: calls to SOURCE in flight now.
+    #[serde(default)]
+    pub source_in_flight: u64,
     /// Extra: names resolved against SOURCE (lookups, readdirplus entries), not answered
     /// by the metadata cache; and bytes the daemon read from SOURCE for callers.
     #[serde(default)]
     pub source_lookups: u64,
+    /// Extra: requests that needed SOURCE, by operation (`lane::Op`); what the cache
+    /// and memory answered is not in here.
+    #[serde(default)]
+    pub source_ops: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub source_read_bytes: u64,
+    #[serde(default)]
+    pub source_stalled_since: u64,
+    /// Extra: requests waiting for a thread to call SOURCE.
+    #[serde(default)]
+    pub source_waiting: u64,
+}
+
+fn answering() -> bool {
+    true
 }
 
 impl Status {
@@ -483,7 +503,7 @@ mod tests {
     ];
 
     /// What the daemon sends beyond the contract (tests and the text status read them).
-    const EXTRA_KEYS: [&str; 24] = [
+    const EXTRA_KEYS: [&str; 29] = [
         "cache_fs_avail",
         "cache_fs_size",
         "cache_read_bytes",
@@ -495,6 +515,11 @@ mod tests {
         "promoter_read_bytes",
         "source_lookups",
         "source_read_bytes",
+        "source_answering",
+        "source_stalled_since",
+        "source_in_flight",
+        "source_waiting",
+        "source_ops",
         "cache_usable",
         "meta_hits",
         "meta_misses",
@@ -574,6 +599,11 @@ mod tests {
             source: "/mnt/hdd".into(),
             source_lookups: 6,
             source_read_bytes: 7000,
+            source_answering: true,
+            source_stalled_since: 0,
+            source_in_flight: 1,
+            source_waiting: 0,
+            source_ops: [("lookup".to_string(), 6), ("read".to_string(), 9)].into(),
         }
     }
 
@@ -600,7 +630,7 @@ mod tests {
         for k in CONTRACT_KEYS.iter().chain(&EXTRA_KEYS) {
             let x = &v[k];
             assert!(
-                x.is_u64() || x.is_boolean() || x.is_string() || x.is_array(),
+                x.is_u64() || x.is_boolean() || x.is_string() || x.is_array() || x.is_object(),
                 "{k}: {x}"
             );
         }
@@ -626,7 +656,9 @@ mod tests {
             r#""passthrough_opens":3,"pid":1234,"pinned_files":1,"promoted_bytes":4000,"#,
             r#""promoter_read_bytes":5000,"#,
             r#""promotions_done":12,"promotions_failed":0,"queued":2,"source":"/mnt/hdd","#,
-            r#""source_lookups":6,"source_read_bytes":7000}}"#,
+            r#""source_answering":true,"source_in_flight":1,"source_lookups":6,"#,
+            r#""source_ops":{"lookup":6,"read":9},"source_read_bytes":7000,"#,
+            r#""source_stalled_since":0,"source_waiting":0}}"#,
             "\n"
         );
         assert_eq!(String::from_utf8(status).unwrap(), want);

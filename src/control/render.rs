@@ -136,6 +136,29 @@ pub fn failure_line(cmd: Cmd, mp: &Path, f: &Failure) -> String {
 }
 
 /// Bytes in binary units: `512 B`, `1.5 KiB`, `330 MiB`.
+/// A unix time as UTC, and how long ago: "2026-12-07 18:54:02 UTC (12 s ago)".
+pub fn fmt_unix(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (h, m, sec) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{sec:02} UTC ({} ago)",
+        fmt_duration(Duration::from_secs(now.saturating_sub(secs)))
+    )
+}
+
 pub fn fmt_bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
@@ -274,6 +297,39 @@ pub fn status_text(s: &Status) -> String {
             s.source_lookups,
             fmt_bytes(s.source_read_bytes),
             fmt_bytes(s.promoter_read_bytes)
+        ),
+    );
+    let requests: u64 = s.source_ops.values().sum();
+    let busiest: Vec<String> = {
+        let mut ops: Vec<(&String, &u64)> = s.source_ops.iter().filter(|(_, n)| **n > 0).collect();
+        ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        ops.iter()
+            .take(4)
+            .map(|(op, n)| format!("{n} {op}"))
+            .collect()
+    };
+    let state = if s.source_answering {
+        "answering".to_string()
+    } else {
+        format!("NOT ANSWERING since {}", fmt_unix(s.source_stalled_since))
+    };
+    line(
+        "source now",
+        format!(
+            "{state}; {requests} requests needed it{}{}",
+            if busiest.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", busiest.join(", "))
+            },
+            if s.source_in_flight + s.source_waiting > 0 {
+                format!(
+                    "; {} in flight, {} waiting",
+                    s.source_in_flight, s.source_waiting
+                )
+            } else {
+                String::new()
+            }
         ),
     );
     if s.meta_ttl > 0 {
@@ -455,6 +511,8 @@ pub(crate) mod tests {
             queued: 1,
             evictions: 0,
             source_lookups: 120,
+            source_answering: true,
+            source_ops: [("lookup".to_string(), 120), ("read".to_string(), 8)].into(),
             meta_hits: 40,
             meta_misses: 9,
             meta_nodes: 300,
@@ -478,6 +536,13 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn unix_times_read_as_utc_dates() {
+        assert!(fmt_unix(0).starts_with("1970-01-01 00:00:00 UTC"));
+        assert!(fmt_unix(951_782_400).starts_with("2000-02-29 00:00:00 UTC"));
+        assert!(fmt_unix(1_796_666_042).starts_with("2026-12-07 17:54:02 UTC"));
+    }
+
+    #[test]
     fn status_at_a_glance() {
         assert_eq!(
             status_text(&busy()),
@@ -494,6 +559,7 @@ pub(crate) mod tests {
              \x20 promotions  2 done (1.5 GiB), 0 failed, 1 queued, 2 copying\n\
              \x20 evictions   0\n\
              \x20 source use  120 lookups, 1.0 GiB read for callers, 1.6 GiB by the promoter\n\
+     \x20 source now  answering; 128 requests needed it (120 lookup, 8 read)\n\
              \x20 metadata    40 answered from memory, 9 not, 300 objects (meta_ttl 60 s)\n\
              \x20 inodes      7 known to the kernel (reopened by file handle)\n\
              \x20 descriptors 3 cached of 480, 1 held by open files (limit 1024)\n\

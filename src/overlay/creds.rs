@@ -94,6 +94,11 @@ impl Creds {
         Ok(CredGuard { creds: Some(self) })
     }
 
+    /// Whether `gid` is the caller's group or one of its supplementary groups.
+    pub fn in_group(&self, caller: &Caller, gid: u32) -> bool {
+        caller.gid == gid || self.groups_of(caller).contains(&Gid::from_raw(gid))
+    }
+
     fn groups_of(&self, caller: &Caller) -> Vec<Gid> {
         let now = Instant::now();
         let mut cache = self.groups.lock();

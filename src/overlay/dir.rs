@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use rustix::fs::{FileType, Mode, OFlags};
 
+use super::memory::needs_source_error;
 use super::{Caller, Entry, Overlay};
 use crate::inodes::Inode;
 use crate::{fdio, sys};
@@ -108,20 +109,22 @@ impl Overlay {
 
     /// The handle's listing: read on its first readdir at whatever offset (the kernel
     /// goes on from its own cache of the directory with a new handle), and again at
-    /// offset 0; from the metadata cache while fresh there, else from SOURCE.
+    /// offset 0; from the metadata cache while fresh there, else from SOURCE (unless
+    /// `memory_only`: then `needs_source`).
     fn listing<'a>(
         &self,
         dir: &DirHandle,
         fh: u64,
         inode: &Inode,
         listing: &'a mut Option<Vec<fdio::DirEntry>>,
-        offset: u64,
+        (offset, memory_only): (u64, bool),
     ) -> io::Result<&'a [fdio::DirEntry]> {
         if offset == 0 || listing.is_none() {
             let key = (inode.dev, inode.ino);
             let cached = self.meta.as_ref().and_then(|m| m.listing(key));
             *listing = Some(match cached {
                 Some(l) => l,
+                None if memory_only => return Err(needs_source_error()),
                 None => {
                     let l = fdio::read_dir(self.dir_fd(dir, fh, inode)?.as_fd())?;
                     if let Some(meta) = &self.meta {
@@ -132,6 +135,20 @@ impl Overlay {
             });
         }
         Ok(listing.as_deref().unwrap_or_default())
+    }
+
+    /// The handle's listing, locked. A memory-only read does not wait for it: the holder
+    /// may be reading the directory from SOURCE.
+    fn lock_listing<'a>(
+        &self,
+        dir: &'a DirHandle,
+        memory_only: bool,
+    ) -> io::Result<parking_lot::MutexGuard<'a, Option<Vec<fdio::DirEntry>>>> {
+        if memory_only {
+            dir.listing.try_lock().ok_or_else(needs_source_error)
+        } else {
+            Ok(dir.listing.lock())
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -150,18 +167,19 @@ impl Overlay {
     }
 
     /// The listing from `offset` on: `.`, `..`, then the directory's names. `add` returns
-    /// true once the reply buffer is full.
+    /// true once the reply buffer is full. `memory_only`: `needs_source` (before anything
+    /// is added) where the listing must come from SOURCE.
     pub fn readdir(
         &self,
         nodeid: u64,
         fh: u64,
-        offset: u64,
+        (offset, memory_only): (u64, bool),
         mut add: impl FnMut(DirEntryOut<'_>) -> bool,
     ) -> io::Result<()> {
         let inode = self.inode(nodeid)?;
         let dir = self.dir_handle(nodeid, fh)?;
-        let mut guard = dir.listing.lock();
-        let listing = self.listing(&dir, fh, &inode, &mut guard, offset)?;
+        let mut guard = self.lock_listing(&dir, memory_only)?;
+        let listing = self.listing(&dir, fh, &inode, &mut guard, (offset, memory_only))?;
         let mut eof = true;
         let dots = [(DOT, nodeid), (DOTDOT, nodeid)];
         let mut i = offset as usize;
@@ -198,21 +216,23 @@ impl Overlay {
     /// Like `readdir`, with each entry looked up (one kernel reference taken per entry
     /// but `.` and `..`, as READDIRPLUS requires). `add` gets the entry, the offset after
     /// it and whether it is a dot entry, and returns true if it did not fit; the reference
-    /// of an entry that did not fit is given back here.
+    /// of an entry that did not fit is given back here. `memory_only`: the reply stops at
+    /// the first entry that needs SOURCE (the kernel asks again from there), and is
+    /// `needs_source` if that is the first one.
     pub fn readdirplus(
         &self,
         caller: &Caller,
         nodeid: u64,
         fh: u64,
-        offset: u64,
+        (offset, memory_only): (u64, bool),
         mut add: impl FnMut(&OsStr, &Entry, u64) -> bool,
     ) -> io::Result<()> {
         let inode = self.inode(nodeid)?;
         let dir = self.dir_handle(nodeid, fh)?;
         let _as = self.creds.enter(caller)?;
         let mut eof = true;
-        let mut guard = dir.listing.lock();
-        let listing = self.listing(&dir, fh, &inode, &mut guard, offset)?;
+        let mut guard = self.lock_listing(&dir, memory_only)?;
+        let listing = self.listing(&dir, fh, &inode, &mut guard, (offset, memory_only))?;
         let mut i = offset as usize;
         if i < 2 {
             let stat = match self
@@ -221,6 +241,7 @@ impl Overlay {
                 .and_then(|m| m.attr((inode.dev, inode.ino)))
             {
                 Some(st) => st,
+                None if memory_only => return Err(needs_source_error()),
                 None => sys::libc_stat(&rustix::fs::fstat(&*self.dir_fd(&dir, fh, &inode)?)?),
             };
             let this = Entry { nodeid, stat };
@@ -232,9 +253,16 @@ impl Overlay {
                 i += 1;
             }
         }
+        // The dots went in above.
+        let mut added = offset < 2;
         for (j, e) in listing.iter().enumerate().skip(i - 2) {
             let found = match self.lookup_cached(&inode, &e.name) {
                 Some(r) => r,
+                None if memory_only && !added => return Err(needs_source_error()),
+                None if memory_only => {
+                    eof = false;
+                    break;
+                }
                 None => self
                     .dir_fd(&dir, fh, &inode)
                     .and_then(|fd| self.lookup_inode(&inode, fd.as_fd(), &e.name)),
@@ -249,6 +277,7 @@ impl Overlay {
                 eof = false;
                 break;
             }
+            added = true;
         }
         drop(guard);
         self.read_to_end(nodeid, fh, eof);

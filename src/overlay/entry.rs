@@ -82,7 +82,7 @@ impl Overlay {
     /// Attributes of a node; with `fh`, of that open file (which may be unlinked).
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> io::Result<sys::Stat> {
         if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
-            return Ok(sys::libc_stat(&rustix::fs::fstat(&*h.fd)?));
+            return Ok(sys::libc_stat(&rustix::fs::fstat(&*self.source_of(&h)?)?));
         }
         if let Some(meta) = &self.meta {
             let inode = self.inode(nodeid)?;
@@ -112,7 +112,7 @@ impl Overlay {
 
         if let Some(mode) = set.mode {
             match &handle {
-                Some(h) => rustix::fs::fchmod(&*h.fd, perm(mode))?,
+                Some(h) => rustix::fs::fchmod(&*self.source_of(h)?, perm(mode))?,
                 // Symlinks have no mode of their own on Linux.
                 None if inode.is_symlink() => {
                     return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
@@ -131,7 +131,7 @@ impl Overlay {
         }
         if let Some(size) = set.size {
             match &handle {
-                Some(h) => rustix::fs::ftruncate(&*h.fd, size)?,
+                Some(h) => rustix::fs::ftruncate(&*self.source_of(h)?, size)?,
                 None => sys::truncate_path(&proc, size)?,
             }
             // Readers already open follow the new size; their copies are the daemon's own.
@@ -389,14 +389,13 @@ impl Overlay {
     /// The filesystem of a node: SOURCE's own, asked through the root's descriptor, for
     /// every node on SOURCE's device (no descriptor of the node is opened for it: a
     /// scanner's statfs must not reach the disk); the node's for one mounted inside.
-    pub fn statfs(&self, nodeid: u64) -> io::Result<rustix::fs::StatVfs> {
-        let root = self.inodes.root_fd();
+    pub fn statfs(&self, nodeid: u64) -> io::Result<super::Statfs> {
         Ok(match self.inode(nodeid) {
             Ok(inode) if inode.dev != self.inodes.root().dev => match self.fd(&inode) {
-                Ok(fd) => rustix::fs::fstatvfs(&*fd)?,
-                Err(_) => rustix::fs::fstatvfs(root)?,
+                Ok(fd) => super::Statfs::of(&rustix::fs::fstatvfs(&*fd)?),
+                Err(_) => self.statfs.refresh()?,
             },
-            _ => rustix::fs::fstatvfs(root)?,
+            _ => self.statfs.refresh()?,
         })
     }
 

@@ -19,15 +19,16 @@ use std::io;
 use std::num::NonZeroU64;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use rustix::fs::{Advice, AtFlags, FallocateFlags, OFlags, SeekFrom};
 
-use super::objects::{Admitted, Backing, BackingToken, Change, Mode, Obj, Want};
+use super::objects::{Admitted, Backing, BackingToken, Change, Mode, Obj, Ticket, Want};
 use super::{Caller, Entry, Overlay, check_writable};
 use crate::cache::promoter::Job;
+use crate::cache::store::Provenance;
 use crate::config::PromoteMode;
 use crate::{fdio, policy, sys};
 
@@ -37,7 +38,12 @@ pub type Register<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingToken>;
 
 pub(super) struct FileHandle {
     /// The source file, opened as the caller; also its inode's descriptor while open.
-    pub(super) fd: Arc<OwnedFd>,
+    /// Unset for an open of a cached copy answered without SOURCE (`open_from_memory`):
+    /// then it is opened the first time something needs it (`Overlay::source_of`).
+    source: OnceLock<Arc<OwnedFd>>,
+    /// Who opened it and how: what a late open of the source file uses.
+    opener: Caller,
+    flags: i32,
     pub(super) nodeid: u64,
     /// The source object.
     pub(super) obj: Obj,
@@ -72,7 +78,9 @@ impl FileHandle {
     /// A handle of `obj` through `nodeid` on `fd`, for the owner's tests.
     pub(super) fn for_test(fd: OwnedFd, nodeid: u64, obj: Obj, writable: bool) -> FileHandle {
         FileHandle {
-            fd: Arc::new(fd),
+            source: OnceLock::from(Arc::new(fd)),
+            opener: Caller::ROOT,
+            flags: 0,
             nodeid,
             obj,
             writable,
@@ -136,7 +144,24 @@ struct Request {
     flags: i32,
     write: bool,
     rel: Option<PathBuf>,
-    st: Option<rustix::fs::Stat>,
+    /// A regular file's attributes: from SOURCE, or from the metadata cache for an open
+    /// answered without SOURCE.
+    attrs: Option<Attrs>,
+}
+
+#[derive(Clone, Copy)]
+struct Attrs {
+    mode: u32,
+    prov: Provenance,
+}
+
+impl Attrs {
+    fn of(st: &rustix::fs::Stat) -> Attrs {
+        Attrs {
+            mode: st.st_mode,
+            prov: Provenance::of(st),
+        }
+    }
 }
 
 impl Overlay {
@@ -191,23 +216,84 @@ impl Overlay {
             rel: (regular && self.cache.is_some())
                 .then(|| self.rel_of(&inode))
                 .flatten(),
-            st: if regular {
-                Some(rustix::fs::fstat(&*fd)?)
+            attrs: if regular {
+                Some(Attrs::of(&rustix::fs::fstat(&*fd)?))
             } else {
                 None
             },
         };
-        self.serve(caller, req, fd, register)
+        let ticket = self.objects.ticket(obj, nodeid);
+        let copy = self.copy_for(&req, &ticket);
+        self.serve(caller, req, Some(fd), (ticket, copy), register)
             .map_err(|retire| retire.unwrap_or_else(|| self.retire(&inode)))
     }
 
+    /// An open answered without SOURCE (invariant 14): a reader of a regular file whose
+    /// attributes are fresh in the metadata cache and whose cached copy matches them. The
+    /// mount shows SOURCE as the metadata cache last saw it, and the copy is those very
+    /// bytes; SOURCE is opened later only if something needs it (`source_of`). `None`
+    /// when the open needs SOURCE (nothing was done then).
+    pub fn open_from_memory(
+        &self,
+        caller: &Caller,
+        nodeid: u64,
+        flags: i32,
+        register: Register<'_>,
+    ) -> Option<io::Result<Opened>> {
+        let meta = self.meta.as_ref()?;
+        if is_write(flags) || flags & (libc::O_DIRECT | libc::O_TRUNC) != 0 {
+            return None;
+        }
+        self.cache.as_ref()?;
+        let inode = self.inode(nodeid).ok()?;
+        if !inode.is_regular() {
+            return None;
+        }
+        let obj = (inode.dev, inode.ino);
+        let st = meta.attr(obj)?;
+        if !self.mode_grants(caller, &st, 0o4) {
+            // Only SOURCE can say (an ACL may allow what the mode bits do not).
+            return None;
+        }
+        let req = Request {
+            nodeid,
+            obj,
+            flags,
+            write: false,
+            rel: Some(self.rel_of(&inode)?),
+            attrs: Some(Attrs {
+                mode: st.st_mode,
+                prov: Provenance::of_libc(&st),
+            }),
+        };
+        let ticket = self.objects.ticket(obj, nodeid);
+        let copy = self.copy_for(&req, &ticket)?;
+        Some(
+            self.serve(caller, req, None, (ticket, Some(copy)), register)
+                .map_err(|retire| retire.unwrap_or_else(|| self.retire(&inode))),
+        )
+    }
+
+    /// The copy an open of `req` would read: only for reading, only while the owner
+    /// allows one (`ticket`), and only while it matches the source's attributes.
+    fn copy_for(&self, req: &Request, ticket: &Ticket) -> Option<Arc<File>> {
+        match (&self.cache, &req.rel, &req.attrs) {
+            (Some(cache), Some(rel), Some(a)) if !req.write && ticket.copy_allowed() => {
+                cache.lookup(rel, &a.prov).map(Arc::new)
+            }
+            _ => None,
+        }
+    }
+
     /// Admits an open handle of `req` with its owner and answers how it is served.
+    /// `source`: the SOURCE file, `None` for an open answered without SOURCE.
     /// `Err(None)`: its node must be retired (see `retire`).
     fn serve(
         &self,
         caller: &Caller,
         req: Request,
-        fd: Arc<OwnedFd>,
+        source: Option<Arc<OwnedFd>>,
+        (ticket, copy): (Ticket, Option<Arc<File>>),
         register: Register<'_>,
     ) -> Result<Opened, Option<io::Error>> {
         let Request {
@@ -216,22 +302,12 @@ impl Overlay {
             flags,
             write,
             rel,
-            st,
+            attrs,
         } = req;
-        let size = st.as_ref().map_or(0, |s| s.st_size as u64);
-        let ticket = self.objects.ticket(obj, nodeid);
-        // The copy to serve from: only for reading, and only while it matches the source.
-        let copy = match (&self.cache, &rel, &st) {
-            (Some(cache), Some(rel), Some(st)) if !write && ticket.copy_allowed() => {
-                cache.lookup(rel, st).map(Arc::new)
-            }
-            _ => None,
-        };
+        let size = attrs.map_or(0, |a| a.prov.size);
         let ignored = !write && rel.is_some() && self.reader_ignored(caller);
         let counts = !write && !ignored && self.reads_count(rel.is_some(), size);
-        let suid = st
-            .as_ref()
-            .is_some_and(|s| s.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0);
+        let suid = attrs.is_some_and(|a| a.mode & (libc::S_ISUID | libc::S_ISGID) != 0);
         let want = Want {
             write,
             o_direct: flags & libc::O_DIRECT != 0,
@@ -240,7 +316,7 @@ impl Overlay {
             // The kernel writes a passthrough file as the daemon, which keeps the setuid
             // and setgid bits a writer without CAP_FSETID must lose: such writes go
             // through the daemon, which writes as the caller.
-            source_backing: st.is_some() && !(write && suid),
+            source_backing: attrs.is_some() && !(write && suid),
         };
         // A writable descriptor of the copy, kept as its mirror if this open becomes its
         // node's first passthrough reader of it.
@@ -248,11 +324,15 @@ impl Overlay {
             .as_ref()
             .filter(|_| want.passthrough && !ticket.copy_readers())
             .and_then(|c| open_mirror(c));
-        let source =
-            (want.passthrough && want.source_backing && copy.is_none()).then(|| fd.clone());
+        let backing_source = source
+            .as_ref()
+            .filter(|_| want.passthrough && want.source_backing && copy.is_none())
+            .cloned();
         let fh = self.files.reserve();
         let h = Arc::new(FileHandle {
-            fd: fd.clone(),
+            source: source.clone().map(OnceLock::from).unwrap_or_default(),
+            opener: *caller,
+            flags,
             nodeid,
             obj,
             writable: write,
@@ -270,7 +350,8 @@ impl Overlay {
             closed: AtomicBool::new(false),
         });
         let Admitted::Serve { mode, backing } =
-            self.objects.admit(&h, want, ticket, (copy, mirror), source)
+            self.objects
+                .admit(&h, want, ticket, (copy, mirror), backing_source)
         else {
             return Err(None);
         };
@@ -286,13 +367,45 @@ impl Overlay {
         self.count_open(&h, mode);
         let reads_copy = h.copy.lock().is_some();
         self.files.put(fh, h);
-        self.inodes.fds.pin(nodeid, fh, fd);
+        if let Some(fd) = source {
+            self.inodes.fds.pin(nodeid, fh, fd);
+        }
         Ok(Opened {
             fh,
             passthrough: token,
             direct_io: mode == Mode::Direct,
             keep_cache: mode == Mode::Cached && reads_copy,
         })
+    }
+
+    /// The handle's SOURCE file. An open answered without SOURCE opens it now, the first
+    /// time something needs it (a read after a cache error, a lock, a fsync), as the
+    /// caller who opened the handle and with the same flags; ESTALE if the name no
+    /// longer leads to the handle's object.
+    pub(super) fn source_of(&self, h: &FileHandle) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = h.source.get() {
+            return Ok(fd.clone());
+        }
+        let (_, path_fd) = self.node(h.nodeid)?;
+        let fd = {
+            let _as = self.creds.enter(&h.opener)?;
+            let proc = fdio::proc_path(path_fd.as_fd());
+            let flags = oflags(h.flags & !STRIP);
+            let open = || Ok(rustix::fs::open(&proc, flags, rustix::fs::Mode::empty())?);
+            self.inodes.fds.retry(open)?
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        if (st.st_dev, st.st_ino) != h.obj {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        let _ = h.source.set(Arc::new(fd));
+        Ok(h.source.get().cloned().expect("set above"))
+    }
+
+    /// Whether the handle has its SOURCE file open (else it was answered from memory and
+    /// nothing of it touched SOURCE yet).
+    pub(super) fn has_source(&self, h: &FileHandle) -> bool {
+        h.source.get().is_some()
     }
 
     /// The registration a passthrough open of `h` is answered with: the one its inode
@@ -484,10 +597,12 @@ impl Overlay {
             flags,
             write: is_write(flags),
             rel: self.cache.as_ref().and(self.rel_child(&parent, name)),
-            st: Some(rustix::fs::fstat(&*fd)?),
+            attrs: Some(Attrs::of(&rustix::fs::fstat(&*fd)?)),
         };
+        let ticket = self.objects.ticket(req.obj, req.nodeid);
+        let copy = self.copy_for(&req, &ticket);
         let opened = self
-            .serve(caller, req, fd, register)
+            .serve(caller, req, Some(fd), (ticket, copy), register)
             .map_err(|retire| retire.unwrap_or_else(|| self.retire(&inode)))?;
         Ok((Entry::new(inode.nodeid, &stat), opened))
     }
@@ -514,14 +629,18 @@ impl Overlay {
                             .mark_unusable(&format!("reading a cached copy: {e}"));
                     }
                     *h.copy.lock() = None;
-                    read_source(counters, &h, &mut buf, offset)?
+                    read_source(counters, &*self.source_of(&h)?, &mut buf, offset)?
                 }
             },
-            None => read_source(counters, &h, &mut buf, offset)?,
+            None => {
+                let fd = self.source_of(&h)?;
+                let n = read_source(counters, &fd, &mut buf, offset)?;
+                if h.o_direct {
+                    drop_pages(fd.as_fd(), offset, n as u64, false);
+                }
+                n
+            }
         };
-        if h.o_direct && copy.is_none() {
-            drop_pages(&h, offset, n as u64, false);
-        }
         buf.truncate(n);
         if copy.is_none() {
             self.count_read(&h, offset, n as u64);
@@ -584,10 +703,11 @@ impl Overlay {
         if !ticket.copy_allowed() {
             return;
         }
-        let Ok(st) = rustix::fs::fstat(&*h.fd) else {
+        let Some(fd) = h.source.get() else { return };
+        let Ok(st) = rustix::fs::fstat(&**fd) else {
             return;
         };
-        if let Some(copy) = cache.lookup(rel, &st)
+        if let Some(copy) = cache.lookup(rel, &Provenance::of(&st))
             && self.objects.adopt(h, ticket, Arc::new(copy))
         {
             tracing::debug!("open handle of {} now reads the cached copy", rel.display());
@@ -608,6 +728,7 @@ impl Overlay {
         kill_suidgid: bool,
     ) -> io::Result<u32> {
         let h = self.files.get(fh)?;
+        let fd = self.source_of(&h)?;
         let c = self.change(h.obj, Some(h.nodeid));
         let as_caller = if kill_suidgid {
             Some(self.creds.enter(caller)?)
@@ -616,7 +737,7 @@ impl Overlay {
         };
         let mut done = 0;
         while done < data.len() {
-            let n = rustix::io::pwrite(&*h.fd, &data[done..], offset + done as u64)?;
+            let n = rustix::io::pwrite(&*fd, &data[done..], offset + done as u64)?;
             if n == 0 {
                 break;
             }
@@ -625,9 +746,9 @@ impl Overlay {
         // What follows is the daemon's own bookkeeping (reading the file's end included).
         drop(as_caller);
         self.mirror(&c, |m| fdio::pwrite_all(m.as_fd(), &data[..done], offset));
-        self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
+        self.others_changed(h.obj, h.nodeid, fd.as_fd());
         if h.o_direct {
-            drop_pages(&h, offset, done as u64, true);
+            drop_pages(fd.as_fd(), offset, done as u64, true);
         }
         Ok(done as u32)
     }
@@ -641,12 +762,20 @@ impl Overlay {
         if h.writable {
             h.closed.store(true, Ordering::Relaxed);
         }
-        drop(h.fd.try_clone()?);
+        // Not opened: SOURCE has nothing to flush.
+        if let Some(fd) = h.source.get() {
+            drop(fd.try_clone()?);
+        }
         Ok(())
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
-        fdio::sync(self.files.get(fh)?.fd.as_fd(), datasync)
+        let h = self.files.get(fh)?;
+        match h.source.get() {
+            Some(fd) => fdio::sync(fd.as_fd(), datasync),
+            // A reader answered without SOURCE wrote nothing there.
+            None => Ok(()),
+        }
     }
 
     /// Closes a handle. The last passthrough open of an inode closes its backing file's
@@ -671,7 +800,9 @@ impl Overlay {
             if *h.mode.lock() == Mode::PassSource {
                 // Its writes went kernel to SOURCE: every kernel inode of the object,
                 // this one too (its page cache from earlier opens), takes them in.
-                self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
+                if let Some(fd) = h.source.get() {
+                    self.others_changed(h.obj, h.nodeid, fd.as_fd());
+                }
                 if let Some(invalidate) = self.invalidator.get() {
                     invalidate(h.nodeid, None, false);
                 }
@@ -684,11 +815,12 @@ impl Overlay {
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
         check_writable(&self.cfg)?;
         let h = self.files.get(fh)?;
+        let fd = self.source_of(&h)?;
         let c = self.change(h.obj, Some(h.nodeid));
         let mode = FallocateFlags::from_bits_retain(mode as u32);
-        rustix::fs::fallocate(&*h.fd, mode, offset, length)?;
+        rustix::fs::fallocate(&*fd, mode, offset, length)?;
         self.mirror(&c, |m| Ok(rustix::fs::fallocate(m, mode, offset, length)?));
-        self.others_changed(h.obj, h.nodeid, h.fd.as_fd());
+        self.others_changed(h.obj, h.nodeid, fd.as_fd());
         Ok(())
     }
 
@@ -703,7 +835,13 @@ impl Overlay {
             libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
             _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
-        Ok(rustix::fs::seek(&*h.fd, pos)? as i64)
+        // A reader of a copy seeks in the copy (the same bytes, so the same data and
+        // holes as far as a reader can tell), without SOURCE.
+        let copy = h.copy.lock().clone();
+        if let Some(copy) = copy {
+            return Ok(rustix::fs::seek(&*copy, pos)? as i64);
+        }
+        Ok(rustix::fs::seek(&*self.source_of(&h)?, pos)? as i64)
     }
 
     pub fn copy_file_range(
@@ -717,21 +855,22 @@ impl Overlay {
         check_writable(&self.cfg)?;
         let fin = self.files.get(fh_in)?;
         let fout = self.files.get(fh_out)?;
+        let (fd_in, fd_out) = (self.source_of(&fin)?, self.source_of(&fout)?);
         // The reply carries a u32 count; the kernel asks again for the rest.
         let len = len.min(1 << 30) as usize;
         let c = self.change(fout.obj, Some(fout.nodeid));
         let (mut at_in, mut at_out) = (off_in, off_out);
         let n = rustix::fs::copy_file_range(
-            &*fin.fd,
+            &*fd_in,
             Some(&mut at_in),
-            &*fout.fd,
+            &*fd_out,
             Some(&mut at_out),
             len,
         )?;
         // Passthrough readers of the target follow: the bytes, as they landed, read
         // through a descriptor of the daemon's own (the caller's may be write-only).
         if !c.change.mirrors.is_empty() {
-            match reopen_readable(fout.fd.as_fd()) {
+            match reopen_readable(fd_out.as_fd()) {
                 Ok(src) => self.mirror(&c, |m| {
                     let mut buf = vec![0u8; n];
                     let got = fdio::pread_full(src.as_fd(), &mut buf, off_out)?;
@@ -742,7 +881,7 @@ impl Overlay {
                 }),
             }
         }
-        self.others_changed(fout.obj, fout.nodeid, fout.fd.as_fd());
+        self.others_changed(fout.obj, fout.nodeid, fd_out.as_fd());
         Ok(n as u32)
     }
 }
@@ -750,11 +889,11 @@ impl Overlay {
 /// A read of the source file, counted.
 fn read_source(
     counters: &super::Counters,
-    h: &FileHandle,
+    fd: &OwnedFd,
     buf: &mut [u8],
     offset: u64,
 ) -> io::Result<usize> {
-    let n = fdio::pread_full(h.fd.as_fd(), buf, offset)?;
+    let n = fdio::pread_full(fd.as_fd(), buf, offset)?;
     counters
         .source_read_bytes
         .fetch_add(n as u64, Ordering::Relaxed);
@@ -813,12 +952,12 @@ fn tail(fd: BorrowedFd<'_>) -> Option<super::Tail> {
 
 /// O_DIRECT's meaning on the source: the range's pages written back (`written`) and
 /// dropped. Advice only: a failure changes nothing the caller sees.
-fn drop_pages(h: &FileHandle, offset: u64, len: u64, written: bool) {
+fn drop_pages(fd: BorrowedFd<'_>, offset: u64, len: u64, written: bool) {
     if len == 0 {
         return;
     }
     if written {
-        let _ = sys::sync_range(h.fd.as_fd(), offset, len);
+        let _ = sys::sync_range(fd, offset, len);
     }
-    let _ = rustix::fs::fadvise(&*h.fd, offset, NonZeroU64::new(len), Advice::DontNeed);
+    let _ = rustix::fs::fadvise(fd, offset, NonZeroU64::new(len), Advice::DontNeed);
 }

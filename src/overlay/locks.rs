@@ -269,7 +269,7 @@ impl Locks {
 impl Overlay {
     /// The source descriptor and source object of an open file handle.
     fn lock_target(&self, fh: u64) -> io::Result<(Arc<OwnedFd>, Obj)> {
-        let fd = self.files.get(fh)?.fd.clone();
+        let fd = self.source_of(&*self.files.get(fh)?)?;
         let st = rustix::fs::fstat(&*fd)?;
         Ok((fd, (st.st_dev, st.st_ino)))
     }
@@ -476,8 +476,10 @@ impl Overlay {
         };
         let obj = match known {
             Some(obj) => obj,
-            None => match self.lock_target(fh) {
-                Ok((_, obj)) => obj,
+            // The handle's object, without SOURCE: a close of a file answered from the
+            // cache must not reach it.
+            None => match self.files.get(fh) {
+                Ok(h) => h.obj,
                 Err(_) => return,
             },
         };

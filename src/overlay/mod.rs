@@ -13,6 +13,7 @@ mod dir;
 mod entry;
 mod file;
 mod locks;
+mod memory;
 mod objects;
 mod readers;
 mod xattr;
@@ -34,6 +35,7 @@ pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
 pub use file::{Opened, Register};
 pub use locks::{LockInfo, LockRequest};
+pub use memory::{Statfs, needs_source};
 pub use objects::BackingToken;
 pub use xattr::XattrReply;
 
@@ -107,6 +109,10 @@ pub struct Overlay {
     meta: Option<MetaCache>,
     /// Bytes served and SOURCE lookups, for the status and the metrics.
     pub counters: Counters,
+    /// Where requests that need SOURCE run, and how SOURCE is answering (`crate::lane`).
+    pub lane: Arc<crate::lane::Lane>,
+    /// SOURCE's statfs as last seen.
+    statfs: Arc<memory::StatfsCache>,
 }
 
 /// Objects the metadata cache remembers at most: about 170 MB at a library's typical
@@ -176,6 +182,7 @@ impl Overlay {
                 None
             }
         };
+        let statfs = Arc::new(memory::StatfsCache::new(root.try_clone()?));
         let inodes = InodeTable::new(root, fds, cfg.inode_handles)?;
         let meta = (!cfg.meta_ttl.is_zero()).then(|| {
             let meta = MetaCache::new(cfg.meta_ttl, META_MAX_NODES);
@@ -206,6 +213,8 @@ impl Overlay {
             invalidator: std::sync::OnceLock::new(),
             meta,
             counters: Counters::default(),
+            lane: Arc::new(crate::lane::Lane::default()),
+            statfs,
         })
     }
 
@@ -406,6 +415,10 @@ impl Overlay {
         let Ok(src) = crate::cache::store::open_below(self.inodes.root_fd(), rel) else {
             return false;
         };
-        rustix::fs::fstat(&src).is_ok_and(|st| cache.lookup(rel, &st).is_some())
+        rustix::fs::fstat(&src).is_ok_and(|st| {
+            cache
+                .lookup(rel, &crate::cache::store::Provenance::of(&st))
+                .is_some()
+        })
     }
 }

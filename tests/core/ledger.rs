@@ -76,7 +76,9 @@ impl Fixture {
     fn open(&self, rel: &str) {
         let st = rustix::fs::stat(self.dirs.src(rel)).expect("stat of SOURCE");
         assert!(
-            self.cache.lookup(Path::new(rel), &st).is_some(),
+            self.cache
+                .lookup(Path::new(rel), &Provenance::of(&st))
+                .is_some(),
             "{rel} has a valid copy"
         );
     }

@@ -508,7 +508,10 @@ fn a_copy_racing_a_write_through_the_mount_is_never_served_mixed() {
         c.ov.write(&who, w.fh, 0, data, false).expect("write");
         let _ = job.wait(DEADLINE);
         let st = rustix::fs::stat(c.dirs.src("a")).expect("stat");
-        if let Some(copy) = c.cache().lookup(Path::new("a"), &st) {
+        if let Some(copy) = c
+            .cache()
+            .lookup(Path::new("a"), &cachefs::cache::store::Provenance::of(&st))
+        {
             let mut got = vec![0u8; LEN];
             copy.read_exact_at(&mut got, 0).expect("read the copy");
             assert!(&got == data, "round {round}: a copy the source never held");
