@@ -1,5 +1,5 @@
 //! Where requests that need SOURCE run, so that a SOURCE that stops answering (a NAS gone
-//! offline, a disk whose spin-up never ends) stops only them (invariant 14).
+//! offline, a disk whose spin-up never ends) stops only them (invariant 12).
 //!
 //! The FUSE workers answer what the cache and memory can answer themselves (`crate::fuse`
 //! asks the core for that first). A request that needs SOURCE goes through [`Lane::run`]:

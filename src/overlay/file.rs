@@ -228,7 +228,7 @@ impl Overlay {
             .map_err(|retire| retire.unwrap_or_else(|| self.retire(&inode)))
     }
 
-    /// An open answered without SOURCE (invariant 14): a reader of a regular file whose
+    /// An open answered without SOURCE (invariant 11): a reader of a regular file whose
     /// attributes are fresh in the metadata cache and whose cached copy matches them. The
     /// mount shows SOURCE as the metadata cache last saw it, and the copy is those very
     /// bytes; SOURCE is opened later only if something needs it (`source_of`). `None`

@@ -1,4 +1,4 @@
-//! What the daemon answers without SOURCE (invariant 14): from the metadata cache
+//! What the daemon answers without SOURCE (invariants 11 and 12): from the metadata cache
 //! (`meta_ttl`), from cached copies, from open handles, and statfs from its last value.
 //! `crate::fuse` asks here first, on the FUSE worker, and sends a request on to the
 //! SOURCE lane (`crate::lane`) only when the answer is `None` (or [`needs_source`]),
