@@ -95,7 +95,11 @@ impl<'a> Kernel<'a> {
         let rel = rel.as_ref();
         let mut node = cachefs::inodes::ROOT;
         for name in rel.iter() {
-            node = self.ov.lookup(&self.who, node, name)?.nodeid;
+            // As `crate::fuse` does: from memory first, else from SOURCE.
+            node = match self.ov.lookup_from_memory(node, name) {
+                Some(r) => r?.nodeid,
+                None => self.ov.lookup(&self.who, node, name)?.nodeid,
+            };
         }
         self.dentries.insert(rel.to_path_buf(), node);
         Ok(node)
@@ -136,11 +140,17 @@ impl<'a> Kernel<'a> {
             made.borrow_mut().push(Arc::downgrade(&t));
             Ok(t)
         };
-        let opened = match self.ov.open(&self.who, nodeid, flags, &register) {
+        // As `crate::fuse` does: without SOURCE where the core can, else with it.
+        let (ov, who) = (self.ov, self.who);
+        let open = |nodeid| match ov.open_from_memory(&who, nodeid, flags, &register) {
+            Some(r) => r,
+            None => ov.open(&who, nodeid, flags, &register),
+        };
+        let opened = match open(nodeid) {
             Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
                 self.retried_opens += 1;
                 nodeid = self.lookup(rel)?;
-                self.ov.open(&self.who, nodeid, flags, &register)?
+                open(nodeid)?
             }
             r => r?,
         };

@@ -519,3 +519,71 @@ fn a_copy_racing_a_write_through_the_mount_is_never_served_mixed() {
     }
     k.release(w);
 }
+
+/// With `meta_ttl`, an open of a cached file is answered without SOURCE: from the copy
+/// whose provenance matches the attributes the kernel was shown. A change made directly
+/// in SOURCE behind the mount (new bytes, a new size) therefore shows only once the
+/// entry expires; before that the reader gets the whole old file, never a mix. Without
+/// `meta_ttl` the same open checks SOURCE and reads the new bytes.
+#[test]
+fn with_meta_ttl_an_open_of_a_cached_file_reads_the_view_the_kernel_was_shown() {
+    let old = pattern(2 << 20, 1);
+    let new = pattern(3 << 20, 2);
+    for meta_ttl in [3600, 0] {
+        let (c, _) = core(&[("d/a", old.clone())], true, |cfg| {
+            cfg.meta_ttl = std::time::Duration::from_secs(meta_ttl);
+        });
+        c.promote("d/a");
+        let mut k = c.kernel();
+        k.lookup("d/a").expect("lookup");
+        // Behind the mount: another file at the name, with other bytes and size.
+        let tmp = c.dirs.src("d/a.new");
+        std::fs::write(&tmp, &new).expect("write the new file");
+        std::fs::rename(&tmp, c.dirs.src("d/a")).expect("replace the source");
+        // The kernel's dentry still names the old object (as does the metadata cache).
+        let h = k.open_with("d/a", RO, true).expect("open");
+        let got = k.read_all(&h).expect("read");
+        if meta_ttl > 0 {
+            assert!(got == old, "meta_ttl on: the bytes of the attributes shown");
+            assert!(
+                !served_from_source(&c, &h),
+                "meta_ttl on: served from the copy"
+            );
+            assert!(
+                c.dirs.has_copy("d/a"),
+                "the copy stays while its entry is fresh"
+            );
+        } else {
+            assert!(got == new, "meta_ttl off: the open checks SOURCE");
+            assert!(served_from_source(&c, &h));
+        }
+        k.release(h);
+        assert!(k.violations.is_empty(), "{:?}", k.violations);
+    }
+}
+
+/// A handle opened from memory has no SOURCE file until something needs one: a lock
+/// opens it then (as the caller who opened the handle), on the same object.
+#[test]
+fn a_handle_opened_from_memory_opens_source_only_when_needed() {
+    let bytes = pattern(2 << 20, 3);
+    let (c, _) = core(&[("a", bytes.clone())], true, |cfg| {
+        cfg.meta_ttl = std::time::Duration::from_secs(3600);
+    });
+    c.promote("a");
+    let mut k = c.kernel();
+    let h = k.open("a", RO).expect("open");
+    assert!(c.ov.handle_without_source(h.fh), "answered from memory");
+    assert!(reads(&k, &h, &bytes));
+    let lk = cachefs::overlay::LockRequest {
+        owner: 7,
+        typ: libc::F_RDLCK,
+        start: 0,
+        end: u64::MAX,
+        pid: std::process::id(),
+        flock: false,
+    };
+    c.ov.setlk(h.fh, &lk).expect("a read lock");
+    assert!(!c.ov.handle_without_source(h.fh), "the lock opened SOURCE");
+    k.release(h);
+}
