@@ -9,7 +9,13 @@
 //! the policy's own work, so a user's flood never delays what players are reading.
 //! Pinned copies are never evicted to make room for any promotion (the ledger's victims
 //! are unpinned copies only).
+//!
+//! A media file's sidecars (its subtitles and `.nfo`) come with it: its promotion's job
+//! copies them, and `promote --wait` waits for them and reports them; a media file already
+//! cached gets its sidecars that are not (subtitles downloaded after the film was cached);
+//! a pin of a media file pins its sidecars too.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -103,6 +109,22 @@ impl Daemon {
                 Ok((files, refused))
             })
             .map_err(|e| format!("cannot take your identity to check your permissions: {e}"))?
+    }
+
+    /// `files` (those at or below `paths`) and the sidecars in SOURCE of each media file
+    /// named in `paths`, once each. (A directory's files are all in `files` already.)
+    fn with_sidecars(cache: &Cache, paths: &[PathBuf], files: Vec<PathBuf>) -> Vec<PathBuf> {
+        let mut seen: HashSet<PathBuf> = files.iter().cloned().collect();
+        let mut out = files;
+        let named: Vec<&PathBuf> = paths.iter().filter(|p| seen.contains(*p)).collect();
+        for p in named {
+            for s in cache.promoter.sidecars_in_source(p) {
+                if seen.insert(s.clone()) {
+                    out.push(s);
+                }
+            }
+        }
+        out
     }
 
     /// Every regular file at or below each path.
@@ -216,9 +238,20 @@ impl Handler for Daemon {
         let refused = failed.len();
         let mut already = 0;
         let mut jobs = Vec::new();
+        let named: HashSet<&PathBuf> = paths.iter().collect();
+        let listed: HashSet<&PathBuf> = files.iter().collect();
         for f in &files {
             if self.core.is_cached(f) {
                 already += 1;
+                // A media file's sidecars come with its promotion; those added since (the
+                // subtitles of a film cached before) come now. (A directory's are listed.)
+                if named.contains(f) {
+                    for s in cache.promoter.sidecars_in_source(f) {
+                        if !listed.contains(&s) && !self.core.is_cached(&s) {
+                            jobs.push(cache.promote(&s, priority));
+                        }
+                    }
+                }
             } else {
                 jobs.push(cache.promote(f, priority));
             }
@@ -226,14 +259,18 @@ impl Handler for Daemon {
         if wait {
             // Every copy waited for is reported at each tick, not only the first one not
             // yet done: a client shows them side by side.
-            let mut pending: Vec<&Arc<Job>> = jobs.iter().collect();
+            // A media file's job ends after its sidecars': their outcomes are known then.
+            let mut pending: Vec<Arc<Job>> = jobs.clone();
+            let mut reported: HashSet<*const Job> = jobs.iter().map(Arc::as_ptr).collect();
             while let Some(first) = pending.first() {
                 first.wait(PROGRESS_EVERY);
+                let mut sidecars = Vec::new();
                 pending.retain(|job| match job.outcome() {
                     Some(Ok(())) => {
                         let mut last = progress_of(job);
                         last.bytes_done = last.bytes_total;
                         progress(last);
+                        sidecars.extend(job.sidecars());
                         false
                     }
                     Some(Err(e)) => {
@@ -250,6 +287,13 @@ impl Handler for Daemon {
                         true
                     }
                 });
+                // Reported as the files asked for are (done by now: not waited for again),
+                // once: a sidecar may also be asked for, or come with two media files.
+                pending.extend(
+                    sidecars
+                        .into_iter()
+                        .filter(|j| reported.insert(Arc::as_ptr(j))),
+                );
             }
         }
         Ok(Promoted {
@@ -262,7 +306,7 @@ impl Handler for Daemon {
 
     fn pin(&self, paths: &[PathBuf]) -> Result<Pinned, String> {
         let cache = self.cache()?;
-        let files = self.files_below(paths)?;
+        let files = Self::with_sidecars(cache, paths, self.files_below(paths)?);
         let queued = cache.pin(&files).len();
         Ok(Pinned {
             pinned: files.len() as u64,

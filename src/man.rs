@@ -234,6 +234,17 @@ fn promotion(roff: &mut Roff) {
     ))]);
     para(
         roff,
+        &format!(
+            "A media file's sidecars come with it, whatever their size and however it is \
+             promoted (policy, prefetch, promote, pin, feed): its name without the last \
+             extension, then optional tags (.en, .forced, .pt-BR), then one of .{} in any \
+             case. They are pinned and unpinned with it, and evicted with it, never before \
+             it while it is cached.",
+            policy::sidecar::EXTENSIONS.join(" .")
+        ),
+    );
+    para(
+        roff,
         "Reads by the processes named in promote_ignore never count: the reading thread's \
          name, its process's name and its parent's and grandparent's, as /proc/PID/comm \
          shows them (15 bytes: \"Plex Media Scanner\" is \"Plex Media Scan\"), are looked \

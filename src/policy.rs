@@ -8,7 +8,10 @@
 //! (thumbnails, intro and credit detection, loudness), and counting them would copy the
 //! whole library during maintenance. The next `prefetch` files of the promoted file's
 //! directory with the same extension, in natural name order ("E2" after "E1", "E10" after
-//! "E9"), are queued behind it.
+//! "E9"), are queued behind it. A media file's sidecars (its subtitles and `.nfo`,
+//! [`sidecar`]) come with it whatever their size, and are never "next files" themselves.
+
+pub mod sidecar;
 
 use std::cmp::Ordering;
 use std::ffi::OsStr;
@@ -17,7 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 /// Smallest file the whole-file rule promotes. Below it are the sidecar files (`.nfo`,
 /// `.srt`, posters) that media servers read whole at every scan from the same process that
 /// streams playback, so they cannot be ignored by name; copying every one of them would
-/// fill the index with a library's worth of files no player waits for.
+/// fill the index with a library's worth of files no player waits for. (A media file's own
+/// [`sidecar`]s are exempt: they are copied with it, whatever their size.)
 pub const WHOLE_FILE_MIN: u64 = 1 << 20;
 
 /// Bytes one open must read from SOURCE before its file, of `size` bytes when it was
@@ -157,8 +161,12 @@ fn extension(name: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The `n` names that come after `current` among `siblings` (regular files of the same
-/// directory), in natural order, with the same extension as `current`.
+/// directory), in natural order, with the same extension as `current`. A sidecar has no
+/// next files: sidecars come with their media file, not after one another.
 pub fn next_files<'a>(current: &OsStr, siblings: &'a [&'a OsStr], n: usize) -> Vec<&'a OsStr> {
+    if sidecar::is_sidecar(current) {
+        return Vec::new();
+    }
     let cur = current.as_bytes();
     let ext = extension(cur);
     let mut after: Vec<&OsStr> = siblings
@@ -214,6 +222,9 @@ mod tests {
         assert_eq!(next, ["E3.mkv", "E9.MKV", "E10.mkv"].map(OsStr::new));
         assert!(next_files(OsStr::new("E10.mkv"), &sib, 2).is_empty());
         assert_eq!(next_files(OsStr::new("E1.mkv"), &sib, 0).len(), 0);
+        // A sidecar read on its own queues no other sidecars.
+        let subs = ["E1.srt", "E2.srt", "E3.srt"].map(OsStr::new);
+        assert!(next_files(OsStr::new("E1.srt"), &subs, 2).is_empty());
     }
 
     #[test]

@@ -135,10 +135,15 @@ impl Entries {
 
     /// The least recently used unpinned entry.
     pub fn victim(&self) -> Option<PathBuf> {
+        self.victim_where(|_| true)
+    }
+
+    /// The least recently used unpinned entry that `eligible` accepts.
+    pub fn victim_where(&self, mut eligible: impl FnMut(&Path) -> bool) -> Option<PathBuf> {
         self.lru
             .iter()
             .rev()
-            .find(|(_, m)| !m.pinned)
+            .find(|(p, m)| !m.pinned && eligible(p))
             .map(|(p, _)| p.clone())
     }
 
@@ -221,6 +226,8 @@ mod tests {
         e.touch(Path::new("a"), 4);
         // b is older but pinned: c goes first.
         assert_eq!(e.victim(), Some("c".into()));
+        assert_eq!(e.victim_where(|p| p != Path::new("c")), Some("a".into()));
+        assert_eq!(e.victim_where(|_| false), None);
         assert_eq!(e.older_than(4), vec![PathBuf::from("c")]);
         e.set_pinned(Path::new("b"), false);
         assert_eq!(e.victim(), Some("b".into()));

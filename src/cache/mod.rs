@@ -2,6 +2,13 @@
 //! the `index` of what it holds, the limits (`max_size`, `min_free`, `max_age`) and pins,
 //! and the hit and miss counters.
 //!
+//! A media file's sidecars (its subtitles and `.nfo`, `policy::sidecar`) live and die
+//! with it: the promoter copies them with it, a pin of it pins them, and when its copy is
+//! evicted (for room, for `max_age`, by `cachefs evict`) its cached sidecars go too. A
+//! sidecar whose media file is cached is never evicted on its own, or a player reading the
+//! film from the SSD would wake the disks for its subtitles. What is cached beside a file
+//! is found by listing its directory in `CACHE/data`, which mirrors SOURCE's tree.
+//!
 //! A cache-side failure never reaches a user (invariant 8): every method here logs and
 //! degrades to "not cached". An I/O error on the cache or a cache directory removed under
 //! the mount marks the cache unusable, and the mount serves SOURCE alone from then on.
@@ -23,10 +30,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::config::{Config, MinFree};
+use crate::policy::sidecar;
 use index::{Entries, Meta};
 pub use promoter::Gate;
 use promoter::{Events, Job, Priority, Promoter};
-use store::{Lookup, Provenance, Store};
+use store::{Lookup, Provenance, Store, parent_of};
 
 const INDEX_FILE: &str = "index";
 const PINS_FILE: &str = "pins";
@@ -128,22 +136,99 @@ impl Ledger {
         self.entries.lock().remove(rel);
     }
 
-    /// Drops one copy to make room (or because it is too old).
+    /// Drops one copy to make room (or because it is too old), and a media file's
+    /// sidecars with it.
     fn evict(&self, rel: &Path, why: &str) {
+        if !self.evict_one(rel, why) {
+            return;
+        }
+        for s in self.sidecars_going_with(rel) {
+            self.evict_one(&s, &format!("with {}", rel.display()));
+        }
+    }
+
+    fn evict_one(&self, rel: &Path, why: &str) -> bool {
         match self.store.remove(rel) {
             Ok(_) => {
                 self.forget(rel);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("evicted {} ({why})", rel.display());
+                true
             }
-            Err(e) => self.mark_unusable(&format!("cannot remove {}: {e}", rel.display())),
+            Err(e) => {
+                self.mark_unusable(&format!("cannot remove {}: {e}", rel.display()));
+                false
+            }
         }
+    }
+
+    /// The least recently used copy that may be evicted for room: unpinned, and not a
+    /// sidecar whose media file is cached (it goes with that file).
+    fn victim(&self) -> Option<PathBuf> {
+        let mut spared = HashSet::new();
+        loop {
+            let v = self.entries.lock().victim_where(|p| !spared.contains(p))?;
+            if !self.held_by_media(&v) {
+                return Some(v);
+            }
+            spared.insert(v);
+        }
+    }
+
+    /// Whether `rel` is a sidecar and a media file it belongs to is cached.
+    fn held_by_media(&self, rel: &Path) -> bool {
+        let (Some(name), dir) = (rel.file_name(), parent_of(rel)) else {
+            return false;
+        };
+        if !sidecar::is_sidecar(name) {
+            return false;
+        }
+        let names = self.store.copies_in(dir).unwrap_or_default();
+        let entries = self.entries.lock();
+        names
+            .iter()
+            .any(|m| sidecar::belongs(name, m) && entries.get(&dir.join(m)).is_some())
+    }
+
+    /// The cached sidecars that go when the media file `rel`'s copy goes: those not
+    /// pinned, nor belonging to another media file still cached (`Film.srt` of both
+    /// `Film.mkv` and `Film.avi`).
+    fn sidecars_going_with(&self, rel: &Path) -> Vec<PathBuf> {
+        let (Some(name), dir) = (rel.file_name(), parent_of(rel)) else {
+            return Vec::new();
+        };
+        if sidecar::is_sidecar(name) {
+            return Vec::new();
+        }
+        let names = match self.store.copies_in(dir) {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!("cannot list the copies beside {}: {e}", rel.display());
+                return Vec::new();
+            }
+        };
+        let entries = self.entries.lock();
+        let cached = |n: &OsStr| entries.get(&dir.join(n));
+        sidecar::of(name, names.iter().map(|n| n.as_os_str()))
+            .into_iter()
+            .filter(|s| !cached(s).is_some_and(|m| m.pinned))
+            .filter(|s| {
+                !names
+                    .iter()
+                    .any(|m| m.as_os_str() != name && sidecar::belongs(s, m) && cached(m).is_some())
+            })
+            .map(|s| dir.join(s))
+            .collect()
     }
 
     fn evict_older_than(&self, age: Duration) {
         let before = now().saturating_sub(age.as_secs());
         let old = self.entries.lock().older_than(before);
         for rel in old {
+            // Gone already with its media file, or kept by it: it goes when that goes.
+            if self.entries.lock().get(&rel).is_none() || self.held_by_media(&rel) {
+                continue;
+            }
             self.evict(&rel, "not opened within max_age");
         }
     }
@@ -240,7 +325,7 @@ impl Events for Ledger {
                     Err(_) => {} // the filesystem disagrees with statvfs: make more room
                 }
             }
-            let Some(victim) = self.entries.lock().victim() else {
+            let Some(victim) = self.victim() else {
                 return Err(format!("no room for {size} bytes: nothing left to evict"));
             };
             self.evict(&victim, "making room");
@@ -249,11 +334,8 @@ impl Events for Ledger {
 
     fn release(&self, size: u64, no_space: bool) {
         self.reserved.fetch_sub(size, Ordering::Relaxed);
-        if no_space {
-            let victim = self.entries.lock().victim();
-            if let Some(victim) = victim {
-                self.evict(&victim, "the cache filesystem ran out of space");
-            }
+        if no_space && let Some(victim) = self.victim() {
+            self.evict(&victim, "the cache filesystem ran out of space");
         }
     }
 
@@ -576,15 +658,27 @@ impl Cache {
             .collect()
     }
 
-    /// Unpins everything at or below each path; returns how many pins went.
+    /// Unpins everything at or below each path, and the sidecars of each media file
+    /// unpinned; returns how many pins went.
     pub fn unpin(&self, paths: &[PathBuf]) -> usize {
         let mut n = 0;
         {
             let mut pins = self.ledger.pins.lock();
             let mut entries = self.ledger.entries.lock();
-            let gone: Vec<PathBuf> = pins
+            let below: Vec<&PathBuf> = pins
                 .iter()
                 .filter(|p| paths.iter().any(|q| p.starts_with(q)))
+                .collect();
+            let gone: Vec<PathBuf> = pins
+                .iter()
+                .filter(|p| {
+                    below.contains(p)
+                        || below.iter().any(|m| {
+                            parent_of(p) == parent_of(m)
+                                && matches!((p.file_name(), m.file_name()),
+                                    (Some(s), Some(m)) if sidecar::belongs(s, m))
+                        })
+                })
                 .cloned()
                 .collect();
             for p in gone {
@@ -597,7 +691,8 @@ impl Cache {
         n
     }
 
-    /// Drops the copies (and pins) at or below each path; the source is untouched.
+    /// Drops the copies (and pins) at or below each path, and the sidecars of each media
+    /// file dropped; the source is untouched.
     pub fn evict(&self, paths: &[PathBuf]) -> u64 {
         self.unpin(paths);
         let mut n = 0;
@@ -605,6 +700,12 @@ impl Cache {
             let below = self.ledger.entries.lock().below(p);
             n += below.len() as u64;
             self.invalidate_below(p);
+            for media in &below {
+                for s in self.ledger.sidecars_going_with(media) {
+                    self.invalidate(&s);
+                    n += 1;
+                }
+            }
         }
         self.ledger.evictions.fetch_add(n, Ordering::Relaxed);
         n

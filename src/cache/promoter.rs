@@ -12,8 +12,18 @@
 //! around: the reader and the promoter then read the same pages of a slow source once,
 //! instead of competing for its bandwidth. While a reader is active, the source's pages
 //! are left in the page cache for it.
+//!
+//! A media file's sidecars (`policy::sidecar`: its subtitles and `.nfo`) are part of its
+//! job: the worker lists the directory in SOURCE as the job starts (the same listing
+//! feeds the prefetch), and once the media file is published it copies each sidecar that
+//! has no valid copy yet, as a job of its own in the in-flight map (so it is copied once,
+//! and shows in the status). A sidecar's job still waiting in a queue is taken over and
+//! copied at once, so a single worker never waits for itself; one another worker is
+//! copying is waited for, after this worker's own, and a sidecar's copy never waits for
+//! anything. The media file's job ends (and `promote --wait` returns) after its sidecars.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::num::NonZeroU64;
@@ -29,7 +39,8 @@ use parking_lot::{Condvar, Mutex};
 use rustix::fs::{Advice, FallocateFlags, FileType};
 use rustix::io::Errno;
 
-use super::store::{self, Provenance, Store};
+use super::store::{self, Provenance, Store, parent_of};
+use crate::policy::sidecar;
 use crate::{fdio, sys};
 
 const CHUNK: u64 = 4 << 20;
@@ -56,6 +67,11 @@ pub struct Job {
     pub reader_active: AtomicBool,
     /// How many next files of the same directory to queue (prefetch) when the job starts.
     prefetch: usize,
+    /// A worker has taken the job: from its queue, or to copy it as a media file's
+    /// sidecar (see the module's doc). Whoever sets it runs the job.
+    claimed: AtomicBool,
+    /// The jobs of the sidecars this (media file's) job brought, set before it finishes.
+    sidecars: Mutex<Vec<Arc<Job>>>,
     cancelled: AtomicBool,
     /// Cancelled because the source's bytes are being changed through the mount (not
     /// merely moved): a copy published despite the cancel must go.
@@ -69,6 +85,8 @@ impl Job {
         Job {
             rel,
             prefetch,
+            claimed: AtomicBool::new(false),
+            sidecars: Mutex::new(Vec::new()),
             bytes_done: AtomicU64::new(0),
             bytes_total: AtomicU64::new(0),
             started: OnceLock::new(),
@@ -98,6 +116,21 @@ impl Job {
     /// When its copy started; `None` while it waits for a worker or for room.
     pub fn started(&self) -> Option<Instant> {
         self.started.get().copied()
+    }
+
+    /// The jobs of the sidecars that came with this media file's; complete once the job
+    /// has finished.
+    pub fn sidecars(&self) -> Vec<Arc<Job>> {
+        self.sidecars.lock().clone()
+    }
+
+    /// Waits for the outcome, however long the copy takes.
+    fn wait_done(&self) -> Result<(), String> {
+        loop {
+            if let Some(r) = self.wait(Duration::from_secs(1)) {
+                return r;
+            }
+        }
     }
 
     fn finish(&self, r: Result<(), String>) {
@@ -288,6 +321,22 @@ impl Promoter {
             .request_with(rel, Priority::Policy, prefetch, offset, true)
     }
 
+    /// The sidecars of the media file `rel` in SOURCE now (none for a sidecar, or if its
+    /// directory cannot be listed).
+    pub fn sidecars_in_source(&self, rel: &Path) -> Vec<PathBuf> {
+        let (Some(name), parent) = (rel.file_name(), parent_of(rel)) else {
+            return Vec::new();
+        };
+        if sidecar::is_sidecar(name) {
+            return Vec::new();
+        }
+        let names = self.shared.list_files(parent).unwrap_or_default();
+        sidecar::of(name, names.iter().map(|n| n.as_os_str()))
+            .into_iter()
+            .map(|s| parent.join(s))
+            .collect()
+    }
+
     /// Cancels the job for `rel`, if any: the source is being changed through the mount.
     pub fn cancel(&self, rel: &Path) {
         if let Some(job) = self.shared.inflight.lock().get(rel) {
@@ -377,28 +426,146 @@ impl Shared {
         job
     }
 
-    /// Queues the `n` files that follow `rel` in its directory (same extension, natural
-    /// order) as prefetches.
-    fn prefetch_after(&self, rel: &Path, n: usize) {
-        let Some(name) = rel.file_name() else { return };
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        let entries = match store::open_dir_below(self.source.as_fd(), parent)
-            .and_then(|d| fdio::read_dir(d.as_fd()))
-        {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::debug!("no prefetch after {}: {e}", rel.display());
-                return;
-            }
-        };
-        let names: Vec<&std::ffi::OsStr> = entries
-            .iter()
+    /// The names of the regular files of `dir` in SOURCE.
+    fn list_files(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        let entries = store::open_dir_below(self.source.as_fd(), dir)
+            .and_then(|d| fdio::read_dir(d.as_fd()))?;
+        Ok(entries
+            .into_iter()
             .filter(|e| e.kind == FileType::RegularFile)
-            .map(|e| e.name.as_os_str())
-            .collect();
+            .map(|e| e.name)
+            .collect())
+    }
+
+    /// Queues the `n` files that follow `rel` among `names` (its directory's files; same
+    /// extension, natural order) as prefetches.
+    fn prefetch_after(&self, rel: &Path, names: &[OsString], n: usize) {
+        let Some(name) = rel.file_name() else { return };
+        let names: Vec<&OsStr> = names.iter().map(|n| n.as_os_str()).collect();
         for next in crate::policy::next_files(name, &names, n) {
-            self.request_with(&parent.join(next), Priority::Prefetch, 0, 0, false);
+            self.request_with(&parent_of(rel).join(next), Priority::Prefetch, 0, 0, false);
         }
+    }
+
+    /// Whether `rel` has a copy that matches its source now.
+    fn has_valid_copy(&self, rel: &Path) -> bool {
+        store::open_below(self.source.as_fd(), rel)
+            .and_then(|src| Ok(rustix::fs::fstat(&src)?))
+            .and_then(|st| self.store.lookup(rel, &st))
+            .is_ok_and(|l| matches!(l, store::Lookup::Hit(_)))
+    }
+
+    /// Runs a job its worker has claimed: copies the file, then (a media file) copies its
+    /// sidecars, then finishes it.
+    fn run(&self, job: &Arc<Job>) {
+        let live = || !job.cancelled.load(Ordering::Relaxed);
+        // A media file's directory, listed once: for the prefetch and for its sidecars.
+        let names = match job.rel.file_name() {
+            Some(name) if !sidecar::is_sidecar(name) && live() => {
+                match self.list_files(parent_of(&job.rel)) {
+                    Ok(names) => Some(names),
+                    Err(e) => {
+                        tracing::debug!("no prefetch nor sidecars for {}: {e}", job.rel.display());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(names) = &names
+            && job.prefetch > 0
+            && live()
+        {
+            self.prefetch_after(&job.rel, names, job.prefetch);
+        }
+        let r = self.copy_job(job);
+        // Not for a copy cancelled meanwhile: withdrawn, or moved with its name.
+        if r.is_ok()
+            && live()
+            && let Some(names) = &names
+        {
+            self.bring_sidecars(job, names);
+        }
+        let mut inflight = self.inflight.lock();
+        // Unless a later request has replaced this (cancelled) job.
+        if inflight.get(&job.rel).is_some_and(|j| Arc::ptr_eq(j, job)) {
+            inflight.remove(&job.rel);
+        }
+        drop(inflight);
+        job.finish(r);
+    }
+
+    /// Copies the sidecars of `job`'s media file found among `names` that have no valid
+    /// copy, each as a job in the in-flight map: a new one, or the one already there
+    /// (taken over if it still waits in a queue, else waited for). See the module's doc.
+    fn bring_sidecars(&self, job: &Job, names: &[OsString]) {
+        let Some(name) = job.rel.file_name() else {
+            return;
+        };
+        let parent = parent_of(&job.rel);
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        for s in sidecar::of(name, names.iter().map(|n| n.as_os_str())) {
+            let rel = parent.join(s);
+            if self.has_valid_copy(&rel) {
+                continue;
+            }
+            let mut inflight = self.inflight.lock();
+            match inflight
+                .get(&rel)
+                .filter(|j| !j.cancelled.load(Ordering::Relaxed))
+            {
+                Some(j) if !j.claimed.swap(true, Ordering::SeqCst) => {
+                    // Out of its queue: its worker will skip it.
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    mine.push(j.clone());
+                }
+                Some(j) => theirs.push(j.clone()),
+                None => {
+                    let j = Arc::new(Job::new(rel.clone(), 0, 0, false));
+                    j.claimed.store(true, Ordering::SeqCst);
+                    inflight.insert(rel, j.clone());
+                    mine.push(j);
+                }
+            }
+        }
+        *job.sidecars.lock() = mine.iter().chain(&theirs).cloned().collect();
+        for j in &mine {
+            self.run(j);
+        }
+        for j in &theirs {
+            let _ = j.wait_done();
+        }
+    }
+
+    /// Copies a claimed job's file (or gives up on a cancelled one), and counts and logs
+    /// the outcome.
+    fn copy_job(&self, job: &Job) -> Result<(), String> {
+        let r = if job.cancelled.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed) {
+            job.cancelled.store(true, Ordering::SeqCst);
+            Err("cancelled".to_string())
+        } else if !self.events.usable() {
+            Err("the cache is unusable".to_string())
+        } else {
+            copy(self, job).map_err(|e| e.to_string())
+        };
+        match &r {
+            Ok(()) => {
+                self.stats.done.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .done_bytes
+                    .fetch_add(job.bytes_total.load(Ordering::Relaxed), Ordering::Relaxed);
+                tracing::info!("promoted {}", job.rel.display());
+            }
+            Err(e) if job.cancelled.load(Ordering::Relaxed) => {
+                tracing::debug!("promotion of {} cancelled: {e}", job.rel.display());
+            }
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("cannot promote {}: {e}", job.rel.display());
+            }
+        }
+        r
     }
 }
 
@@ -410,43 +577,12 @@ fn worker(shared: &Shared, rx: &[Receiver<Arc<Job>>; 3]) {
             recv(rx[2]) -> j => j,
         };
         let Ok(job) = job else { return };
+        // Taken over as a media file's sidecar: that worker counted it out of the queue.
+        if job.claimed.swap(true, Ordering::SeqCst) {
+            continue;
+        }
         shared.queued.fetch_sub(1, Ordering::Relaxed);
-        if job.prefetch > 0 && !job.cancelled.load(Ordering::Relaxed) {
-            shared.prefetch_after(&job.rel, job.prefetch);
-        }
-        let r = if job.cancelled.load(Ordering::Relaxed) || shared.stopping.load(Ordering::Relaxed)
-        {
-            job.cancelled.store(true, Ordering::SeqCst);
-            Err("cancelled".to_string())
-        } else if !shared.events.usable() {
-            Err("the cache is unusable".to_string())
-        } else {
-            copy(shared, &job).map_err(|e| e.to_string())
-        };
-        match &r {
-            Ok(()) => {
-                shared.stats.done.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .stats
-                    .done_bytes
-                    .fetch_add(job.bytes_total.load(Ordering::Relaxed), Ordering::Relaxed);
-                tracing::info!("promoted {}", job.rel.display());
-            }
-            Err(e) if job.cancelled.load(Ordering::Relaxed) => {
-                tracing::debug!("promotion of {} cancelled: {e}", job.rel.display());
-            }
-            Err(e) => {
-                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("cannot promote {}: {e}", job.rel.display());
-            }
-        }
-        let mut inflight = shared.inflight.lock();
-        // Unless a later request has replaced this (cancelled) job.
-        if inflight.get(&job.rel).is_some_and(|j| Arc::ptr_eq(j, &job)) {
-            inflight.remove(&job.rel);
-        }
-        drop(inflight);
-        job.finish(r);
+        shared.run(&job);
     }
 }
 

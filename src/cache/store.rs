@@ -127,6 +127,11 @@ pub fn components(rel: &Path) -> Option<Vec<&OsStr>> {
         .collect()
 }
 
+/// The directory `rel` is in, relative as `rel` is (the empty path for the root).
+pub fn parent_of(rel: &Path) -> &Path {
+    rel.parent().unwrap_or(Path::new(""))
+}
+
 /// Opens the directory that holds `rel`'s last component, one name at a time from
 /// `root`, never following a symlink; with `create`, missing directories are made.
 /// Returns the directory and the last name.
@@ -524,6 +529,23 @@ impl Store {
             return false;
         };
         (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino) && data.st_nlink > 0
+    }
+
+    /// The names of the copies in the directory `dir` of `data/` (none if it does not
+    /// exist): what is cached beside a file, read from the SSD alone.
+    pub fn copies_in(&self, dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        let d = match open_dir_below(self.data.as_fd(), dir) {
+            Ok(d) => d,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(fdio::read_dir(d.as_fd())?
+            .into_iter()
+            .filter(|e| e.kind == FileType::RegularFile)
+            .map(|e| e.name)
+            .collect())
     }
 
     /// Every published copy: (path relative to `data/`, size, mtime). Used at startup

@@ -272,6 +272,108 @@ fn evicting_a_file_while_it_is_copied_cancels_the_copy() {
     assert_eq!((f.totals(), f.dirs.temp_files()), ((0, 0, 0), 0));
 }
 
+/// Issue 18: a film's subtitles are no victim of their own while the film is cached (a
+/// player reading the film from the SSD would wake the disks for them), and go with it.
+#[test]
+fn a_sidecar_whose_film_is_cached_is_no_victim_of_its_own() {
+    let f = fixture(
+        Some(2100),
+        MinFree::Bytes(0),
+        1 << 40,
+        0,
+        &[
+            ("Film.mkv", 1000),
+            ("Film.srt", 100),
+            ("a", 1000),
+            ("b", 100),
+            ("c", 1000),
+        ],
+    );
+    f.promote_ok("Film.mkv");
+    assert_eq!(f.dirs.copies(), ["Film.mkv", "Film.srt"]);
+    f.promote_ok("a");
+    f.open("Film.mkv");
+    // Least recent first: Film.srt, a, Film.mkv. b needs 100 bytes: Film.srt alone would
+    // do, but its film is cached; a goes.
+    f.promote_ok("b");
+    assert_eq!(f.dirs.copies(), ["Film.mkv", "Film.srt", "b"]);
+    assert_eq!((f.totals(), f.evictions()), ((3, 1200, 0), 1));
+    // c needs 1000 more: the film is the next victim, and its subtitles go with it.
+    f.promote_ok("c");
+    assert_eq!(f.dirs.copies(), ["b", "c"]);
+    assert_eq!((f.totals(), f.evictions()), ((2, 1100, 0), 3));
+}
+
+/// `cachefs evict` of a media file takes its cached sidecars, but not another file's, nor
+/// one another cached media file still has.
+#[test]
+fn evicting_a_film_evicts_its_sidecars_and_no_others() {
+    let f = fixture(
+        None,
+        MinFree::Bytes(0),
+        1 << 40,
+        0,
+        &[
+            ("d/Film.mkv", 1000),
+            ("d/Film.en.srt", 10),
+            ("d/Film.nfo", 10),
+            ("d/Film 2.mkv", 1000),
+            ("d/Film 2.srt", 10),
+            ("x/Film.mkv", 1000),
+            ("x/Film.avi", 1000),
+            ("x/Film.srt", 10),
+        ],
+    );
+    for rel in ["d/Film.mkv", "d/Film 2.mkv", "x/Film.mkv", "x/Film.avi"] {
+        f.promote_ok(rel);
+    }
+    assert_eq!(f.totals().0, 8);
+    assert_eq!(f.cache.evict(&[PathBuf::from("d/Film.mkv")]), 3);
+    assert_eq!(
+        f.dirs.copies(),
+        [
+            "d/Film 2.mkv",
+            "d/Film 2.srt",
+            "x/Film.avi",
+            "x/Film.mkv",
+            "x/Film.srt"
+        ]
+    );
+    // x/Film.srt belongs to both films: it goes with the last.
+    assert_eq!(f.cache.evict(&[PathBuf::from("x/Film.mkv")]), 1);
+    assert!(f.dirs.has_copy("x/Film.srt"));
+    assert_eq!(f.cache.evict(&[PathBuf::from("x/Film.avi")]), 2);
+    assert_eq!(f.dirs.copies(), ["d/Film 2.mkv", "d/Film 2.srt"]);
+    assert_eq!((f.totals(), f.evictions()), ((2, 1010, 0), 6));
+}
+
+/// max_age does not take a film's subtitles while the film is opened, and takes them with
+/// the film.
+#[test]
+fn max_age_takes_a_films_sidecars_with_it_not_before() {
+    let f = fixture_with(
+        None,
+        MinFree::Bytes(0),
+        1 << 40,
+        0,
+        &[("Film.mkv", 1000), ("Film.en.srt", 10)],
+        |cfg| cfg.max_age = Some(std::time::Duration::from_secs(1)),
+    );
+    f.promote_ok("Film.mkv");
+    // Past max_age and two maintenance rounds for the subtitles, while the film plays.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        f.open("Film.mkv");
+        assert!(f.dirs.has_copy("Film.en.srt"), "evicted before its film");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The files go first, then the ledger's entries, then the count.
+    wait_until("the film to age out", || {
+        f.dirs.copies().is_empty() && f.cache.ledger.totals().0 == 0 && f.evictions() == 2
+    });
+    assert_eq!((f.totals(), f.evictions()), ((0, 0, 0), 2));
+}
+
 /// A reservation made directly on the ledger, of a copy that exists only in its books
 /// (eviction of a copy with no file is a no-op on disk).
 fn reserve(

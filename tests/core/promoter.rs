@@ -1,7 +1,7 @@
 //! The promoter on its own: single flight (every request for a file in flight joins its
 //! one job), cancellation (asked for, or the source changed or replaced during the
 //! copy), priorities (explicit before policy before prefetch), prefetch of the next
-//! files, and a clean stop.
+//! files, a media file's sidecars copied within its job, and a clean stop.
 //!
 //! The promoter asks its `Events` for room before each copy; here that is a `Gate`, which
 //! records every call and holds the copies of the paths a test closes it for, so that a
@@ -345,13 +345,164 @@ fn a_reader_request_prefetches_the_next_files_of_its_directory() {
         .promoter
         .request_for_reader(Path::new("show/E1.mkv"), 0, 2);
     assert_eq!(outcome(&job), Ok(()));
-    wait_until("the prefetches", || f.gate.reserved().len() == 3);
+    wait_until("the prefetches", || f.gate.reserved().len() == 4);
     wait_until("the queue to drain", || {
         f.promoter.queued() == 0 && f.promoter.running().is_empty()
     });
+    // E2.srt is no next file, but E2.mkv's sidecar: it comes with E2.mkv, in its job.
     assert_eq!(
         f.gate.reserved(),
-        ["show/E1.mkv", "show/E2.mkv", "show/E3.mkv"]
+        ["show/E1.mkv", "show/E2.mkv", "show/E2.srt", "show/E3.mkv"]
+    );
+}
+
+/// A film, its sidecars, and files that only look like them.
+const FILM: &[(&str, usize)] = &[
+    ("film/Film.mkv", 50_000),
+    ("film/Film.en.srt", 300),
+    ("film/Film.en.forced.srt", 200),
+    ("film/Film.nfo", 100),
+    ("film/Film 2.srt", 100),
+    ("film/Film2.mkv.srt", 100),
+    ("film/Other.srt", 100),
+];
+
+const FILM_SIDECARS: [&str; 3] = [
+    "film/Film.en.forced.srt",
+    "film/Film.en.srt",
+    "film/Film.nfo",
+];
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Issue 18: promoting a media file copies its sidecars (whatever their size) in the
+/// same job, after it: the job ends, with one worker, once they are all published.
+#[test]
+fn a_media_files_job_copies_its_sidecars_before_it_ends() {
+    let f = fixture(1, FILM);
+    let job = f
+        .promoter
+        .request(Path::new("film/Film.mkv"), Priority::Explicit);
+    assert_eq!(outcome(&job), Ok(()));
+    // No waiting: they are in place when the film's job ends.
+    let mut want = vec!["film/Film.mkv".to_string()];
+    want.extend(FILM_SIDECARS.map(String::from));
+    let want = sorted(want);
+    assert_eq!(f.dirs.copies(), want);
+    assert_eq!(f.gate.reserved()[0], "film/Film.mkv", "the film first");
+    assert_eq!(sorted(f.gate.reserved()), want);
+    for (rel, _) in FILM.iter().filter(|(r, _)| want.iter().any(|w| w == r)) {
+        assert_eq!(
+            std::fs::read(f.dirs.copy(rel)).ok(),
+            std::fs::read(f.dirs.src(rel)).ok(),
+            "{rel}"
+        );
+    }
+    let sidecars = job.sidecars();
+    assert_eq!(
+        sorted(
+            sidecars
+                .iter()
+                .map(|j| j.rel.to_string_lossy().into_owned())
+                .collect()
+        ),
+        FILM_SIDECARS
+    );
+    assert!(sidecars.iter().all(|j| j.outcome() == Some(Ok(()))));
+    assert_eq!(f.promoter.stats().done.load(Ordering::Relaxed), 4);
+
+    // Again: the sidecars with a valid copy are not copied twice.
+    let again = f
+        .promoter
+        .request(Path::new("film/Film.mkv"), Priority::Explicit);
+    assert_eq!(outcome(&again), Ok(()));
+    assert!(again.sidecars().is_empty());
+    assert_eq!(f.gate.reserved().len(), 5);
+
+    // A sidecar promoted on its own brings nothing.
+    let srt = f
+        .promoter
+        .request(Path::new("film/Other.srt"), Priority::Explicit);
+    assert_eq!(outcome(&srt), Ok(()));
+    assert!(srt.sidecars().is_empty());
+    assert_eq!(f.gate.reserved().len(), 6);
+}
+
+/// A sidecar's own job still waiting in a queue is taken over by its media file's job,
+/// copied once, and with a single worker nothing waits for itself.
+#[test]
+fn a_queued_sidecar_job_is_taken_over_by_its_media_files_job() {
+    let mut files = FILM.to_vec();
+    files.push(("blocker", 10));
+    let f = fixture(1, &files);
+    f.gate.close("blocker");
+    let blocker = f.promoter.request(Path::new("blocker"), Priority::Explicit);
+    f.gate.wait_held("blocker");
+    // Queued behind the blocker; the film (explicit) goes first.
+    let srt = f
+        .promoter
+        .request(Path::new("film/Film.en.srt"), Priority::Prefetch);
+    let film = f
+        .promoter
+        .request(Path::new("film/Film.mkv"), Priority::Explicit);
+    assert_eq!(f.promoter.queued(), 2);
+    f.gate.open("blocker");
+    assert_eq!(outcome(&blocker), Ok(()));
+    assert_eq!(outcome(&film), Ok(()));
+    // The queued job was the film's sidecar, done when the film's job ended.
+    assert_eq!(srt.outcome(), Some(Ok(())));
+    assert!(film.sidecars().iter().any(|j| Arc::ptr_eq(j, &srt)));
+    wait_until("the queue to drain", || f.promoter.queued() == 0);
+    let reserved = f.gate.reserved();
+    assert_eq!(reserved[..2], ["blocker", "film/Film.mkv"]);
+    assert_eq!(
+        reserved
+            .iter()
+            .filter(|r| r.as_str() == "film/Film.en.srt")
+            .count(),
+        1,
+        "copied once: {reserved:?}"
+    );
+    assert_eq!(reserved.len(), 5, "{reserved:?}");
+}
+
+/// A sidecar another worker is copying is not copied again: the media file's job waits
+/// for it before it ends.
+#[test]
+fn a_media_files_job_waits_for_its_sidecar_copied_by_another_worker() {
+    let f = fixture(2, FILM);
+    f.gate.close("film/Film.nfo");
+    let nfo = f
+        .promoter
+        .request(Path::new("film/Film.nfo"), Priority::Explicit);
+    f.gate.wait_held("film/Film.nfo");
+    let film = f
+        .promoter
+        .request(Path::new("film/Film.mkv"), Priority::Explicit);
+    wait_until("the film's other sidecars", || {
+        FILM_SIDECARS
+            .iter()
+            .filter(|s| **s != "film/Film.nfo")
+            .all(|s| f.dirs.has_copy(s))
+    });
+    assert_eq!(
+        film.wait(std::time::Duration::from_millis(200)),
+        None,
+        "the film's job ended before its .nfo was copied"
+    );
+    f.gate.open("film/Film.nfo");
+    assert_eq!(outcome(&film), Ok(()));
+    assert!(f.dirs.has_copy("film/Film.nfo"));
+    assert_eq!(nfo.outcome(), Some(Ok(())));
+    assert!(film.sidecars().iter().any(|j| Arc::ptr_eq(j, &nfo)));
+    assert_eq!(
+        sorted(f.gate.reserved()).len(),
+        4,
+        "{:?}",
+        f.gate.reserved()
     );
 }
 

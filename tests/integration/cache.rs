@@ -253,13 +253,14 @@ fn policy_promotes_after_threshold_and_prefetches_the_next_episode() {
     assert!(!copy_path(&m, "S1/Episode 9.mkv").exists());
 
     // Playback reads past the threshold: the file and the next episode ("10" after "9",
-    // in natural order, and not "Episode 10.nfo") are promoted.
+    // in natural order, and not "Episode 10.nfo") are promoted, and Episode 10's .nfo
+    // with it, as its sidecar.
     assert_eq!(
         digest(&read_all(&m.path("S1/Episode 9.mkv"))),
         digest(&pattern(3 * MIB, 10))
     );
     eventually("Episode 9 and Episode 10 to be promoted", &m, || {
-        num(&status(&m), "promotions_done") == 2
+        num(&status(&m), "promotions_done") == 3
     });
     assert_eq!(
         digest(&read_all(&copy_path(&m, "S1/Episode 9.mkv"))),
@@ -267,7 +268,8 @@ fn policy_promotes_after_threshold_and_prefetches_the_next_episode() {
     );
     assert!(copy_path(&m, "S1/Episode 10.mkv").exists());
     assert!(!copy_path(&m, "S1/Episode 11.mkv").exists());
-    assert!(!copy_path(&m, "S1/Episode 10.nfo").exists());
+    assert!(copy_path(&m, "S1/Episode 10.nfo").exists());
+    assert_eq!(num(&status(&m), "cached_files"), 3);
 }
 
 /// An open for writing cancels the promotion in flight; a reader that opens after it
@@ -576,4 +578,125 @@ fn promote_ignore_can_be_emptied_or_extended() {
     eventually("the player's read to count", &m, || {
         copy_path(&m, "b.flac").exists()
     });
+}
+
+const FILM_DIR: &str = "Movies/Film (2019)";
+const FILM: &str = "Movies/Film (2019)/Film (2019).mkv";
+/// The film's sidecars: subtitles with a language and a flag tag, and its `.nfo`.
+const FILM_SIDECARS: [&str; 3] = [
+    "Movies/Film (2019)/Film (2019).en.srt",
+    "Movies/Film (2019)/Film (2019).en.forced.srt",
+    "Movies/Film (2019)/Film (2019).nfo",
+];
+/// Subtitles beside the film that are not its own.
+const NOT_FILM_SIDECAR: &str = "Movies/Film (2019)/Film (2019) - Extras.en.srt";
+
+/// A film of 3 MiB in SOURCE, its three small sidecars and an unrelated `.srt`.
+fn film(src: &Path) {
+    fs::create_dir_all(src.join(FILM_DIR)).unwrap();
+    fs::write(src.join(FILM), pattern(3 * MIB, 60)).unwrap();
+    for (i, rel) in FILM_SIDECARS.iter().enumerate() {
+        let text = format!("1\n00:00:0{i},000 --> 00:00:0{i},500\nLine {i} of {rel}\n");
+        fs::write(src.join(rel), text.repeat(20 + i)).unwrap();
+    }
+    fs::write(
+        src.join(NOT_FILM_SIDECAR),
+        "1\n00:00:01,000 --> 00:00:02,000\nExtras\n",
+    )
+    .unwrap();
+}
+
+/// A mount (`promote=manual`) of [`film`].
+fn film_mount() -> TestMount {
+    TestMount::builder()
+        .option("promote=manual")
+        .populate(film)
+        .start()
+}
+
+fn cachefs(args: &[&str], path: &Path) {
+    let out = Command::new(BIN).args(args).arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cachefs {args:?} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 18: `cachefs promote --wait` of a film returns once the film and its sidecars
+/// (subtitles with language and flag tags, its `.nfo`: far below the policy's 1 MiB
+/// minimum) are cached with SOURCE's bytes, and leaves other subtitles alone; subtitles
+/// added later come with the next promote of the film; `cachefs evict` of the film takes
+/// its sidecars too.
+#[test]
+fn promote_wait_of_a_film_brings_its_sidecars_and_evict_takes_them() {
+    crate::require_mount!();
+    let m = film_mount();
+    promote_wait(&m, FILM);
+    // No waiting beyond --wait: everything is in place when it returns.
+    for rel in std::iter::once(FILM).chain(FILM_SIDECARS) {
+        assert!(copy_path(&m, rel).exists(), "no copy of {rel} after --wait");
+        assert_eq!(
+            digest(&read_all(&copy_path(&m, rel))),
+            digest(&read_all(&m.src(rel))),
+            "the copy of {rel} differs from SOURCE"
+        );
+    }
+    assert!(!copy_path(&m, NOT_FILM_SIDECAR).exists());
+    let s = status(&m);
+    assert_eq!(num(&s, "cached_files"), 4, "{s}");
+    assert_eq!(num(&s, "promotions_done"), 4, "{s}");
+    // The subtitles are read from the SSD.
+    let hits = num(&s, "hits");
+    assert_eq!(
+        read_all(&m.path(FILM_SIDECARS[0])),
+        read_all(&m.src(FILM_SIDECARS[0]))
+    );
+    assert_eq!(num(&status(&m), "hits"), hits + 1);
+
+    // Subtitles downloaded after the film was cached come with its next promote.
+    let late = "Movies/Film (2019)/Film (2019).pt-BR.srt";
+    fs::write(m.src(late), "1\n00:00:01,000 --> 00:00:02,000\nOla\n").unwrap();
+    promote_wait(&m, FILM);
+    assert_eq!(read_all(&copy_path(&m, late)), read_all(&m.src(late)));
+    assert_eq!(num(&status(&m), "cached_files"), 5);
+
+    cachefs(&["evict"], &m.path(FILM));
+    for rel in std::iter::once(FILM).chain(FILM_SIDECARS).chain([late]) {
+        assert!(!copy_path(&m, rel).exists(), "{rel} stayed in the cache");
+        assert!(m.src(rel).exists(), "{rel} left SOURCE");
+    }
+    let s = status(&m);
+    assert_eq!(num(&s, "cached_files"), 0, "{s}");
+    assert_eq!(num(&s, "evictions"), 5, "{s}");
+}
+
+/// Issue 18: `cachefs pin` of a film pins its sidecars too (they are copied and stay),
+/// and `cachefs unpin` of the film unpins them.
+#[test]
+fn pin_of_a_film_pins_its_sidecars() {
+    crate::require_mount!();
+    let m = film_mount();
+    cachefs(&["pin"], &m.path(FILM));
+    assert_eq!(num(&status(&m), "pinned_files"), 4);
+    eventually("the film and its sidecars to be cached", &m, || {
+        std::iter::once(FILM)
+            .chain(FILM_SIDECARS)
+            .all(|rel| copy_path(&m, rel).exists())
+    });
+    for rel in FILM_SIDECARS {
+        assert_eq!(
+            read_all(&copy_path(&m, rel)),
+            read_all(&m.src(rel)),
+            "{rel}"
+        );
+    }
+    assert!(!copy_path(&m, NOT_FILM_SIDECAR).exists());
+    eventually("the copies to be counted", &m, || {
+        num(&status(&m), "cached_files") == 4
+    });
+
+    cachefs(&["unpin"], &m.path(FILM));
+    assert_eq!(num(&status(&m), "pinned_files"), 0);
 }

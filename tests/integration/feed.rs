@@ -189,8 +189,9 @@ fn items(files: &[&str]) -> String {
 // ---------------------------------------------------------------------------------------
 // the mount and the command
 
-/// SOURCE: a season (no zero padding, so natural and byte order differ), a film, kids'
-/// episodes, and a file the server sees under the mount's own path.
+/// SOURCE: a season (no zero padding, so natural and byte order differ; 1x9 has subtitles,
+/// which come with it and are no "next file"), a film, kids' episodes, and a file the
+/// server sees under the mount's own path.
 const FILES: &[&str] = &[
     "TV/Show/Season 1/Show - 1x1.mkv",
     "TV/Show/Season 1/Show - 1x2.mkv",
@@ -398,11 +399,12 @@ fn plex_on_deck_and_the_next_episode_are_promoted_and_nothing_else() {
 
     let want = set(&[
         "TV/Show/Season 1/Show - 1x9.mkv",
+        "TV/Show/Season 1/Show - 1x9.srt",
         "TV/Show/Season 1/Show - 1x10.mkv",
         "Movies/Film (2020)/Film.mkv",
         "Other/o.mkv",
     ]);
-    assert_eq!(settled_cache(&m, 4), want);
+    assert_eq!(settled_cache(&m, 5), want);
 
     // Again: nothing new to do, and it says so.
     let ran = feed(&args);
@@ -420,7 +422,7 @@ fn plex_on_deck_and_the_next_episode_are_promoted_and_nothing_else() {
         "{}",
         ran.stdout
     );
-    assert_eq!(num(&status(&m), "promotions_done"), 4);
+    assert_eq!(num(&status(&m), "promotions_done"), 5);
     assert_eq!(cached(&m), want);
 }
 
@@ -536,10 +538,11 @@ fn jellyfin_next_up_and_resume_with_two_next_episodes() {
         )]
     );
     assert_eq!(
-        settled_cache(&m, 7),
+        settled_cache(&m, 8),
         set(&[
             "TV/Show/Season 1/Show - 1x2.mkv",
             "TV/Show/Season 1/Show - 1x9.mkv",
+            "TV/Show/Season 1/Show - 1x9.srt",
             "TV/Show/Season 1/Show - 1x10.mkv",
             "Movies/Film (2020)/Film.mkv",
             "Kids/k1.mkv",
@@ -570,7 +573,7 @@ fn jellyfin_next_up_and_resume_with_two_next_episodes() {
         "{}",
         ran.stderr
     );
-    assert_eq!(num(&status(&m), "promotions_done"), 7);
+    assert_eq!(num(&status(&m), "promotions_done"), 8);
 }
 
 #[test]

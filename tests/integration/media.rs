@@ -4,7 +4,8 @@
 //! the default `promote_ignore`) and `promote_after=1M`. Each episode is about 3.8 MiB:
 //! playback crosses `promote_after`, a media-info probe (about 200 KiB read) does not,
 //! and a keyframe extraction reads the whole file, so that only the ignore list keeps a
-//! scan from promoting. ffmpeg and ffprobe come from Debian's `ffmpeg` package
+//! scan from promoting. Each episode has English subtitles beside it, and E09 an `.nfo`:
+//! they come with their episode. ffmpeg and ffprobe come from Debian's `ffmpeg` package
 //! (`scripts/prereqs.sh`); without them the tests skip (`common::skip`: fail under CI).
 
 use std::fs;
@@ -25,6 +26,11 @@ const NFO: &str = "Show/Season 01/Show - S01E09.nfo";
 
 fn episode(i: usize) -> String {
     format!("{SEASON}/{}", EPISODES[i])
+}
+
+/// Episode `i`'s subtitles.
+fn subtitles(i: usize) -> String {
+    episode(i).replace(".mkv", ".en.srt")
 }
 
 /// Whether an executable `tool` is on PATH (looked up, not run: each start of ffmpeg
@@ -125,7 +131,8 @@ fn play(file: &Path, realtime: bool) -> String {
 
 /// Fills SOURCE with three episodes of 6 s (MPEG-4 video at 5 Mbit/s over a noisy test
 /// pattern, so that it does not compress below that, and AAC audio: about 3.8 MiB each,
-/// each with its own noise and tone) and a small `.nfo`, encoded in parallel.
+/// each with its own noise and tone), encoded in parallel, each with a small `.en.srt`,
+/// and a small `.nfo` for E09.
 fn show(src: &Path) {
     let dir = src.join(SEASON);
     fs::create_dir_all(&dir).unwrap();
@@ -162,6 +169,13 @@ fn show(src: &Path) {
             size > 3 << 20,
             "{name} is {size} bytes; playback must cross promote_after=1M well"
         );
+    }
+    for i in 0..EPISODES.len() {
+        fs::write(
+            src.join(subtitles(i)),
+            format!("1\n00:00:01,000 --> 00:00:04,000\nEpisode {}\n", 9 + i),
+        )
+        .unwrap();
     }
     fs::write(
         src.join(NFO),
@@ -211,11 +225,12 @@ fn assert_nothing_promoted(m: &TestMount, after: &str) {
         "copies in flight after {after}: {s}"
     );
     for i in 0..EPISODES.len() {
-        assert!(
-            !copy_path(m, &episode(i)).exists(),
-            "{} was copied after {after}",
-            episode(i)
-        );
+        for rel in [episode(i), subtitles(i)] {
+            assert!(
+                !copy_path(m, &rel).exists(),
+                "{rel} was copied after {after}"
+            );
+        }
     }
 }
 
@@ -256,8 +271,10 @@ fn an_ffprobe_scan_promotes_nothing() {
 
 /// A player (ffmpeg reading at the playback rate) plays E09 through the mount: it
 /// crosses promote_after, so E09 is copied and E10 (the next of its directory, same
-/// extension) prefetched, whole and with SOURCE's bytes; E11 and the `.nfo` are not.
-/// Playing E09 again is served from the copy (a hit), with the same frames and bytes.
+/// extension) prefetched, whole and with SOURCE's bytes, each with its subtitles (and
+/// E09 with its `.nfo`: issue 18, sidecars travel with their media); E11 and its
+/// subtitles are not. Playing E09 again is served from the copy (a hit), with the same
+/// frames and bytes.
 #[test]
 fn ffmpeg_playback_of_an_episode_promotes_it_and_the_next() {
     require_mount!();
@@ -273,13 +290,13 @@ fn ffmpeg_playback_of_an_episode_promotes_it_and_the_next() {
         (reference.join().expect("decode E09 from SOURCE"), first)
     });
     assert_eq!(first, decoded, "first playback of E09");
-    eventually("E09 and E10 to be cached", &m, || {
+    eventually("E09 and E10 to be cached with their sidecars", &m, || {
         let s = status(&m);
-        num(&s, "cached_files") >= 2
+        num(&s, "cached_files") >= 5
             && num(&s, "queued") == 0
             && s["in_flight"].as_array().is_some_and(|a| a.is_empty())
     });
-    for rel in [&e09, &e10] {
+    for rel in [&e09, &subtitles(0), NFO, &e10, &subtitles(1)] {
         assert!(copy_path(&m, rel).exists(), "no copy of {rel}");
         assert_eq!(
             hash(&copy_path(&m, rel)),
@@ -288,11 +305,14 @@ fn ffmpeg_playback_of_an_episode_promotes_it_and_the_next() {
         );
     }
     let s = status(&m);
-    assert_eq!(num(&s, "cached_files"), 2, "{s}");
-    assert_eq!(num(&s, "promotions_done"), 2, "{s}");
+    assert_eq!(num(&s, "cached_files"), 5, "{s}");
+    assert_eq!(num(&s, "promotions_done"), 5, "{s}");
     assert_eq!(num(&s, "promotions_failed"), 0, "{s}");
     assert!(!copy_path(&m, &e11).exists(), "E11 was prefetched too");
-    assert!(!copy_path(&m, NFO).exists(), "the .nfo was prefetched");
+    assert!(
+        !copy_path(&m, &subtitles(2)).exists(),
+        "E11's subtitles were copied"
+    );
 
     // The second playback and a plain read are served from the copy.
     let hits = num(&s, "hits");
