@@ -451,7 +451,7 @@ impl Shared {
     fn has_valid_copy(&self, rel: &Path) -> bool {
         store::open_below(self.source.as_fd(), rel)
             .and_then(|src| Ok(rustix::fs::fstat(&src)?))
-            .and_then(|st| self.store.lookup(rel, &st))
+            .and_then(|st| self.store.lookup(rel, &Provenance::of(&st)))
             .is_ok_and(|l| matches!(l, store::Lookup::Hit(_)))
     }
 
