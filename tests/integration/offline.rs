@@ -195,18 +195,15 @@ impl Step {
     }
 
     fn collect(mut self, status: ExitStatus) -> Done {
-        let mut stdout = Vec::new();
-        let mut stderr = String::new();
-        self.out.rewind().expect("rewind");
-        self.out.read_to_end(&mut stdout).expect("read output");
-        self.err.rewind().expect("rewind");
-        let mut raw = Vec::new();
-        self.err.read_to_end(&mut raw).expect("read output");
-        stderr.push_str(&String::from_utf8_lossy(&raw));
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        for (f, buf) in [(&mut self.out, &mut stdout), (&mut self.err, &mut stderr)] {
+            f.rewind().expect("rewind");
+            f.read_to_end(buf).expect("read output");
+        }
         Done {
             status,
             stdout,
-            stderr,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         }
     }
 }
@@ -303,12 +300,12 @@ impl Stopped {
     fn reap(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         for (what, mut child) in self.stragglers.drain(..) {
+            // One that does not end is left to the mounts' teardown: nothing else can
+            // end a process blocked in a FUSE request.
             if wait_deadline(&mut child, RESUMED).is_none() {
                 problems.push(format!(
                     "{what}: killed, still not ended {RESUMED:?} after SOURCE resumed"
                 ));
-                // Left to the resumed daemons' teardown; nothing else can end it.
-                std::mem::forget(child);
             }
         }
         problems
