@@ -33,6 +33,11 @@
 //! - `media`: real episodes made by ffmpeg: an ffprobe library scan promotes nothing,
 //!   ffmpeg playing an episode promotes it and the next one, and plays it again from
 //!   the copy.
+//! - `offline`: a sleeping or stopped SOURCE: with `meta_ttl`, a cached film and its
+//!   subtitles play, a rescan and a missing-name probe answer, with no call to SOURCE
+//!   (the daemon's `source_ops` count) and while SOURCE's daemon is SIGSTOPped; what
+//!   needs SOURCE waits, and the status says SOURCE is stuck; a short `meta_ttl` shows
+//!   SOURCE's own changes, never half old and half new.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //! - `faults`: daemon kills, SOURCE changed, failing and slow, the cache full, removed or
@@ -101,3 +106,6 @@ mod faults;
 
 #[path = "integration/media.rs"]
 mod media;
+
+#[path = "integration/offline.rs"]
+mod offline;

@@ -349,6 +349,7 @@ pub struct Builder {
     args: Vec<OsString>,
     populate: Vec<Populate>,
     nofile: Option<u64>,
+    source: Option<PathBuf>,
 }
 
 impl Builder {
@@ -380,6 +381,13 @@ impl Builder {
     /// Start the daemon with RLIMIT_NOFILE `n:n` (soft and hard), as `prlimit` would.
     pub fn nofile(mut self, n: u64) -> Self {
         self.nofile = Some(n);
+        self
+    }
+
+    /// Use `dir` (which must exist: another mount's MNT, say) as SOURCE instead of a fresh
+    /// temp dir. The mount neither owns nor removes it.
+    pub fn source(mut self, dir: &Path) -> Self {
+        self.source = Some(dir.to_path_buf());
         self
     }
 
@@ -427,12 +435,13 @@ impl TestMount {
             .tempdir()
             .expect("tempdir");
         let root = tmp.path().canonicalize().expect("canonicalize tempdir");
-        let source = root.join("source");
+        let source = b.source.clone().unwrap_or_else(|| root.join("source"));
         let cache = root.join("cache");
         let mnt = root.join("mnt");
-        for d in [&source, &mnt] {
-            fs::create_dir(d).expect("mkdir");
+        if b.source.is_none() {
+            fs::create_dir(&source).expect("mkdir");
         }
+        fs::create_dir(&mnt).expect("mkdir");
         if b.allow_other {
             // Other users must be able to reach MNT (and SOURCE, for the checks).
             for d in [&root, &source, &mnt] {
