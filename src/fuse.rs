@@ -765,6 +765,9 @@ impl Filesystem for CachefsFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Some(r) = self.core.getxattr_from_memory(ino.0, name, size) {
+            return xattr(reply, "getxattr", ino.0, r);
+        }
         let (c, name) = (caller(req), name.to_owned());
         self.on_source(Op::Xattr, move |core| {
             let r = core.getxattr(&c, ino.0, &name, size);
@@ -773,6 +776,9 @@ impl Filesystem for CachefsFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if let Some(r) = self.core.listxattr_from_memory(ino.0, size) {
+            return xattr(reply, "listxattr", ino.0, r);
+        }
         let c = caller(req);
         self.on_source(Op::Xattr, move |core| {
             xattr(reply, "listxattr", ino.0, core.listxattr(&c, ino.0, size));

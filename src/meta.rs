@@ -240,7 +240,23 @@ struct Node {
     /// Writers open through the mount (`hold`): the attributes are never answered from
     /// here while they last, since their writes move them unseen.
     held: u32,
+    /// Extended attributes asked for (`ls -l` asks for a file's ACL and security label at
+    /// every listing): each name's value or errno, and the list, with their fetch times.
+    /// Not in the snapshot.
+    xattrs: Vec<XattrEntry>,
+    xattr_list: Option<(u64, Box<[u8]>)>,
 }
+
+/// What SOURCE answered for one extended attribute of an object.
+#[derive(Debug)]
+struct XattrEntry {
+    at: u64,
+    name: Box<[u8]>,
+    value: Result<Box<[u8]>, i32>,
+}
+
+/// Names remembered per object at most (a listing asks for two or three).
+const XATTRS_PER_NODE: usize = 8;
 
 impl Node {
     /// The newest fetch time in the node, for pruning.
@@ -258,6 +274,8 @@ fn forget(nodes: &mut HashMap<Key, Node>, key: Key) {
         Some(n) if n.held > 0 => {
             n.attr_at = 0;
             n.listing = None;
+            n.xattrs.clear();
+            n.xattr_list = None;
         }
         Some(_) => {
             nodes.remove(&key);
@@ -381,6 +399,66 @@ impl MetaCache {
         }
         n.attr_at = now_ms();
         n.attr = Attr::of(st);
+        self.bound(&mut nodes);
+    }
+
+    /// The answer SOURCE gave for the extended attribute `name` of `key` (its value, or
+    /// an errno such as ENODATA), if fresh.
+    pub fn xattr(&self, key: Key, name: &[u8]) -> Option<Result<Vec<u8>, i32>> {
+        let now = now_ms();
+        let nodes = self.nodes.read();
+        let r = nodes.get(&key).filter(|n| n.held == 0).and_then(|n| {
+            n.xattrs
+                .iter()
+                .find(|x| &*x.name == name && self.fresh(x.at, now))
+                .map(|x| x.value.as_ref().map(|v| v.to_vec()).map_err(|e| *e))
+        });
+        drop(nodes);
+        self.count(r.is_some());
+        r
+    }
+
+    /// Records SOURCE's answer for the extended attribute `name` of `key`.
+    pub fn put_xattr(&self, key: Key, name: &[u8], value: Result<&[u8], i32>) {
+        let mut nodes = self.nodes.write();
+        let n = nodes.entry(key).or_default();
+        if n.held > 0 {
+            return;
+        }
+        n.xattrs.retain(|x| &*x.name != name);
+        if n.xattrs.len() >= XATTRS_PER_NODE {
+            n.xattrs.remove(0);
+        }
+        n.xattrs.push(XattrEntry {
+            at: now_ms(),
+            name: name.into(),
+            value: value.map(Into::into),
+        });
+        self.bound(&mut nodes);
+    }
+
+    /// The names of `key`'s extended attributes (listxattr's bytes), if fresh.
+    pub fn xattr_list(&self, key: Key) -> Option<Vec<u8>> {
+        let now = now_ms();
+        let r = self
+            .nodes
+            .read()
+            .get(&key)
+            .filter(|n| n.held == 0)
+            .and_then(|n| n.xattr_list.as_ref())
+            .filter(|(at, _)| self.fresh(*at, now))
+            .map(|(_, l)| l.to_vec());
+        self.count(r.is_some());
+        r
+    }
+
+    /// Records `key`'s list of extended attribute names as SOURCE gave it.
+    pub fn put_xattr_list(&self, key: Key, list: &[u8]) {
+        let mut nodes = self.nodes.write();
+        let n = nodes.entry(key).or_default();
+        if n.held == 0 {
+            n.xattr_list = Some((now_ms(), list.into()));
+        }
         self.bound(&mut nodes);
     }
 
@@ -608,7 +686,7 @@ fn decode(data: &[u8], root: Key) -> Option<Vec<(Key, Node)>> {
                 attr_at,
                 attr,
                 listing,
-                held: 0,
+                ..Node::default()
             },
         ));
     }
@@ -710,6 +788,27 @@ mod tests {
         assert!(m.attr((1, 12)).is_some(), "the other name is untouched");
         m.changed((1, 12));
         assert!(m.attr((1, 12)).is_none());
+    }
+
+    #[test]
+    fn extended_attributes_are_remembered_until_a_change() {
+        let m = filled();
+        assert_eq!(m.xattr((1, 11), b"security.selinux"), None);
+        m.put_xattr((1, 11), b"security.selinux", Err(libc::ENODATA));
+        m.put_xattr((1, 11), b"user.tag", Ok(b"v"));
+        m.put_xattr_list((1, 11), b"user.tag\0");
+        assert_eq!(
+            m.xattr((1, 11), b"security.selinux"),
+            Some(Err(libc::ENODATA))
+        );
+        assert_eq!(m.xattr((1, 11), b"user.tag"), Some(Ok(b"v".to_vec())));
+        assert_eq!(m.xattr_list((1, 11)), Some(b"user.tag\0".to_vec()));
+        m.changed((1, 11));
+        assert_eq!(m.xattr((1, 11), b"user.tag"), None, "a change forgets them");
+        assert_eq!(m.xattr_list((1, 11)), None);
+        m.put_xattr((1, 12), b"user.tag", Ok(b"w"));
+        m.hold((1, 12));
+        assert_eq!(m.xattr((1, 12), b"user.tag"), None, "not while written");
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
 
+use std::os::unix::ffi::OsStrExt;
+
 use rustix::fs::XattrFlags;
+use rustix::io::Errno;
 
 use super::{Caller, Overlay, check_writable};
 use crate::fdio::proc_path;
@@ -16,6 +19,12 @@ use crate::fdio::proc_path;
 pub enum XattrReply {
     Size(u32),
     Data(Vec<u8>),
+}
+
+/// Whether the metadata cache may keep the answer for `name`: not for `trusted.*`, which
+/// SOURCE shows only to some callers.
+fn remembered(name: &OsStr) -> bool {
+    !name.as_bytes().starts_with(b"trusted.")
 }
 
 fn reply(buf: Vec<u8>, n: usize, size: u32) -> io::Result<XattrReply> {
@@ -38,20 +47,58 @@ impl Overlay {
         name: &OsStr,
         size: u32,
     ) -> io::Result<XattrReply> {
-        let (_, fd) = self.node(nodeid)?;
+        let (inode, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
         let path = proc_path(fd.as_fd());
         // rustix answers a zero-sized buffer with 0: the size is asked for on its own.
         let n = match size {
-            0 => rustix::fs::getxattr_query(path, name)?,
-            _ => rustix::fs::getxattr(path, name, &mut buf[..])?,
+            0 => rustix::fs::getxattr_query(path, name),
+            _ => rustix::fs::getxattr(path, name, &mut buf[..]),
         };
-        reply(buf, n, size)
+        if let Some(meta) = self.meta.as_ref().filter(|_| remembered(name)) {
+            let key = (inode.dev, inode.ino);
+            match n {
+                Ok(n) if size > 0 => meta.put_xattr(key, name.as_bytes(), Ok(&buf[..n])),
+                Err(e) if matches!(e, Errno::NODATA | Errno::OPNOTSUPP) => {
+                    meta.put_xattr(key, name.as_bytes(), Err(e.raw_os_error()));
+                }
+                _ => {}
+            }
+        }
+        reply(buf, n?, size)
+    }
+
+    /// An extended attribute's value from the metadata cache, with `meta_ttl` (answered
+    /// as SOURCE answered it last; `trusted.*`, which only some callers may read, never).
+    pub fn getxattr_from_memory(
+        &self,
+        nodeid: u64,
+        name: &OsStr,
+        size: u32,
+    ) -> Option<io::Result<XattrReply>> {
+        let meta = self.meta.as_ref().filter(|_| remembered(name))?;
+        let inode = self.inode(nodeid).ok()?;
+        Some(match meta.xattr((inode.dev, inode.ino), name.as_bytes())? {
+            Ok(value) => {
+                let n = value.len();
+                reply(value, n, size)
+            }
+            Err(errno) => Err(io::Error::from_raw_os_error(errno)),
+        })
+    }
+
+    /// The list of extended attribute names from the metadata cache, with `meta_ttl`.
+    pub fn listxattr_from_memory(&self, nodeid: u64, size: u32) -> Option<io::Result<XattrReply>> {
+        let meta = self.meta.as_ref()?;
+        let inode = self.inode(nodeid).ok()?;
+        let list = meta.xattr_list((inode.dev, inode.ino))?;
+        let n = list.len();
+        Some(reply(list, n, size))
     }
 
     pub fn listxattr(&self, caller: &Caller, nodeid: u64, size: u32) -> io::Result<XattrReply> {
-        let (_, fd) = self.node(nodeid)?;
+        let (inode, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
         let mut buf = vec![0u8; size as usize];
         let path = proc_path(fd.as_fd());
@@ -59,6 +106,11 @@ impl Overlay {
             0 => rustix::fs::listxattr_query(path)?,
             _ => rustix::fs::listxattr(path, &mut buf[..])?,
         };
+        if let Some(meta) = &self.meta
+            && size > 0
+        {
+            meta.put_xattr_list((inode.dev, inode.ino), &buf[..n]);
+        }
         reply(buf, n, size)
     }
 
