@@ -23,6 +23,7 @@ mod stale;
 mod watchdog;
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 
 use parking_lot::Mutex;
@@ -57,6 +58,9 @@ struct Process {
     ready: Mutex<Option<OwnedFd>>,
     /// [`shutdown`] runs once.
     shut: Once,
+    /// A stop signal came: the session's end, however the kernel reports it, is the
+    /// stop's doing (the signal thread exits 0).
+    stopping: AtomicBool,
 }
 
 static PROCESS: Process = Process {
@@ -64,6 +68,7 @@ static PROCESS: Process = Process {
     watchdog: Mutex::new(None),
     ready: Mutex::new(None),
     shut: Once::new(),
+    stopping: AtomicBool::new(false),
 };
 
 /// Mounts and serves until stopped. Returns once the filesystem is unmounted.
@@ -95,7 +100,14 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     let r = session.run();
     shutdown();
     watchdog::release();
-    r.map_err(|e| err(format!("FUSE session failed: {e}")))?;
+    match r {
+        // The lazy unmount of a stop can end the connection as aborted (ECONNABORTED)
+        // rather than unmounted (ENODEV): the stop exits 0 all the same.
+        Err(e) if PROCESS.stopping.load(Ordering::SeqCst) => {
+            tracing::debug!("FUSE session ended during the stop: {e}");
+        }
+        r => r.map_err(|e| err(format!("FUSE session failed: {e}")))?,
+    }
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
 }

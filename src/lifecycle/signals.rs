@@ -61,6 +61,9 @@ fn stop_on_signal(mountpoint: &Path) {
         }
     };
     tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
+    super::PROCESS
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     stale::lazy_unmount(mountpoint);
     let _ = std::fs::remove_file(control::socket_path(mountpoint));
     shutdown();

@@ -48,12 +48,9 @@ fn perm(mode: u32) -> Mode {
 }
 
 impl Overlay {
+    /// `parent/name` looked up in SOURCE (`lookup_from_memory` answers from the metadata
+    /// cache, asked first).
     pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr) -> io::Result<Entry> {
-        if self.meta.is_some()
-            && let Some(r) = self.lookup_cached(&self.inode(parent)?, name)
-        {
-            return r;
-        }
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
         self.lookup_inode(&parent, pfd.as_fd(), name)
@@ -80,15 +77,10 @@ impl Overlay {
     }
 
     /// Attributes of a node; with `fh`, of that open file (which may be unlinked).
+    /// From SOURCE (`getattr_from_memory` answers from the metadata cache, asked first).
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> io::Result<sys::Stat> {
         if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
             return Ok(sys::libc_stat(&rustix::fs::fstat(&*self.source_of(&h)?)?));
-        }
-        if let Some(meta) = &self.meta {
-            let inode = self.inode(nodeid)?;
-            if let Some(st) = meta.attr((inode.dev, inode.ino)) {
-                return Ok(st);
-            }
         }
         let (_, fd) = self.node(nodeid)?;
         let st = sys::libc_stat(&rustix::fs::fstat(&*fd)?);
