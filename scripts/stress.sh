@@ -50,6 +50,7 @@
 #   STRESS_TIMEOUT   seconds a run may take before it is killed and fails (default 900)
 #   CACHEFS_BIN      the binary (default: cargo build --release)
 #   STRESS_DIR       where the work dir goes (default /var/tmp)
+#   STRESS_OPTS      more mount options for every run (e.g. meta_ttl=3600)
 #   KEEP=1           keep the whole work dir, passing runs included
 #
 # Every mount, daemon and process it starts is stopped on exit, failed or interrupted.
@@ -177,7 +178,7 @@ mount_at() { # DIR OPTS: mounts DIR/src at DIR/mnt with the cache DIR/cache; LOG
     local dir=$1
     SRC=$dir/src MNT=$dir/mnt
     mkdir -p "$SRC" "$MNT"
-    "$BIN" "$SRC" "$MNT" --cache "$dir/cache" -f -o "promote_after=64K,prefetch=0,$2" \
+    "$BIN" "$SRC" "$MNT" --cache "$dir/cache" -f -o "promote_after=64K,prefetch=0,$2${STRESS_OPTS:+,$STRESS_OPTS}" \
         2>>"$dir/daemon.log" &
     PID=$!
     for _ in $(seq 200); do
@@ -428,7 +429,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
 done
 
 echo
-echo "$total runs in $(((EPOCHSECONDS - start) / 60)) min; fsx -N $OPS, fsstress -n $FSSTRESS_OPS -p 4, promote_after=64K, readers beside every run; checker $([ "$CHECKER" = 1 ] && echo on || echo off); binary ${CACHEFS_BIN}"
+echo "$total runs in $(((EPOCHSECONDS - start) / 60)) min; fsx -N $OPS, fsstress -n $FSSTRESS_OPS -p 4, promote_after=64K, readers beside every run${STRESS_OPTS:+; options $STRESS_OPTS}; checker $([ "$CHECKER" = 1 ] && echo on || echo off); binary ${CACHEFS_BIN}"
 echo
 echo "| configuration | runs | failures | kinds |"
 echo "| --- | --- | --- | --- |"
