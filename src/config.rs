@@ -91,6 +91,10 @@ pub struct Config {
     pub passthrough: Passthrough,
     /// Reopen inodes by file handle where SOURCE allows it (else by parent and name).
     pub inode_handles: bool,
+    /// Extended attributes are passed through to SOURCE (`xattr=passthrough`); false
+    /// (`xattr=nosys`): the mount has none, and tells the kernel so once (ENOSYS), so
+    /// that `ls -l` and Samba stop asking for every file.
+    pub xattr: bool,
     pub allow_other: bool,
     /// Root may use the mount besides its owner (without `allow_other`).
     pub allow_root: bool,
@@ -131,6 +135,7 @@ impl Config {
             metrics: None,
             passthrough: Passthrough::Auto,
             inode_handles: true,
+            xattr: true,
             allow_other: false,
             allow_root: false,
             fsname: None,

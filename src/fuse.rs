@@ -757,6 +757,10 @@ impl Filesystem for CachefsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.core.cfg.xattr {
+            // xattr=nosys: the kernel stops asking after this answer.
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         let (c, name, value) = (caller(req), name.to_owned(), value.to_vec());
         self.on_source(Op::Xattr, move |core| {
             let r = core.setxattr(&c, ino.0, &name, &value, flags);
@@ -765,6 +769,10 @@ impl Filesystem for CachefsFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.core.cfg.xattr {
+            // xattr=nosys: the kernel stops asking after this answer.
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         if let Some(r) = self.core.getxattr_from_memory(ino.0, name, size) {
             return xattr(reply, "getxattr", ino.0, r);
         }
@@ -776,6 +784,10 @@ impl Filesystem for CachefsFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.core.cfg.xattr {
+            // xattr=nosys: the kernel stops asking after this answer.
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         if let Some(r) = self.core.listxattr_from_memory(ino.0, size) {
             return xattr(reply, "listxattr", ino.0, r);
         }
@@ -786,6 +798,10 @@ impl Filesystem for CachefsFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.core.cfg.xattr {
+            // xattr=nosys: the kernel stops asking after this answer.
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         let (c, name) = (caller(req), name.to_owned());
         self.on_source(Op::Xattr, move |core| {
             empty(

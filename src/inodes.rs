@@ -448,8 +448,8 @@ impl InodeTable {
 
     /// Looks `name` up under `parent`, whose descriptor is `pfd`, and takes one kernel
     /// reference on the result. Runs as the caller (the lookup is theirs). Opens
-    /// nothing: a stat, and for an object not seen before its handle; a descriptor is
-    /// made when an operation needs one.
+    /// nothing and takes no handle: one stat; a descriptor is made when an operation
+    /// needs one.
     pub fn lookup(
         &self,
         parent: &Arc<Inode>,
@@ -457,9 +457,21 @@ impl InodeTable {
         name: &OsStr,
     ) -> io::Result<(Arc<Inode>, Stat)> {
         let st = rustix::fs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        let inode = self.insert(parent, name, Identity::of(&st), || {
-            sys::name_to_handle_at(pfd, name)
-        });
+        let inode = self.insert(parent, name, Identity::of(&st));
+        // A directory's handle is taken now: a process may sit in it (its cwd) while it
+        // is renamed behind the mount, and only the handle finds it then. A file's
+        // waits for its first reopen: most files a scan looks up are never reopened, a
+        // handle costs a second walk of the name, and an open file keeps its own
+        // descriptor.
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && self.mount_fd.is_some()
+            && st.st_dev == self.root.dev
+        {
+            let mut handle = inode.handle.lock();
+            if handle.is_none() {
+                *handle = sys::name_to_handle_at(pfd, name).ok();
+            }
+        }
         Ok((inode, st))
     }
 
@@ -467,9 +479,7 @@ impl InodeTable {
     /// `parent/name`, with one kernel reference; SOURCE is not asked. A new node has no
     /// handle: it is reopened by its name when an operation needs it.
     pub fn insert_cached(&self, parent: &Arc<Inode>, name: &OsStr, st: &sys::Stat) -> Arc<Inode> {
-        self.insert(parent, name, Identity::of_libc(st), || {
-            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
-        })
+        self.insert(parent, name, Identity::of_libc(st))
     }
 
     /// Registers an object just created and open as `fd` (whose name another process
@@ -481,8 +491,7 @@ impl InodeTable {
         fd: BorrowedFd<'_>,
     ) -> io::Result<(Arc<Inode>, Stat)> {
         let st = rustix::fs::fstat(fd)?;
-        let none = || Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-        let inode = self.insert(parent, name, Identity::of(&st), none);
+        let inode = self.insert(parent, name, Identity::of(&st));
         // Set here, also on a known node whose inode number the filesystem gave to this
         // new file.
         if self.mount_fd.is_some() && st.st_dev == self.root.dev {
@@ -493,18 +502,11 @@ impl InodeTable {
 
     /// Registers the object of `st`, seen as `parent/name`, and takes one kernel
     /// reference. A known object (a hard link, a second lookup) keeps its inode, which
-    /// now records this name; a new one gets its handle from `handle`.
-    ///
-    /// The stat and the handle come from two calls, so a name replaced between them can
-    /// leave a new inode with another object's handle: reopening by it then fails the
-    /// identity check and falls back to the name, never serving the other object.
-    fn insert(
-        &self,
-        parent: &Arc<Inode>,
-        name: &OsStr,
-        id: Identity,
-        handle: impl FnOnce() -> io::Result<sys::FileHandle>,
-    ) -> Arc<Inode> {
+    /// now records this name. A new one has no file handle yet: most objects a scan
+    /// looks up are never reopened, and taking a handle would walk the name a second
+    /// time. The first reopen, by name, takes it (`fd_at_depth`), from the descriptor
+    /// it opened, so a handle always belongs to the object it opens.
+    fn insert(&self, parent: &Arc<Inode>, name: &OsStr, id: Identity) -> Arc<Inode> {
         let nodeid = self.nodeid_of(id.dev, id.ino);
         let known = self.by_id.read().get(&nodeid).cloned();
         match known {
@@ -517,21 +519,12 @@ impl InodeTable {
                     // type: the node is the new object now (the kernel makes a new inode
                     // for it too).
                     inode.kind.store(kind, Ordering::Relaxed);
-                    *inode.handle.lock() = if self.mount_fd.is_some() && id.dev == self.root.dev {
-                        handle().ok()
-                    } else {
-                        None
-                    };
+                    *inode.handle.lock() = None;
                     self.fds.forget(nodeid);
                 }
                 inode
             }
             None => {
-                let handle = if self.mount_fd.is_some() && id.dev == self.root.dev {
-                    handle().ok()
-                } else {
-                    None
-                };
                 let fresh = Arc::new(Inode {
                     nodeid,
                     dev: id.dev,
@@ -542,7 +535,7 @@ impl InodeTable {
                         parent: parent.clone(),
                         name: name.into(),
                     })),
-                    handle: Mutex::new(handle),
+                    handle: Mutex::new(None),
                 });
                 let mut map = self.by_id.write();
                 let mut created = false;
@@ -798,20 +791,35 @@ mod tests {
     fn renamed_object_estale_by_name_found_by_handle_and_under_its_new_name() {
         let d = tempfile::tempdir().unwrap();
         for handles in modes(d.path()) {
-            fs::create_dir_all(d.path().join("a")).unwrap();
+            fs::create_dir_all(d.path().join("a/sub")).unwrap();
             fs::write(d.path().join("a/f"), b"x").unwrap();
+            fs::write(d.path().join("a/h"), b"y").unwrap();
             let t = table(d.path(), handles, RESERVED_FOR_TEST + 16);
             let root = t.root();
             let a = lookup(&t, &root, "a").unwrap();
             let f = lookup(&t, &a, "f").unwrap();
-            fs::rename(d.path().join("a/f"), d.path().join("a/g")).unwrap();
-            t.fds.forget(f.nodeid);
-            if handles {
-                // The handle names the object itself, wherever it went.
-                assert!(t.fd(&f).is_ok());
-            } else {
-                assert_eq!(errno(t.fd(&f)), Some(libc::ESTALE));
+            let h = lookup(&t, &a, "h").unwrap();
+            let sub = lookup(&t, &a, "sub").unwrap();
+            // h is reopened once (its handle taken then); f and sub never were.
+            assert!(t.fd(&h).is_ok());
+            for (from, to) in [("f", "g"), ("h", "i"), ("sub", "sub2")] {
+                fs::rename(d.path().join("a").join(from), d.path().join("a").join(to)).unwrap();
             }
+            for n in [&f, &h, &sub] {
+                t.fds.forget(n.nodeid);
+            }
+            if handles {
+                // A handle names the object itself, wherever it went: a directory's
+                // from its lookup, a file's from its first reopen.
+                assert!(t.fd(&sub).is_ok());
+                assert!(t.fd(&h).is_ok());
+            } else {
+                assert_eq!(errno(t.fd(&sub)), Some(libc::ESTALE));
+                assert_eq!(errno(t.fd(&h)), Some(libc::ESTALE));
+            }
+            // A file never reopened has no handle yet: ESTALE, and the kernel's fresh
+            // lookup finds it under its new name (below).
+            assert_eq!(errno(t.fd(&f)), Some(libc::ESTALE));
             // A lookup of the new name gives the same node, which now resolves there.
             let g = lookup(&t, &a, "g").unwrap();
             assert_eq!(g.nodeid, f.nodeid);

@@ -254,6 +254,18 @@ pub const OPTIONS: &[OptionSpec] = &[
                parent and name (default: auto)",
     },
     OptionSpec {
+        name: "xattr",
+        kind: Kind::Value("passthrough|nosys", |c, v| {
+            c.xattr = match v.to_ascii_lowercase().as_str() {
+                "passthrough" => true,
+                "nosys" => false,
+                _ => return Err(bad_choice("xattr", v, "passthrough or nosys")),
+            };
+            Ok(())
+        }),
+        help: "extended attributes: passthrough to SOURCE, or nosys: none at all, and the                kernel stops asking (ls -l then costs one request less per file)                (default: passthrough)",
+    },
+    OptionSpec {
         name: "allow_other",
         kind: Kind::Flag(|c| c.allow_other = true),
         help: "let other users use the mount, with kernel permission checks (default: off)",
@@ -840,6 +852,8 @@ mod tests {
                 c.passthrough == Passthrough::Auto
             }),
             ("inode_handles", "off", |c| !c.inode_handles),
+            ("xattr", "nosys", |c| !c.xattr),
+            ("xattr", "passthrough", |c| c.xattr),
             ("mount_timeout", "5", |c| {
                 c.mount_timeout == Duration::from_secs(5)
             }),
@@ -1068,6 +1082,7 @@ mod tests {
             ("metrics", Some("host:99999"), "invalid address"),
             ("metrics", Some("host:"), "invalid address"),
             ("passthrough", Some("yes"), "write auto, on or off"),
+            ("xattr", Some("noattr"), "write passthrough or nosys"),
             (
                 "allow_other",
                 Some("1"),

@@ -86,11 +86,22 @@ impl Overlay {
     /// Opens a directory for reading, as `caller` (or as the daemon).
     fn open_dir(&self, caller: Option<&Caller>, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
         let path_fd = self.fd(inode)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        if caller.is_none() {
+            // As the daemon: `.` of the directory itself, one step where the
+            // /proc/self/fd path below is a walk through procfs (once per directory
+            // of a scan). EACCES (a daemon that is not root, a directory it may not
+            // search) takes the path below.
+            let dot = || Ok(rustix::fs::openat(&*path_fd, c".", flags, Mode::empty())?);
+            match self.inodes.fds.retry(dot) {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
+                r => return r.map(Arc::new),
+            }
+        }
         let _as = caller.map(|c| self.creds.enter(c)).transpose()?;
         // Through /proc/self/fd, as a file is opened: reading a directory needs read
         // permission only, where openat(dir, ".") would also need search permission.
         let proc = fdio::proc_path(path_fd.as_fd());
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let open = || Ok(rustix::fs::open(&proc, flags, Mode::empty())?);
         Ok(Arc::new(self.inodes.fds.retry(open)?))
     }

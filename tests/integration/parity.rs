@@ -285,11 +285,19 @@ fn pwrite_all(fd: &OwnedFd, data: &[u8], off: i64) -> Result<usize, i32> {
 /// `promoting` mount (a file is promoted on its first read) the script must have seen at
 /// least one file promoted and one step served from a copy.
 fn run_parity(name: &str, script: fn(&mut Ctx<'_>), promoting: bool) {
-    let m = if promoting {
-        TestMount::builder().option("promote_after=0").start()
-    } else {
-        TestMount::start()
-    };
+    run_parity_with(name, script, promoting, None);
+}
+
+/// `run_parity` on a mount with `options` added (after `promote_after=0` if promoting).
+fn run_parity_with(name: &str, script: fn(&mut Ctx<'_>), promoting: bool, options: Option<&str>) {
+    let mut b = TestMount::builder();
+    if promoting {
+        b = b.option("promote_after=0");
+    }
+    if let Some(o) = options {
+        b = b.option(o);
+    }
+    let m = b.start();
     let plain = plain_dir(false);
     let run = |base: &Path, probe: Option<Probe<'_>>| {
         let root = base.join("t");
@@ -354,6 +362,26 @@ macro_rules! parity {
                 fn $name() {
                     require_mount!();
                     run_parity(concat!("promoting::", stringify!($name)), $script, true);
+                }
+            )*
+        }
+
+        /// The promoting scripts again with the metadata cache on (`meta_ttl`): names,
+        /// attributes, listings and extended attributes come from memory, and cached
+        /// files open without SOURCE, so every change a script makes through the mount
+        /// must drop what it changes there, or the script sees the old state.
+        mod meta_ttl {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    require_mount!();
+                    run_parity_with(
+                        concat!("meta_ttl::", stringify!($name)),
+                        $script,
+                        true,
+                        Some("meta_ttl=3600"),
+                    );
                 }
             )*
         }
@@ -2826,4 +2854,32 @@ fn source_changes_show_through_mount() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// `xattr=nosys`: the mount has no extended attributes and answers as a filesystem
+/// without them (EOPNOTSUPP), ACLs included, every time (the kernel stops asking after
+/// the first answer); SOURCE's own attributes are untouched.
+#[test]
+fn xattr_nosys_mount_has_no_extended_attributes() {
+    require_mount!();
+    let m = TestMount::builder()
+        .option("xattr=nosys")
+        .populate(|src| {
+            fs::write(src.join("f"), b"x").unwrap();
+            setxattr(&src.join("f"), "user.a", b"1", 0, false).expect("xattr on SOURCE");
+        })
+        .start();
+    let f = m.path("f");
+    for _ in 0..2 {
+        assert_eq!(getxattr(&f, "user.a", 100), Err(libc::EOPNOTSUPP));
+        assert_eq!(getxattr(&f, "security.selinux", 100), Err(libc::EOPNOTSUPP));
+        assert_eq!(listxattr(&f), Err(libc::EOPNOTSUPP));
+        assert_eq!(
+            setxattr(&f, "user.b", b"2", 0, false),
+            Err(libc::EOPNOTSUPP)
+        );
+        assert_eq!(removexattr(&f, "user.a"), Err(libc::EOPNOTSUPP));
+    }
+    assert_eq!(getxattr(&m.src("f"), "user.a", 100), Ok(b"1".to_vec()));
+    assert_eq!(getxattr(&m.src("f"), "user.b", 100), Err(libc::ENODATA));
 }
