@@ -33,6 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 
 use crate::fdio;
+use crate::idhash::IdBuild;
 use crate::source::Fds;
 use crate::sys;
 
@@ -125,7 +126,7 @@ struct Numbering {
 }
 
 pub struct InodeTable {
-    by_id: RwLock<HashMap<u64, Arc<Inode>>>,
+    by_id: RwLock<HashMap<u64, Arc<Inode>, IdBuild>>,
     numbering: Mutex<Numbering>,
     root: Arc<Inode>,
     /// SOURCE's root, held for the life of the mount; also the mount fd for handles.
@@ -211,7 +212,7 @@ impl InodeTable {
             loc: Mutex::new(None),
             handle: Mutex::new(None),
         });
-        let mut map = HashMap::new();
+        let mut map = HashMap::default();
         map.insert(ROOT, inode.clone());
         Ok(InodeTable {
             by_id: RwLock::new(map),

@@ -334,9 +334,6 @@ mod tests {
             }
         });
         assert_eq!(ran_here.load(Ordering::SeqCst), 0, "ran on the worker");
-        let ops: std::collections::HashMap<_, _> = lane.ops().into_iter().collect();
-        assert_eq!(ops["read"], (INLINE + POOL + 10) as u64);
-        assert_eq!(ops["open"], 1);
         // All hung calls finish once SOURCE answers.
         for _ in 0..INLINE + POOL + 10 {
             release_tx.send(()).unwrap();
@@ -344,6 +341,9 @@ mod tests {
         for _ in 0..INLINE + POOL + 10 {
             done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
+        let ops: std::collections::HashMap<_, _> = lane.ops().into_iter().collect();
+        assert_eq!(ops["read"], (INLINE + POOL + 10) as u64);
+        assert_eq!(ops["open"], 1);
     }
 
     #[test]

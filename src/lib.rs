@@ -42,6 +42,7 @@ pub mod exit;
 pub mod fdio;
 pub mod feed;
 pub mod fuse;
+pub mod idhash;
 pub mod inodes;
 pub mod lane;
 pub mod lifecycle;

@@ -45,6 +45,8 @@ use crate::sys::{self, Stat};
 /// An object of SOURCE: (st_dev, st_ino).
 pub type Key = (u64, u64);
 
+type Nodes = HashMap<Key, Node, crate::idhash::IdBuild>;
+
 const MAGIC: &[u8] = b"CACHEFS-META-1\n";
 
 /// The file name of the snapshot in the cache directory.
@@ -241,10 +243,16 @@ struct Node {
     /// here while they last, since their writes move them unseen.
     held: u32,
     /// Extended attributes asked for (`ls -l` asks for a file's ACL and security label at
-    /// every listing): each name's value or errno, and the list, with their fetch times.
-    /// Not in the snapshot.
-    xattrs: Vec<XattrEntry>,
-    xattr_list: Option<(u64, Box<[u8]>)>,
+    /// every listing), boxed: most objects never have any asked, and a small node keeps
+    /// a scan's lookups in cache. Not in the snapshot.
+    xattrs: Option<Box<Xattrs>>,
+}
+
+/// Each name's value or errno, and the list, with their fetch times.
+#[derive(Debug, Default)]
+struct Xattrs {
+    names: Vec<XattrEntry>,
+    list: Option<(u64, Box<[u8]>)>,
 }
 
 /// What SOURCE answered for one extended attribute of an object.
@@ -269,13 +277,12 @@ impl Node {
 }
 
 /// Forgets what is known of `key`; a held node stays, knowing nothing.
-fn forget(nodes: &mut HashMap<Key, Node>, key: Key) {
+fn forget(nodes: &mut Nodes, key: Key) {
     match nodes.get_mut(&key) {
         Some(n) if n.held > 0 => {
             n.attr_at = 0;
             n.listing = None;
-            n.xattrs.clear();
-            n.xattr_list = None;
+            n.xattrs = None;
         }
         Some(_) => {
             nodes.remove(&key);
@@ -306,7 +313,7 @@ pub struct MetaStats {
 pub struct MetaCache {
     ttl_ms: u64,
     max_nodes: usize,
-    nodes: RwLock<HashMap<Key, Node>>,
+    nodes: RwLock<Nodes>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -322,7 +329,7 @@ impl MetaCache {
         MetaCache {
             ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
             max_nodes: max_nodes.max(1),
-            nodes: RwLock::new(HashMap::new()),
+            nodes: RwLock::new(Nodes::default()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -407,12 +414,16 @@ impl MetaCache {
     pub fn xattr(&self, key: Key, name: &[u8]) -> Option<Result<Vec<u8>, i32>> {
         let now = now_ms();
         let nodes = self.nodes.read();
-        let r = nodes.get(&key).filter(|n| n.held == 0).and_then(|n| {
-            n.xattrs
-                .iter()
-                .find(|x| &*x.name == name && self.fresh(x.at, now))
-                .map(|x| x.value.as_ref().map(|v| v.to_vec()).map_err(|e| *e))
-        });
+        let r = nodes
+            .get(&key)
+            .filter(|n| n.held == 0)
+            .and_then(|n| n.xattrs.as_deref())
+            .and_then(|x| {
+                x.names
+                    .iter()
+                    .find(|x| &*x.name == name && self.fresh(x.at, now))
+                    .map(|x| x.value.as_ref().map(|v| v.to_vec()).map_err(|e| *e))
+            });
         drop(nodes);
         self.count(r.is_some());
         r
@@ -425,11 +436,12 @@ impl MetaCache {
         if n.held > 0 {
             return;
         }
-        n.xattrs.retain(|x| &*x.name != name);
-        if n.xattrs.len() >= XATTRS_PER_NODE {
-            n.xattrs.remove(0);
+        let x = n.xattrs.get_or_insert_default();
+        x.names.retain(|x| &*x.name != name);
+        if x.names.len() >= XATTRS_PER_NODE {
+            x.names.remove(0);
         }
-        n.xattrs.push(XattrEntry {
+        x.names.push(XattrEntry {
             at: now_ms(),
             name: name.into(),
             value: value.map(Into::into),
@@ -445,7 +457,8 @@ impl MetaCache {
             .read()
             .get(&key)
             .filter(|n| n.held == 0)
-            .and_then(|n| n.xattr_list.as_ref())
+            .and_then(|n| n.xattrs.as_deref())
+            .and_then(|x| x.list.as_ref())
             .filter(|(at, _)| self.fresh(*at, now))
             .map(|(_, l)| l.to_vec());
         self.count(r.is_some());
@@ -457,7 +470,7 @@ impl MetaCache {
         let mut nodes = self.nodes.write();
         let n = nodes.entry(key).or_default();
         if n.held == 0 {
-            n.xattr_list = Some((now_ms(), list.into()));
+            n.xattrs.get_or_insert_default().list = Some((now_ms(), list.into()));
         }
         self.bound(&mut nodes);
     }
@@ -523,7 +536,7 @@ impl MetaCache {
 
     /// Keeps the map within `max_nodes`: expired entries go first, then the oldest, down
     /// to three quarters of the bound so that this runs rarely.
-    fn bound(&self, nodes: &mut HashMap<Key, Node>) {
+    fn bound(&self, nodes: &mut Nodes) {
         if nodes.len() <= self.max_nodes {
             return;
         }

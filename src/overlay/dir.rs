@@ -267,8 +267,8 @@ impl Overlay {
         // The dots went in above.
         let mut added = offset < 2;
         for (j, e) in listing.iter().enumerate().skip(i - 2) {
-            let found = match self.lookup_cached(&inode, &e.name) {
-                Some(r) => r,
+            let found = match self.entry_cached(&inode, e) {
+                Some(entry) => Ok(entry),
                 None if memory_only && !added => return Err(needs_source_error()),
                 None if memory_only => {
                     eof = false;
@@ -293,6 +293,19 @@ impl Overlay {
         drop(guard);
         self.read_to_end(nodeid, fh, eof);
         Ok(())
+    }
+
+    /// An entry of a listing of `parent` answered by the metadata cache, with one kernel
+    /// reference taken: the listing names the object (`d_ino` on the directory's device),
+    /// so only its attributes are looked for. A mount point inside SOURCE (another
+    /// device) is never found so, and is asked of SOURCE.
+    fn entry_cached(&self, parent: &Arc<Inode>, e: &fdio::DirEntry) -> Option<Entry> {
+        let stat = self.meta.as_ref()?.attr((parent.dev, e.ino))?;
+        let inode = self.inodes.insert_cached(parent, &e.name, &stat);
+        Some(Entry {
+            nodeid: inode.nodeid,
+            stat,
+        })
     }
 
     /// The handle a read comes with; handle 0 (the kernel no longer opens directories,
