@@ -38,6 +38,8 @@
 #   native             SOURCE (the loop mount) itself
 #   cachefs            `cachefs SOURCE MNT --cache DIR -f` (default options)
 #   cachefs meta_ttl   the same with `-o meta_ttl=1d`
+#   cachefs nosys      the same with `-o meta_ttl=1d,xattr=nosys` (no extended
+#                      attributes: ls -l asks nothing per file)
 #   mergerfs           single branch SOURCE, `-o cache.files=partial,cache.attr=86400,
 #                      cache.entry=86400,cache.negative_entry=86400,cache.readdir=true,
 #                      cache.statfs=86400`
@@ -198,11 +200,12 @@ fstype_at() { # MOUNTPOINT
         /proc/self/mountinfo
 }
 
-# The command line of SYSTEM's daemon (cachefs SYSTEMs: cachefs, cachefs-ttl).
+# The command line of SYSTEM's daemon (cachefs SYSTEMs: cachefs, cachefs-ttl, cachefs-nox).
 daemon_cmd() { # SYSTEM
     case $1 in
     cachefs) CMD=("$BIN" "$SRC" "$MNT" --cache "$WORK/cache-$1" -f) ;;
     cachefs-ttl) CMD=("$BIN" "$SRC" "$MNT" --cache "$WORK/cache-$1" -f -o meta_ttl=1d) ;;
+    cachefs-nox) CMD=("$BIN" "$SRC" "$MNT" --cache "$WORK/cache-$1" -f -o meta_ttl=1d,xattr=nosys) ;;
     mergerfs)
         CMD=("$MERGERFS_BIN" -f -o "cache.files=partial,cache.attr=86400,cache.entry=86400,cache.negative_entry=86400,cache.readdir=true,cache.statfs=86400" "$SRC" "$MNT")
         ;;
@@ -320,7 +323,7 @@ ENTRIES=$((FILES + DIRS + 2))
 say "library made in $GEN_S s: $FILES files ($EPISODES episodes), $DIRS directories"
 : >"$WORK/rclone.conf"
 
-SYSTEMS=(native cachefs cachefs-ttl)
+SYSTEMS=(native cachefs cachefs-ttl cachefs-nox)
 if [ -n "$MERGERFS_BIN" ]; then SYSTEMS+=(mergerfs); else say "mergerfs: not installed, skipped"; fi
 if [ -n "$RCLONE_BIN" ]; then SYSTEMS+=(rclone); else say "rclone: not installed, skipped"; fi
 
@@ -406,6 +409,7 @@ label() {
     native) echo "native (SOURCE itself)" ;;
     cachefs) echo "cachefs, default options" ;;
     cachefs-ttl) echo "cachefs, meta_ttl=1d" ;;
+    cachefs-nox) echo "cachefs, meta_ttl=1d, xattr=nosys" ;;
     mergerfs) echo "mergerfs $("$MERGERFS_BIN" --version 2>&1 | awk 'NR == 1 { print $2 }'), all caches on" ;;
     rclone) echo "rclone $("$RCLONE_BIN" version 2>/dev/null | awk 'NR == 1 { print $2 }'), vfs-cache-mode full" ;;
     esac
