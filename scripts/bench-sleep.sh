@@ -33,6 +33,9 @@
 #                     `cachefs unmount`, mount again with the same options (the
 #                     metadata snapshot is written at a clean stop and read at start),
 #                     then ffmpeg -i EPISODE -f null -
+#   probe + listing after a restart
+#                     the probe and the ls -l again (extended attributes come from the
+#                     snapshot too)
 #
 # Beside each figure: what `cachefs status --json` says SOURCE was asked during the step
 # (every key starting with `source_`, numbers as deltas, nested objects such as
@@ -355,6 +358,7 @@ stop_daemon
 is_mounted "$MNT" && die "$MNT is still mounted after cachefs unmount"
 mount_cachefs
 step "after a restart: play a cached episode" play "$MNT/$EP1"
+step "after a restart: missing-name probe + ls of the film's directory" probe_and_list
 step "idle 3 s again" sleep 3
 
 # ---- the table ------------------------------------------------------------------------------

@@ -19,11 +19,14 @@
 //! clock fetch times, so the TTL counts across the restart. A missing, damaged or
 //! foreign (another SOURCE root) snapshot is ignored: it only costs speed.
 //!
-//! Snapshot format (little-endian, sealed by `codec`): magic `CACHEFS-META-1\n`, root
+//! Snapshot format (little-endian, sealed by `codec`): magic `CACHEFS-META-2\n`, root
 //! st_dev and st_ino, node count, then per node: st_dev, st_ino, attribute fetch time
 //! (ms since the epoch, 0 for none) and, if set, the attributes; a listing flag and, if
 //! set, its fetch time, its names as one byte string and per entry (name offset u32,
-//! name length u8, type (S_IFMT >> 12) u8, d_ino u64), sorted by name.
+//! name length u8, type (S_IFMT >> 12) u8, d_ino u64), sorted by name; then the fresh
+//! extended attributes: a count u32 and per name its fetch time, the name, an errno u32
+//! (0: a value follows as a byte string); and a list flag with, if set, its fetch time
+//! and bytes. A snapshot of another version is ignored (it only costs speed).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -47,7 +50,7 @@ pub type Key = (u64, u64);
 
 type Nodes = HashMap<Key, Node, crate::idhash::IdBuild>;
 
-const MAGIC: &[u8] = b"CACHEFS-META-1\n";
+const MAGIC: &[u8] = b"CACHEFS-META-2\n";
 
 /// The file name of the snapshot in the cache directory.
 pub const SNAPSHOT: &str = "meta";
@@ -592,8 +595,38 @@ impl MetaCache {
                     }
                 }
             }
+            self.encode_xattrs(&mut w, n.xattrs.as_deref(), now);
         }
         w.finish()
+    }
+
+    fn encode_xattrs(&self, w: &mut Writer, x: Option<&Xattrs>, now: u64) {
+        let names: Vec<&XattrEntry> = x
+            .map(|x| x.names.iter().filter(|e| self.fresh(e.at, now)).collect())
+            .unwrap_or_default();
+        w.u32(names.len() as u32);
+        for e in names {
+            w.u64(e.at);
+            w.bytes(&e.name);
+            match &e.value {
+                Ok(v) => {
+                    w.u32(0);
+                    w.bytes(v);
+                }
+                Err(errno) => w.u32(*errno as u32),
+            }
+        }
+        match x
+            .and_then(|x| x.list.as_ref())
+            .filter(|(at, _)| self.fresh(*at, now))
+        {
+            None => w.u8(0),
+            Some((at, list)) => {
+                w.u8(1);
+                w.u64(*at);
+                w.bytes(list);
+            }
+        }
     }
 
     /// Loads a snapshot made for the same root; false (and nothing loaded) if it is not
@@ -651,6 +684,27 @@ impl MetaCache {
     }
 }
 
+/// A node's extended attributes as `encode_xattrs` wrote them (`None` inside: none).
+fn decode_xattrs(r: &mut Reader<'_>) -> Option<Option<Box<Xattrs>>> {
+    let count = r.u32()? as usize;
+    let mut names = Vec::with_capacity(count.min(XATTRS_PER_NODE));
+    for _ in 0..count {
+        let at = r.u64()?;
+        let name: Box<[u8]> = r.bytes()?.into();
+        let value = match r.u32()? {
+            0 => Ok(r.bytes()?.into()),
+            errno => Err(i32::try_from(errno).ok()?),
+        };
+        names.push(XattrEntry { at, name, value });
+    }
+    let list = match r.u8()? {
+        0 => None,
+        1 => Some((r.u64()?, r.bytes()?.into())),
+        _ => return None,
+    };
+    Some((!names.is_empty() || list.is_some()).then(|| Box::new(Xattrs { names, list })))
+}
+
 fn decode(data: &[u8], root: Key) -> Option<Vec<(Key, Node)>> {
     let mut r = Reader::open(data, MAGIC)?;
     if (r.u64()?, r.u64()?) != root {
@@ -693,12 +747,14 @@ fn decode(data: &[u8], root: Key) -> Option<Vec<(Key, Node)>> {
             }
             _ => return None,
         };
+        let xattrs = decode_xattrs(&mut r)?;
         out.push((
             key,
             Node {
                 attr_at,
                 attr,
                 listing,
+                xattrs,
                 ..Node::default()
             },
         ));
@@ -865,6 +921,18 @@ mod tests {
 
         let other = MetaCache::new(Duration::from_secs(3600), 1000);
         assert!(!other.decode_into(&data, (2, 10)), "another SOURCE's root");
+        // Extended attributes travel too: a value, an errno and a list.
+        m.put_xattr((1, 11), b"user.tag", Ok(b"v"));
+        m.put_xattr((1, 11), b"security.selinux", Err(libc::ENODATA));
+        m.put_xattr_list((1, 11), b"user.tag\0");
+        let x = MetaCache::new(Duration::from_secs(3600), 1000);
+        assert!(x.decode_into(&m.encode((1, 10)), (1, 10)));
+        assert_eq!(x.xattr((1, 11), b"user.tag"), Some(Ok(b"v".to_vec())));
+        assert_eq!(
+            x.xattr((1, 11), b"security.selinux"),
+            Some(Err(libc::ENODATA))
+        );
+        assert_eq!(x.xattr_list((1, 11)), Some(b"user.tag\0".to_vec()));
         for cut in [0, 10, data.len() / 2, data.len() - 1] {
             assert!(!other.decode_into(&data[..cut], (1, 10)), "cut at {cut}");
         }
