@@ -73,8 +73,8 @@ impl Statfs {
 
 /// SOURCE's statfs as last seen. A scanner asks for it at every directory; it is
 /// answered from here while younger than [`STATFS_FRESH`], else refreshed on the SOURCE
-/// lane, waited for at most [`STATFS_WAIT`], and the last value given while SOURCE is
-/// slower than that.
+/// lane and waited for at most [`STATFS_WAIT`]; while a refresh waits for SOURCE, every
+/// other statfs gets the last value at once.
 pub(super) struct StatfsCache {
     root: OwnedFd,
     last: Mutex<Option<(Instant, Statfs)>>,
@@ -117,12 +117,14 @@ impl StatfsCache {
         {
             return Some(s);
         }
-        if !self.refreshing.swap(true, Ordering::AcqRel) {
-            let me = self.clone();
-            lane.spawn(Op::Statfs, move || {
-                let _ = me.refresh();
-            });
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            // A refresh already waits for SOURCE: the last value, at once.
+            return seen.map(|(_, s)| s);
         }
+        let me = self.clone();
+        lane.spawn(Op::Statfs, move || {
+            let _ = me.refresh();
+        });
         let _ = self.updated.wait_for(&mut last, STATFS_WAIT);
         last.map(|(_, s)| s)
     }
