@@ -115,10 +115,7 @@ cleanup() {
         stop_daemon "$p"
         [ "$STOP_RC" -eq 0 ] || say "daemon $p exited with status $STOP_RC"
     done
-    # Any mount left below the work dir: ours by construction.
-    for m in $(findmnt -rn -o TARGET | grep "^$WORK/" | sort -r); do
-        umount "$m" 2>/dev/null || umount -l "$m"
-    done
+    release_work_mounts
     [ -n "$TICK" ] && exec {TICK}>&-
     remove_work
     if findmnt -rn -t fuse.cachefs -o TARGET | grep -q "^$WORK/"; then

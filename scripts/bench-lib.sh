@@ -33,6 +33,18 @@ private_binary() {
     BIN=$WORK/cachefs
 }
 
+# Unmounts every mount left below the work dir, innermost first (ours by construction),
+# and detaches the loop device $LOOP if the script made one (for a cleanup function).
+release_work_mounts() {
+    local m
+    for m in $(findmnt -rn -o TARGET | grep "^$WORK/" | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m"
+    done
+    if [ -n "${LOOP:-}" ]; then
+        losetup -d "$LOOP" 2>/dev/null || say "cannot detach $LOOP"
+    fi
+}
+
 # Removes the work dir, or keeps it with KEEP=1 (for a cleanup function).
 remove_work() {
     if [ "${KEEP:-}" = 1 ]; then

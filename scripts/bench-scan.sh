@@ -163,15 +163,8 @@ cleanup() {
     [ -n "$CLEANED" ] && return 0
     CLEANED=1
     set +e
-    local m
     stop_daemon
-    # Any mount left below the work dir (innermost first): ours by construction.
-    for m in $(findmnt -rn -o TARGET | grep "^$WORK/" | sort -r); do
-        umount "$m" 2>/dev/null || umount -l "$m"
-    done
-    if [ -n "$LOOP" ]; then
-        losetup -d "$LOOP" 2>/dev/null || say "cannot detach $LOOP"
-    fi
+    release_work_mounts
     [ -n "$IMAGE_TMP" ] && rm -rf "$IMAGE_TMP"
     remove_work
     if findmnt -rn -o TARGET | grep -q "^$WORK/"; then

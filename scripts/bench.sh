@@ -159,13 +159,7 @@ cleanup() {
     for e in "${DAEMONS[@]}"; do
         stop_daemon "${e%% *}" "${e#* }"
     done
-    # Any mount left below the work dir (innermost first): ours by construction.
-    for m in $(findmnt -rn -o TARGET | grep "^$WORK/" | sort -r); do
-        umount "$m" 2>/dev/null || umount -l "$m"
-    done
-    if [ -n "$LOOP" ]; then
-        losetup -d "$LOOP" 2>/dev/null || say "cannot detach $LOOP"
-    fi
+    release_work_mounts
     if [ -n "$CG" ] && [ -d "$CG" ]; then
         # Only processes this script put there can be in this fresh cgroup.
         local p
