@@ -33,6 +33,20 @@ private_binary() {
     BIN=$WORK/cachefs
 }
 
+# What a benchmark with SOURCE on a loop device needs: root, /dev/fuse, drop_caches, loop
+# devices, and the commands named; dies naming the first thing missing.
+require_loop_bench() { # COMMAND...
+    [ "$(id -u)" -eq 0 ] || die "must run as root (loop devices, mounts, drop_caches)"
+    [ -c /dev/fuse ] || die "no /dev/fuse"
+    [ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches"
+    [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
+    [ -e /dev/loop-control ] || die "no loop devices (/dev/loop-control)"
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || die "missing $tool"
+    done
+}
+
 # Unmounts every mount left below the work dir, innermost first (ours by construction),
 # and detaches the loop device $LOOP if the script made one (for a cleanup function).
 release_work_mounts() {

@@ -80,14 +80,7 @@ if ! [[ $REPS =~ ^[0-9]+$ ]] || [ "$REPS" -lt 1 ]; then die "BENCH_REPS must be 
 if ! [[ $PROBES =~ ^[0-9]+$ ]] || [ "$PROBES" -lt 1 ] || [ "$PROBES" -gt 50000 ]; then
     die "BENCH_PROBES must be an integer from 1 to 50000"
 fi
-[ "$(id -u)" -eq 0 ] || die "must run as root (loop devices, mounts, drop_caches)"
-[ -c /dev/fuse ] || die "no /dev/fuse"
-[ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches"
-[ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
-[ -e /dev/loop-control ] || die "no loop devices (/dev/loop-control)"
-for tool in python3 losetup mkfs.ext4 mount umount findmnt find ls awk sort truncate; do
-    command -v "$tool" >/dev/null || die "missing $tool"
-done
+require_loop_bench python3 losetup mkfs.ext4 mount umount findmnt find ls awk sort truncate
 if [ -z "${CACHEFS_BIN:-}" ]; then
     command -v cargo >/dev/null || die "missing cargo (or set CACHEFS_BIN)"
 else

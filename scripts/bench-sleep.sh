@@ -66,14 +66,7 @@ BENCH_NAME=bench-sleep
 # shellcheck source=scripts/bench-lib.sh
 . "$repo/scripts/bench-lib.sh"
 
-[ "$(id -u)" -eq 0 ] || die "must run as root (loop devices, mounts, drop_caches)"
-[ -c /dev/fuse ] || die "no /dev/fuse"
-[ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches"
-[ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
-[ -e /dev/loop-control ] || die "no loop devices (/dev/loop-control)"
-for tool in python3 losetup mkfs.ext4 mount umount findmnt find ls stat timeout truncate; do
-    command -v "$tool" >/dev/null || die "missing $tool"
-done
+require_loop_bench python3 losetup mkfs.ext4 mount umount findmnt find ls stat timeout truncate
 if [ -n "$CACHEFS_BIN" ]; then
     [ -x "$CACHEFS_BIN" ] || die "CACHEFS=$CACHEFS_BIN is not an executable"
 else
