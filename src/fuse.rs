@@ -467,14 +467,15 @@ impl Filesystem for CachefsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let answer = move |core: &Arc<Overlay>| match core.read(fh.0, offset, size) {
+        let answer = move |reply: ReplyData, r: io::Result<Vec<u8>>| match r {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fail("read", ino.0, &e)),
         };
-        if self.core.reads_from_memory(fh.0) {
-            answer(&self.core);
-        } else {
-            self.on_source(Op::Read, answer);
+        match self.core.read_from_memory(fh.0, offset, size) {
+            Some(r) => answer(reply, r),
+            None => self.on_source(Op::Read, move |core| {
+                answer(reply, core.read(fh.0, offset, size));
+            }),
         }
     }
 

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use rustix::fs::{Access, AtFlags, FileType, Gid, Mode, RenameFlags, Timespec, Timestamps, Uid};
 
 use super::{Caller, Entry, Overlay, check_writable};
-use crate::meta::Lookup;
 use crate::{fdio, sys};
 
 /// A new timestamp in a setattr.
@@ -54,26 +53,6 @@ impl Overlay {
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
         self.lookup_inode(&parent, pfd.as_fd(), name)
-    }
-
-    /// `parent/name` answered by the metadata cache, with one kernel reference taken;
-    /// `None` when it does not know (or is off).
-    pub(super) fn lookup_cached(
-        &self,
-        parent: &Arc<crate::inodes::Inode>,
-        name: &OsStr,
-    ) -> Option<io::Result<Entry>> {
-        match self.meta.as_ref()?.lookup((parent.dev, parent.ino), name) {
-            Lookup::Found(_, stat) => {
-                let inode = self.inodes.insert_cached(parent, name, &stat);
-                Some(Ok(Entry {
-                    nodeid: inode.nodeid,
-                    stat,
-                }))
-            }
-            Lookup::Missing => Some(Err(io::Error::from_raw_os_error(libc::ENOENT))),
-            Lookup::Unknown => None,
-        }
     }
 
     /// Attributes of a node; with `fh`, of that open file (which may be unlinked).

@@ -608,8 +608,16 @@ impl Overlay {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let h = self.files.get(fh)?;
-        self.maybe_switch_to_copy(&h);
+        self.read_handle(&*self.files.get(fh)?, offset, size)
+    }
+
+    pub(super) fn read_handle(
+        &self,
+        h: &FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> io::Result<Vec<u8>> {
+        self.maybe_switch_to_copy(h);
         let copy = h.copy.lock().clone();
         let mut buf = vec![0u8; size as usize];
         let counters = &self.counters;
@@ -629,11 +637,11 @@ impl Overlay {
                             .mark_unusable(&format!("reading a cached copy: {e}"));
                     }
                     *h.copy.lock() = None;
-                    read_source(counters, &*self.source_of(&h)?, &mut buf, offset)?
+                    read_source(counters, &*self.source_of(h)?, &mut buf, offset)?
                 }
             },
             None => {
-                let fd = self.source_of(&h)?;
+                let fd = self.source_of(h)?;
                 let n = read_source(counters, &fd, &mut buf, offset)?;
                 if h.o_direct {
                     drop_pages(fd.as_fd(), offset, n as u64, false);
@@ -643,7 +651,7 @@ impl Overlay {
         };
         buf.truncate(n);
         if copy.is_none() {
-            self.count_read(&h, offset, n as u64);
+            self.count_read(h, offset, n as u64);
         }
         Ok(buf)
     }

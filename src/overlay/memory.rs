@@ -20,6 +20,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::{Caller, Entry, Overlay};
 use crate::lane::{Lane, Op};
+use crate::meta::Lookup;
 use crate::sys;
 
 /// The marker of an answer that needs SOURCE, from a core call made memory-only.
@@ -131,11 +132,22 @@ impl StatfsCache {
 }
 
 impl Overlay {
-    /// `parent/name` from the metadata cache, with a kernel reference taken.
+    /// `parent/name` from the metadata cache, with a kernel reference taken; `None` when
+    /// it does not know (or is off).
     pub fn lookup_from_memory(&self, parent: u64, name: &OsStr) -> Option<io::Result<Entry>> {
-        self.meta.as_ref()?;
+        let meta = self.meta.as_ref()?;
         let parent = self.inode(parent).ok()?;
-        self.lookup_cached(&parent, name)
+        match meta.lookup((parent.dev, parent.ino), name) {
+            Lookup::Found(_, stat) => {
+                let inode = self.inodes.insert_cached(&parent, name, &stat);
+                Some(Ok(Entry {
+                    nodeid: inode.nodeid,
+                    stat,
+                }))
+            }
+            Lookup::Missing => Some(Err(io::Error::from_raw_os_error(libc::ENOENT))),
+            Lookup::Unknown => None,
+        }
     }
 
     /// A node's attributes from the metadata cache: for a path, or for an open handle
@@ -153,7 +165,17 @@ impl Overlay {
         meta.attr((inode.dev, inode.ino))
     }
 
-    /// Whether the handle reads a copy through the daemon: its reads need no SOURCE.
+    /// A read of a handle that reads a copy through the daemon (no SOURCE needed); `None`
+    /// for any other handle.
+    pub fn read_from_memory(&self, fh: u64, offset: u64, size: u32) -> Option<io::Result<Vec<u8>>> {
+        let h = self.files.get(fh).ok()?;
+        if h.writable || h.copy.lock().is_none() {
+            return None;
+        }
+        Some(self.read_handle(&h, offset, size))
+    }
+
+    /// Whether the handle reads a copy through the daemon: its seeks need no SOURCE.
     pub fn reads_from_memory(&self, fh: u64) -> bool {
         self.files
             .get(fh)
