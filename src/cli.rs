@@ -46,6 +46,9 @@ pub enum Command {
     },
     Cleanup {
         mountpoints: Vec<PathBuf>,
+        /// `--watch`: check every `SECS` until stopped (a host-side service for mounts a
+        /// container leaves when it is killed); `None`: once.
+        watch: Option<u64>,
     },
     Feed(FeedArgs),
     /// Print the manual page, cachefs(8), in roff (hidden: for the install script).
@@ -338,8 +341,9 @@ pub fn help_text() -> String {
             "graceful stop: finish or cancel promotions, unmount, daemon exits",
         ),
         (
-            "cleanup [MOUNTPOINT...]",
-            "find stale cachefs mounts (all, or those named) and remove them",
+            "cleanup [--watch [--every SECS]] [MOUNTPOINT...]",
+            "find stale cachefs mounts (all, or those named) and remove them; --watch: keep \
+             checking (every SECS, default 1) until stopped",
         ),
         (
             "feed plex --url URL --token TOKEN [--map FROM=TO]... [--next N] [--loop SECS] \
@@ -470,6 +474,14 @@ enum Sub {
     },
     /// Find stale cachefs mounts (all, or those named) and remove them.
     Cleanup {
+        /// Keep checking until stopped (a host-side service for the mounts a killed
+        /// container leaves behind).
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: seconds between checks.
+        #[arg(long, value_name = "SECS", requires = "watch", default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        every: u64,
         /// Only these mountpoints.
         mountpoints: Vec<PathBuf>,
     },
@@ -680,7 +692,14 @@ fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
         Sub::Unpin { paths } => Command::Unpin { paths },
         Sub::Evict { paths } => Command::Evict { paths },
         Sub::Unmount { mountpoint } => Command::Unmount { mountpoint },
-        Sub::Cleanup { mountpoints } => Command::Cleanup { mountpoints },
+        Sub::Cleanup {
+            mountpoints,
+            watch,
+            every,
+        } => Command::Cleanup {
+            mountpoints,
+            watch: watch.then_some(every),
+        },
         Sub::Feed { server } => return parse_feed(server),
         Sub::Man => Command::Man,
     })
@@ -1259,12 +1278,28 @@ mod tests {
                 &["cleanup"],
                 Command::Cleanup {
                     mountpoints: vec![],
+                    watch: None,
                 },
             ),
             (
                 &["cleanup", "/m1", "/m2"],
                 Command::Cleanup {
                     mountpoints: p(&["/m1", "/m2"]),
+                    watch: None,
+                },
+            ),
+            (
+                &["cleanup", "--watch"],
+                Command::Cleanup {
+                    mountpoints: vec![],
+                    watch: Some(1),
+                },
+            ),
+            (
+                &["cleanup", "--watch", "--every", "5", "/m1"],
+                Command::Cleanup {
+                    mountpoints: p(&["/m1"]),
+                    watch: Some(5),
                 },
             ),
             (&["man"], Command::Man),

@@ -100,6 +100,9 @@ pub struct Config {
     pub allow_root: bool,
     /// mount(2)'s source, what findmnt shows as SOURCE; `None`: SOURCE's path.
     pub fsname: Option<String>,
+    /// Mount over a filesystem mounted at MOUNTPOINT (its own root, not a bind mount of
+    /// a directory), hiding it; without it that is refused.
+    pub nonempty: bool,
     pub read_only: bool,
     pub debug: bool,
     pub kernel_flags: KernelFlags,
@@ -139,6 +142,7 @@ impl Config {
             allow_other: false,
             allow_root: false,
             fsname: None,
+            nonempty: false,
             read_only: false,
             debug: false,
             kernel_flags: KernelFlags::default(),

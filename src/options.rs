@@ -285,6 +285,13 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "what findmnt and df show as the mount's source (default: SOURCE's path)",
     },
     OptionSpec {
+        name: "nonempty",
+        kind: Kind::Flag(|c| c.nonempty = true),
+        help: "mount over another filesystem mounted at MOUNTPOINT, hiding it (a bind mount of \
+               a directory, such as a container's volume, needs no option; a live FUSE mount \
+               is always refused) (default: off)",
+    },
+    OptionSpec {
         name: "ro",
         kind: Kind::Flag(|c| c.read_only = true),
         help: "read-only mount (default: off)",
@@ -322,8 +329,8 @@ pub const KERNEL_FLAGS: &[(&str, SetFlag)] = &[
 /// Accepted and ignored, with or without a value: fstab and mount helpers carry them. Any
 /// option starting `x-` (`x-systemd.automount`) is ignored too. `default_permissions` is
 /// implied by `allow_other` and `allow_root` and adds nothing without them (SOURCE checks
-/// every request as its caller, and only the owner gets in); `nonempty`: mount(2) mounts
-/// over a non-empty directory anyway; `subtype` is what mount helpers add.
+/// every request as its caller, and only the owner gets in); `subtype` is what mount
+/// helpers add.
 pub const IGNORED: &[&str] = &[
     "defaults",
     "rw",
@@ -335,7 +342,6 @@ pub const IGNORED: &[&str] = &[
     "users",
     "nouser",
     "default_permissions",
-    "nonempty",
     "subtype",
 ];
 
@@ -982,7 +988,6 @@ mod tests {
             ("x-systemd.mount-timeout", Some("30")),
             ("x-gvfs-show", None),
             ("subtype", Some("cachefs")),
-            ("nonempty", None),
             ("default_permissions", None),
             ("default-permissions", None),
         ];

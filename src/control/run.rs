@@ -29,11 +29,14 @@ pub fn run_command(cmd: Command) -> u8 {
         Command::Unpin { paths } => run_paths::<Unpinned>(Cmd::Unpin, &paths, false),
         Command::Evict { paths } => run_paths::<Evicted>(Cmd::Evict, &paths, false),
         Command::Unmount { mountpoint } => run_unmount(&mountpoint),
-        Command::Cleanup { mountpoints } => {
+        Command::Cleanup { mountpoints, watch } => {
             // Absolute without resolving: a stale mountpoint cannot be stat'ed.
             let cwd = std::env::current_dir().unwrap_or_default();
             let abs: Vec<PathBuf> = mountpoints.iter().map(|m| cwd.join(m)).collect();
-            crate::mountinfo::cleanup(&abs)
+            match watch {
+                None => crate::mountinfo::cleanup(&abs),
+                Some(secs) => crate::mountinfo::watch(&abs, Duration::from_secs(secs)),
+            }
         }
         Command::Mount(_) => fail("mounting is not a control command"),
         Command::Feed(_) => fail("feed is not a control command"),

@@ -83,7 +83,7 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
         Ok(n) => tracing::debug!("open-file limit {n}"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    stale::prepare_mountpoint(&cfg.mountpoint)?;
+    stale::prepare_mountpoint(&cfg.mountpoint, cfg.nonempty)?;
 
     let cfg = Arc::new(cfg);
     let core = Arc::new(

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::common::{
-    DetachOnDrop, TestMount, describe_status, fstype_at, mounts_at, run_cachefs, wait_unmounted,
+    DetachOnDrop, TestMount, bind_mount, describe_status, fstype_at, in_private_mount_ns,
+    mounts_at, run_cachefs, wait_unmounted,
 };
 use crate::require_mount;
 
@@ -495,30 +496,104 @@ fn sigkill_leaves_no_mount() {
 }
 
 #[test]
-fn live_mount_at_mountpoint_is_an_error() {
+fn live_mount_at_mountpoint_is_an_error_even_with_nonempty() {
     require_mount!();
     let m = TestMount::start();
     let other_cache = m.root.join("cache2");
-    let args = vec![
-        m.source.clone().into_os_string(),
-        m.mnt.clone().into_os_string(),
-        "--cache".into(),
-        other_cache.into_os_string(),
-        "-f".into(),
-    ];
-    let (st, stderr) = run_cachefs(&args, None);
-    assert!(
-        !st.success(),
-        "second mount on a live mountpoint succeeded; stderr:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(&m.mnt.display().to_string()),
-        "the error does not name the mountpoint:\n{stderr}"
-    );
-    // The first mount is untouched.
-    let at = mounts_at(&m.mnt);
-    assert_eq!(at.len(), 1, "mounts at MNT: {at:?}");
-    assert!(fs::read_dir(&m.mnt).is_ok(), "first mount still serves");
+    for extra in [None, Some("--nonempty")] {
+        let mut args = vec![
+            m.source.clone().into_os_string(),
+            m.mnt.clone().into_os_string(),
+            "--cache".into(),
+            other_cache.clone().into_os_string(),
+            "-f".into(),
+        ];
+        args.extend(extra.map(OsString::from));
+        let (st, stderr) = run_cachefs(&args, None);
+        assert!(
+            !st.success(),
+            "second mount ({extra:?}) on a live mountpoint succeeded; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&m.mnt.display().to_string())
+                && stderr.contains("already mounted by a running cachefs"),
+            "the error does not name the mountpoint and what is there:\n{stderr}"
+        );
+        // The first mount is untouched.
+        let at = mounts_at(&m.mnt);
+        assert_eq!(at.len(), 1, "mounts at MNT: {at:?}");
+        assert!(fs::read_dir(&m.mnt).is_ok(), "first mount still serves");
+    }
+}
+
+/// In a container the mountpoint is always a volume, a bind mount of a host directory:
+/// that is how the host and the media server's container see the mount. It was refused
+/// as "already mounted (ext4 from /dev/vda)", `--nonempty` or not.
+#[test]
+fn mountpoint_that_is_a_bind_mount_is_accepted_as_a_containers_volume() {
+    require_mount!();
+    in_private_mount_ns(|| {
+        let m = TestMount::builder()
+            .populate(|src| fs::write(src.join("film.mkv"), b"frames").expect("write"))
+            .prepare_mountpoint(|mnt| {
+                let volume = mnt.with_file_name("volume");
+                fs::create_dir(&volume).expect("mkdir volume");
+                bind_mount(&volume, mnt).expect("bind the volume over MNT");
+            })
+            .start();
+        let at = mounts_at(&m.mnt);
+        assert_eq!(
+            at.iter()
+                .map(|e| e.fstype.as_str())
+                .collect::<Vec<_>>()
+                .last(),
+            Some(&"fuse.cachefs"),
+            "mounts at MNT: {at:?}"
+        );
+        assert_eq!(fs::read(m.path("film.mkv")).expect("read"), b"frames");
+    });
+}
+
+/// A filesystem mounted whole at MOUNTPOINT would be hidden: refused, naming it and the
+/// way out, unless `nonempty` says so.
+#[test]
+fn mountpoint_with_a_whole_filesystem_needs_nonempty() {
+    require_mount!();
+    in_private_mount_ns(|| {
+        let tmpfs_at = |mnt: &Path| {
+            let st = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+                .arg(mnt)
+                .status()
+                .expect("run mount");
+            assert!(st.success(), "mount tmpfs at {}", mnt.display());
+        };
+        let e = dirs();
+        tmpfs_at(&e.mnt);
+        let _clean = DetachOnDrop(e.mnt.clone());
+        let args = vec![
+            e.src.clone().into_os_string(),
+            e.mnt.clone().into_os_string(),
+            "--cache".into(),
+            e.cache.clone().into_os_string(),
+            "-f".into(),
+        ];
+        let (st, stderr) = run_cachefs(&args, None);
+        assert!(!st.success(), "mounted over a tmpfs without nonempty");
+        assert!(
+            stderr.contains("already mounted (tmpfs from tmpfs)") && stderr.contains("nonempty"),
+            "the error does not name what is there and the option:\n{stderr}"
+        );
+        assert_eq!(fstype_at(&e.mnt).as_deref(), Some("tmpfs"));
+
+        let m = TestMount::builder()
+            .option("nonempty")
+            .populate(|src| fs::write(src.join("a"), b"x").expect("write"))
+            .prepare_mountpoint(tmpfs_at)
+            .start();
+        assert_eq!(fstype_at(&m.mnt).as_deref(), Some("fuse.cachefs"));
+        assert_eq!(fs::read(m.path("a")).expect("read"), b"x");
+    });
 }
 
 #[test]

@@ -253,9 +253,14 @@ impl Drop for DetachOnDrop {
 
 /// Poll until nothing is mounted at `path`, up to `deadline`. True when it is clear.
 pub fn wait_unmounted(path: &Path, deadline: Duration) -> bool {
+    wait_mounts_at_most(path, 0, deadline)
+}
+
+/// Poll until at most `n` mounts are at `path`, up to `deadline`.
+pub fn wait_mounts_at_most(path: &Path, n: usize, deadline: Duration) -> bool {
     let end = Instant::now() + deadline;
     loop {
-        if mounts_at(path).is_empty() {
+        if mounts_at(path).len() <= n {
             return true;
         }
         if Instant::now() >= end {
@@ -348,6 +353,7 @@ pub struct Builder {
     options: Vec<String>,
     args: Vec<OsString>,
     populate: Vec<Populate>,
+    prepare_mnt: Vec<Populate>,
     nofile: Option<u64>,
     source: Option<PathBuf>,
 }
@@ -397,6 +403,13 @@ impl Builder {
         self
     }
 
+    /// Run `f(MNT)` before mounting: a bind mount there stands for a container's volume.
+    /// What it mounts stays under the cachefs mount and goes with the test's temp dir.
+    pub fn prepare_mountpoint(mut self, f: impl FnOnce(&Path) + 'static) -> Self {
+        self.prepare_mnt.push(Box::new(f));
+        self
+    }
+
     pub fn start(self) -> TestMount {
         TestMount::start_with(self)
     }
@@ -414,6 +427,8 @@ pub struct TestMount {
     /// The daemon's arguments, for restarts.
     argv: Vec<OsString>,
     nofile: Option<u64>,
+    /// How many mounts the test put at MNT before cachefs's (`prepare_mountpoint`).
+    under: usize,
     child: Option<Child>,
     // Last: removed after Drop::drop has unmounted.
     _tmp: TempDir,
@@ -451,6 +466,10 @@ impl TestMount {
         for f in b.populate {
             f(&source);
         }
+        for f in b.prepare_mnt {
+            f(&mnt);
+        }
+        let under = mounts_at(&mnt).len();
         let log = root.join("cachefs.log");
 
         let mut cmd = Command::new(BIN);
@@ -484,6 +503,7 @@ impl TestMount {
             log,
             argv,
             nofile: b.nofile,
+            under,
             child: None,
             _tmp: tmp,
         };
@@ -568,7 +588,11 @@ impl TestMount {
         loop {
             // A stale mount still there (one the new daemon is about to replace) answers
             // statfs with ENOTCONN; mount ids are reused, so they cannot tell the two apart.
-            let top = mounts_at(&self.mnt).pop().filter(|_| statfs_ok(&self.mnt));
+            let at = mounts_at(&self.mnt);
+            let top = (at.len() > self.under)
+                .then(|| at.last().cloned())
+                .flatten()
+                .filter(|_| statfs_ok(&self.mnt));
             if let Some(fstype) = top.map(|m| m.fstype) {
                 if fstype == "fuse.cachefs" {
                     return;
@@ -670,7 +694,7 @@ impl TestMount {
             }
         }
         // The daemon unmounts before it exits; a watchdog may take a moment after a kill.
-        if !wait_unmounted(&self.mnt, Duration::from_secs(5)) {
+        if !wait_mounts_at_most(&self.mnt, self.under, Duration::from_secs(5)) {
             detach(&self.mnt);
             let msg = format!(
                 "{} was still mounted after cachefs exited",

@@ -499,6 +499,82 @@ fn stale_mount_is_recovered_by_the_next_start_and_by_cleanup() {
     m.respawn();
 }
 
+/// `cachefs cleanup --watch` run as a host-side service: it ends (by pid) when dropped.
+struct Watcher {
+    child: Child,
+    out: PathBuf,
+    _dir: TempDir,
+}
+
+impl Watcher {
+    fn start(mountpoints: &[&Path]) -> Watcher {
+        let dir = TempDir::new().expect("tempdir");
+        let out = dir.path().join("watch.out");
+        let f = fs::File::create(&out).expect("create");
+        let child = Command::new(BIN)
+            .args(["cleanup", "--watch", "--every", "1"])
+            .args(mountpoints)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn cachefs cleanup --watch");
+        Watcher {
+            child,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn output(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A killed container takes cachefs and its watchdog with it, and the mount it propagated
+/// to the host stays behind, dead ("Transport endpoint is not connected"), until something
+/// on the host removes it: `cachefs cleanup --watch` does, within its interval, and leaves
+/// live mounts alone, a new one at the same place included.
+#[test]
+fn cleanup_watch_removes_a_dead_mount_soon_and_leaves_live_ones_alone() {
+    if !common::can_mount("cleanup_watch_removes_a_dead_mount_soon_and_leaves_live_ones_alone") {
+        return;
+    }
+    let populate = |s: &Path| fs::write(s.join("f"), b"data").unwrap();
+    let mut dead = TestMount::builder().populate(populate).start();
+    let live = TestMount::builder().populate(populate).start();
+    let w = Watcher::start(&[&dead.mnt, &live.mnt]);
+    leave_stale_mount(&mut dead);
+    assert!(
+        wait_unmounted(&dead.mnt, Duration::from_secs(10)),
+        "the dead mount is still there; watcher said:\n{}",
+        w.output()
+    );
+    let line = format!("removed the stale mount at {}", dead.mnt.display());
+    let end = Instant::now() + Duration::from_secs(5);
+    while !w.output().contains(&line) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(w.output().contains(&line), "{}", w.output());
+    // The mountpoint takes a new mount, which, like the other live one, stays.
+    dead.respawn();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(mounts_at(&dead.mnt).len(), 1, "{}", w.output());
+    assert_eq!(mounts_at(&live.mnt).len(), 1, "{}", w.output());
+    assert_eq!(fs::read(dead.path("f")).unwrap(), b"data");
+    assert_eq!(fs::read(live.path("f")).unwrap(), b"data");
+    assert_eq!(w.output().matches("removed").count(), 1, "{}", w.output());
+}
+
 /// `unshare` running cachefs as its PID 1 on `mnt`. If the test ends before the daemon
 /// has stopped, drop kills `unshare` (`--kill-child` takes cachefs, and its watchdog, with
 /// it) and detaches the mount they leave.
