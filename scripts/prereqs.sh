@@ -32,6 +32,11 @@ command -v find >/dev/null 2>&1 || need+=(findutils)
 # The media tests: episodes made by the real ffmpeg, probed by ffprobe and played.
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+# The container test: the README's recipe run by podman with runc, on base images made by
+# debootstrap (scripts/container-bases.sh).
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages ${need[*]}: run as root or install them" >&2

@@ -38,6 +38,10 @@
 //!   (the daemon's `source_ops` count) and while SOURCE's daemon is SIGSTOPped; what
 //!   needs SOURCE waits, and the status says SOURCE is stuck; a short `meta_ttl` shows
 //!   SOURCE's own changes, never half old and half new.
+//! - `container`: the README's container recipe run as printed with podman and runc, the
+//!   image built from scripts/Dockerfile: the host and a second container see the mount,
+//!   reads promote and then pass through, `podman stop` exits 0, a killed container's
+//!   dead mount is removed by the host-side watcher, a crashed one is restarted.
 //! - `exerciser`: random reads, writes, truncates, mmaps and reopens checked against a
 //!   model while promotions churn.
 //! - `faults`: daemon kills, SOURCE changed, failing and slow, the cache full, removed or
@@ -67,6 +71,9 @@ mod hostile;
 
 #[path = "integration/cli.rs"]
 mod cli;
+
+#[path = "integration/container.rs"]
+mod container;
 
 #[path = "integration/cache.rs"]
 mod cache;
