@@ -554,7 +554,9 @@ enum FeedSub {
 #[derive(clap::Args, Debug)]
 struct FeedOpts {
     /// The server's path prefix FROM is TO here (TO under MOUNTPOINT), as its container
-    /// sees the mount elsewhere; repeatable, the longest matching FROM wins.
+    /// sees the mount elsewhere; repeatable, the longest matching FROM wins. A server on
+    /// Windows: FROM as D:\Media, D:/Media or \\host\share, matched in any case and
+    /// either slash direction.
     #[arg(long = "map", value_name = "FROM=TO", value_parser = parse_map)]
     maps: Vec<PathMap>,
     /// Also promote the next N files of each file's directory (same extension, natural
