@@ -1052,6 +1052,7 @@ const HOUSE: &[&str] = &[
     "Kids/k1.mkv",
     "Kids/k2.mkv",
     "Kids/k3.mkv",
+    "Anime/進撃 & 巨人/第1話 \"😀\".mkv",
 ];
 
 #[test]
@@ -1123,10 +1124,12 @@ fn jellyfin_resume_works_with_either_path_missing() {
         let m = mount_of(HOUSE);
         let mp = mnt(&m);
         let server = jellyfin_of(
+            // Its path comes escaped as .NET escapes it: \\uXXXX for each non-ASCII
+            // character, \\u0026 for &, a surrogate pair for the emoji.
             vec![jf_user(
                 USER,
                 "Ann",
-                &["/media/Kids/k1.mkv"],
+                &["/media/Kids/k1.mkv", &format!("/media/{}", HOUSE[7])],
                 &["/media/Movies/Film (2020)/Film.mkv"],
             )],
             resume,
@@ -1144,8 +1147,9 @@ fn jellyfin_resume_works_with_either_path_missing() {
             lines(&ran.stdout),
             [
                 format!("queued {mp}/Kids/k1.mkv (next up)"),
+                format!("queued {mp}/{} (next up)", HOUSE[7]),
                 format!("queued {mp}/Movies/Film (2020)/Film.mkv (resume)"),
-                format!("feed jellyfin {mp}: files 2, queued 2, already cached 0, skipped 0"),
+                format!("feed jellyfin {mp}: files 3, queued 3, already cached 0, skipped 0"),
             ],
             "{resume:?}"
         );
@@ -1164,8 +1168,8 @@ fn jellyfin_resume_works_with_either_path_missing() {
         }
         assert_eq!(asked, want, "{resume:?}");
         assert_eq!(
-            settled_cache(&m, 2),
-            set(&["Kids/k1.mkv", "Movies/Film (2020)/Film.mkv"])
+            settled_cache(&m, 3),
+            set(&["Kids/k1.mkv", HOUSE[7], "Movies/Film (2020)/Film.mkv"])
         );
     }
 }
