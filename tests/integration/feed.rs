@@ -1124,8 +1124,8 @@ fn jellyfin_resume_works_with_either_path_missing() {
         let m = mount_of(HOUSE);
         let mp = mnt(&m);
         let server = jellyfin_of(
-            // Its path comes escaped as .NET escapes it: \\uXXXX for each non-ASCII
-            // character, \\u0026 for &, a surrogate pair for the emoji.
+            // Its path comes escaped as .NET escapes it: \uXXXX for each non-ASCII
+            // character, \u0026 for &, a surrogate pair for the emoji.
             vec![jf_user(
                 USER,
                 "Ann",
