@@ -74,32 +74,49 @@ pub struct FeedArgs {
 pub enum FeedServer {
     Plex {
         url: String,
-        token: String,
+        /// One or more X-Plex-Tokens, each a user's (the owner's, a managed or a shared
+        /// user's): their On Deck lists are unioned. Never empty, no token twice.
+        tokens: Vec<String>,
     },
     Jellyfin {
         url: String,
         api_key: String,
-        user: String,
+        users: JellyfinUsers,
     },
+}
+
+/// Whose Jellyfin lists a feed asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JellyfinUsers {
+    /// `--user all`: every user the server lists (`GET /Users`) that is not disabled.
+    All,
+    /// These user IDs, in the order given, each once. Never empty.
+    These(Vec<String>),
 }
 
 // By hand, so that a token never reaches a log or a panic message.
 impl std::fmt::Debug for FeedServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FeedServer::Plex { url, .. } => write!(f, "Plex {{ url: {url:?}, token: <hidden> }}"),
-            FeedServer::Jellyfin { url, user, .. } => write!(
+            FeedServer::Plex { url, tokens } => write!(
                 f,
-                "Jellyfin {{ url: {url:?}, api_key: <hidden>, user: {user:?} }}"
+                "Plex {{ url: {url:?}, tokens: <{} hidden> }}",
+                tokens.len()
+            ),
+            FeedServer::Jellyfin { url, users, .. } => write!(
+                f,
+                "Jellyfin {{ url: {url:?}, api_key: <hidden>, users: {users:?} }}"
             ),
         }
     }
 }
 
 /// `--map FROM=TO`: a path the media server gives under `FROM` is `TO` plus the rest here.
+/// `FROM` is kept as written (a Unix path, or a Windows one: `D:\Media`, `\\nas\media`);
+/// `crate::feed::plan` reads and checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathMap {
-    pub from: PathBuf,
+    pub from: String,
     pub to: PathBuf,
 }
 
@@ -346,14 +363,15 @@ pub fn help_text() -> String {
              checking (every SECS, default 1) until stopped",
         ),
         (
-            "feed plex --url URL --token TOKEN [--map FROM=TO]... [--next N] [--loop SECS] \
+            "feed plex --url URL --token TOKEN... [--map FROM=TO]... [--next N] [--loop SECS] \
              MOUNTPOINT",
-            "promote Plex's On Deck files and the next N of each one's directory",
+            "promote the On Deck files of each token's user and the next N of each one's \
+             directory",
         ),
         (
-            "feed jellyfin --url URL --api-key KEY --user ID [--map FROM=TO]... [--next N] \
-             [--loop SECS] MOUNTPOINT",
-            "the same from Jellyfin's Next Up and Resume",
+            "feed jellyfin --url URL --api-key KEY --user ID...|all [--map FROM=TO]... \
+             [--next N] [--loop SECS] MOUNTPOINT",
+            "the same from each user's Next Up and Resume",
         ),
     ] {
         item(&mut h, left, help);
@@ -499,25 +517,29 @@ enum Sub {
 
 #[derive(Subcommand, Debug)]
 enum FeedSub {
-    /// Promote Plex's On Deck files and the next N of each one's directory.
+    /// Promote the On Deck files of each token's user and the next N of each one's
+    /// directory.
     Plex {
         /// The server's address: http://HOST:PORT (Plex listens on 32400); an
-        /// X-Plex-Token=... in its query is taken as the token.
+        /// X-Plex-Token=... in its query is taken as a token.
         #[arg(long, value_name = "URL")]
         url: String,
-        /// The X-Plex-Token (or the environment's CACHEFS_PLEX_TOKEN, which keeps it out
-        /// of the process list).
+        /// An X-Plex-Token; repeatable, or several separated by commas: each user's own
+        /// token (the owner's, a managed or a shared user's), as On Deck is its user's
+        /// only. The environment's CACHEFS_PLEX_TOKEN keeps them out of the process list.
         #[arg(
             long,
             value_name = "TOKEN",
             env = "CACHEFS_PLEX_TOKEN",
-            hide_env_values = true
+            hide_env_values = true,
+            value_delimiter = ','
         )]
-        token: Option<String>,
+        token: Vec<String>,
         #[command(flatten)]
         opts: FeedOpts,
     },
-    /// Promote Jellyfin's Next Up and Resume files and the next N of each one's directory.
+    /// Promote each user's Jellyfin Next Up and Resume files and the next N of each one's
+    /// directory.
     Jellyfin {
         /// The server's address: http://HOST:PORT[/BASE] (Jellyfin listens on 8096).
         #[arg(long, value_name = "URL")]
@@ -530,10 +552,11 @@ enum FeedSub {
             hide_env_values = true
         )]
         api_key: String,
-        /// The user's ID (32 hex digits, as in the user's page's URL), whose Next Up and
-        /// Resume lists are asked for.
-        #[arg(long, value_name = "ID", value_parser = parse_user_id)]
-        user: String,
+        /// A user's ID (32 hex digits, as in the user's page's URL), whose Next Up and
+        /// Resume lists are asked for; repeatable. `all`: every user the server lists that
+        /// is not disabled.
+        #[arg(long, value_name = "ID|all", value_parser = parse_user_id, required = true)]
+        user: Vec<String>,
         #[command(flatten)]
         opts: FeedOpts,
     },
@@ -543,7 +566,9 @@ enum FeedSub {
 #[derive(clap::Args, Debug)]
 struct FeedOpts {
     /// The server's path prefix FROM is TO here (TO under MOUNTPOINT), as its container
-    /// sees the mount elsewhere; repeatable, the longest matching FROM wins.
+    /// sees the mount elsewhere; repeatable, the longest matching FROM wins. A server on
+    /// Windows: FROM as D:\Media, D:/Media or \\host\share, matched in any case and
+    /// either slash direction.
     #[arg(long = "map", value_name = "FROM=TO", value_parser = parse_map)]
     maps: Vec<PathMap>,
     /// Also promote the next N files of each file's directory (same extension, natural
@@ -559,21 +584,22 @@ struct FeedOpts {
 }
 
 /// `FROM=TO`, split at the first `=` that starts an absolute `TO` (so a FROM may hold `=`).
+/// FROM, a Unix or a Windows path, is checked with the other maps (`crate::feed::plan`).
 fn parse_map(s: &str) -> Result<PathMap, String> {
-    let bad = || {
-        format!(
-            "'{s}' is not FROM=TO with two absolute paths: write e.g. --map /data/tv=/mnt/media/tv"
-        )
-    };
-    let at = s.find("=/").ok_or_else(bad)?;
-    let (from, to) = (PathBuf::from(&s[..at]), PathBuf::from(&s[at + 1..]));
-    if !from.is_absolute() {
-        return Err(bad());
+    match s.find("=/") {
+        Some(at) if at > 0 => Ok(PathMap {
+            from: s[..at].to_string(),
+            to: PathBuf::from(&s[at + 1..]),
+        }),
+        _ => Err(format!(
+            "'{s}' is not FROM=TO with TO an absolute path: write e.g. --map \
+             /data/tv=/mnt/media/tv, or --map 'D:\\Media=/mnt/media' for a server on Windows"
+        )),
     }
-    Ok(PathMap { from, to })
 }
 
-/// A Jellyfin user ID goes into a URL path: only what needs no escaping there.
+/// A Jellyfin user ID goes into a URL path: only what needs no escaping there. (`all`,
+/// which is no ID, passes too.)
 fn parse_user_id(s: &str) -> Result<String, String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         Ok(s.to_string())
@@ -621,6 +647,12 @@ fn feed_args(server: FeedServer, opts: FeedOpts) -> FeedArgs {
     }
 }
 
+/// `v` in its order, each value once.
+fn each_once(v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+}
+
 fn parse_feed(sub: FeedSub) -> Result<Command, CliError> {
     let stray = |k: &str, url: &str| {
         usage(format!(
@@ -630,23 +662,23 @@ fn parse_feed(sub: FeedSub) -> Result<Command, CliError> {
     Ok(Command::Feed(match sub {
         FeedSub::Plex { url, token, opts } => {
             let (base, query) = split_url(&url).map_err(usage)?;
-            let mut from_url = None;
+            let mut tokens: Vec<String> = Vec::new();
             for (k, v) in query {
                 if k != "X-Plex-Token" {
                     return Err(stray(&k, &base));
                 }
-                from_url = Some(v);
+                tokens.push(v);
             }
-            let token = token
-                .or(from_url)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    usage(
-                        "feed plex needs the server's token: --token TOKEN, CACHEFS_PLEX_TOKEN, or \
+            tokens.extend(token);
+            tokens.retain(|t| !t.is_empty());
+            let tokens = each_once(tokens);
+            if tokens.is_empty() {
+                return Err(usage(
+                    "feed plex needs the server's token: --token TOKEN, CACHEFS_PLEX_TOKEN, or \
                      X-Plex-Token=TOKEN in --url",
-                    )
-                })?;
-            feed_args(FeedServer::Plex { url: base, token }, opts)
+                ));
+            }
+            feed_args(FeedServer::Plex { url: base, tokens }, opts)
         }
         FeedSub::Jellyfin {
             url,
@@ -663,11 +695,16 @@ fn parse_feed(sub: FeedSub) -> Result<Command, CliError> {
                     "--api-key is empty: give an API key from Dashboard > API Keys",
                 ));
             }
+            let users = if user.iter().any(|u| u == "all") {
+                JellyfinUsers::All
+            } else {
+                JellyfinUsers::These(each_once(user))
+            };
             feed_args(
                 FeedServer::Jellyfin {
                     url: base,
                     api_key,
-                    user,
+                    users,
                 },
                 opts,
             )
@@ -1341,16 +1378,27 @@ mod tests {
 
     fn map(from: &str, to: &str) -> PathMap {
         PathMap {
-            from: from.into(),
+            from: from.to_string(),
             to: to.into(),
         }
     }
 
     #[test]
     fn feed_subcommands() {
-        let plex = |url: &str, token: &str| FeedServer::Plex {
+        let plex = |url: &str, tokens: &[&str]| FeedServer::Plex {
             url: url.into(),
-            token: token.into(),
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+        };
+        let jf = |users| FeedArgs {
+            server: FeedServer::Jellyfin {
+                url: "http://j".into(),
+                api_key: "k".into(),
+                users,
+            },
+            maps: vec![],
+            next: 1,
+            every: None,
+            mountpoint: "/m".into(),
         };
         let table: &[(&[&str], FeedArgs)] = &[
             (
@@ -1364,7 +1412,7 @@ mod tests {
                     "/mnt/m",
                 ],
                 FeedArgs {
-                    server: plex("http://plex:32400", "t0k"),
+                    server: plex("http://plex:32400", &["t0k"]),
                     maps: vec![],
                     next: 1,
                     every: None,
@@ -1389,7 +1437,7 @@ mod tests {
                     "/mnt/m",
                 ],
                 FeedArgs {
-                    server: plex("http://10.0.0.2:32400", "abc"),
+                    server: plex("http://10.0.0.2:32400", &["abc"]),
                     maps: vec![map("/data/tv", "/mnt/m/TV"), map("/da=ta", "/mnt/m/x=y")],
                     next: 3,
                     every: Some(600),
@@ -1414,13 +1462,73 @@ mod tests {
                     server: FeedServer::Jellyfin {
                         url: "HTTP://jf:8096/jellyfin".into(),
                         api_key: "k".into(),
-                        user: "0f3c-9A".into(),
+                        users: JellyfinUsers::These(vec!["0f3c-9A".into()]),
                     },
                     maps: vec![],
                     next: 0,
                     every: None,
                     mountpoint: "m".into(),
                 },
+            ),
+            (
+                // Several tokens, in the URL, repeated and comma-separated, each once; a
+                // Windows FROM kept as written.
+                &[
+                    "feed",
+                    "plex",
+                    "--url",
+                    "http://p:32400?X-Plex-Token=u",
+                    "--token",
+                    "a",
+                    "--token",
+                    "b,u,a",
+                    "--map",
+                    "D:\\Media=/mnt/m",
+                    "--map",
+                    "\\\\nas\\tv=/mnt/m/tv",
+                    "/mnt/m",
+                ],
+                FeedArgs {
+                    server: plex("http://p:32400", &["u", "a", "b"]),
+                    maps: vec![map("D:\\Media", "/mnt/m"), map("\\\\nas\\tv", "/mnt/m/tv")],
+                    next: 1,
+                    every: None,
+                    mountpoint: "/mnt/m".into(),
+                },
+            ),
+            (
+                &[
+                    "feed",
+                    "jellyfin",
+                    "--url",
+                    "http://j",
+                    "--api-key",
+                    "k",
+                    "--user",
+                    "b2",
+                    "--user",
+                    "a1",
+                    "--user",
+                    "b2",
+                    "/m",
+                ],
+                jf(JellyfinUsers::These(vec!["b2".into(), "a1".into()])),
+            ),
+            (
+                &[
+                    "feed",
+                    "jellyfin",
+                    "--url",
+                    "http://j",
+                    "--api-key",
+                    "k",
+                    "--user",
+                    "a1",
+                    "--user",
+                    "all",
+                    "/m",
+                ],
+                jf(JellyfinUsers::All),
             ),
         ];
         for (args, want) in table {
@@ -1481,8 +1589,13 @@ mod tests {
                 "'a' in its query is not understood",
             ),
             (plex_with(&["--map", "/a:/m/b", "/m"]), "is not FROM=TO"),
-            (plex_with(&["--map", "a=/m/b", "/m"]), "is not FROM=TO"),
+            (plex_with(&["--map", "=/m/b", "/m"]), "is not FROM=TO"),
             (plex_with(&["--map", "/a=m/b", "/m"]), "is not FROM=TO"),
+            (plex_with(&["--map", "D:\\a=m\\b", "/m"]), "is not FROM=TO"),
+            (
+                vec!["feed", "plex", "--url", "http://p", "--token", "", "/m"],
+                "needs the server's token",
+            ),
             (
                 plex_with(&["--next", "-1", "/m"]),
                 "unexpected argument '-1'",
@@ -1508,7 +1621,7 @@ mod tests {
         }
 
         // The token stays out of debug output.
-        let dbg = format!("{:?}", plex("http://p", "s3cret"));
+        let dbg = format!("{:?}", plex("http://p", &["s3cret", "t2"]));
         assert!(!dbg.contains("s3cret"), "{dbg}");
     }
 

@@ -28,6 +28,14 @@ pub enum HttpError {
     Failed(String),
 }
 
+impl HttpError {
+    /// Whether every other request of the round would fail alike: the credentials are
+    /// refused, or the server cannot be reached.
+    pub fn is_for_all(&self) -> bool {
+        matches!(self, HttpError::Auth(_) | HttpError::Unreachable(_))
+    }
+}
+
 /// The agent every request of a feed goes through.
 pub fn agent() -> Agent {
     Agent::config_builder()

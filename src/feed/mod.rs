@@ -1,12 +1,19 @@
 //! `cachefs feed plex|jellyfin`: ask a media server what its users are about to watch
-//! (Plex's On Deck; Jellyfin's Next Up and Resume), map the server's paths onto the mount,
-//! and promote those files and the next `--next` files of each one's directory through the
-//! mount's control socket, once or every `--loop` seconds.
+//! (Plex's On Deck, for each token's user; Jellyfin's Next Up and Resume, for each user),
+//! map the server's paths onto the mount, and promote those files and the next `--next`
+//! files of each one's directory through the mount's control socket (the daemon brings
+//! each one's subtitles and `.nfo` with it), once or every `--loop` seconds.
 //!
-//! - [`plex`], [`jellyfin`]: each server's requests, headers, and answers' shapes;
+//! - [`plex`], [`jellyfin`]: each server's requests, headers, paging and answers' shapes;
+//! - [`xml`]: the little XML Plex's answers need;
 //! - [`http`]: one GET (ureq), its failures sorted by what a person has to fix;
-//! - [`plan`]: the pure core: `--map` prefixes, and the files after each file;
+//! - [`plan`]: the pure core: `--map` prefixes (Unix and Windows), and the files after
+//!   each file;
 //! - this file: one round (ask, map, look, promote, print) and the loop.
+//!
+//! A round promotes what every list that answered gave, then fails (exit 1) if any request
+//! failed, naming each, or if the lists named files but none of them was found under the
+//! mount (a `--map` is missing: a timer would otherwise never notice).
 //!
 //! The server's answer only names files; what is promoted is decided here, and only files
 //! under MOUNTPOINT are asked of the daemon, which checks every path again itself.
@@ -27,102 +34,135 @@ pub mod http;
 pub mod jellyfin;
 pub mod plan;
 pub mod plex;
+pub mod xml;
 
 use http::HttpError;
-use plan::Wanted;
+use plan::{Map, Unmapped, Wanted};
 
-/// One request of a round, and how to read its answer.
-pub struct Ask {
-    /// Appended to the server's base address.
-    pub path: String,
-    pub query: Vec<(&'static str, String)>,
-    /// The list's name in messages: `On Deck`.
-    pub what: &'static str,
-    /// Why its files are promoted, in the output: `on deck`.
-    pub why: &'static str,
-    /// The answer's body to the server's paths, in order.
-    pub parse: fn(&[u8]) -> Result<Vec<String>, String>,
+/// What a round heard: every listed path with why it is promoted (`on deck`), and one line
+/// for each request that failed.
+#[derive(Debug, Default)]
+pub struct Heard {
+    pub listed: Vec<(String, &'static str)>,
+    pub failed: Vec<String>,
 }
 
-/// A server as a round talks to it.
-struct Server {
-    /// `plex`: the subcommand, in the prefix of every line.
-    name: &'static str,
+/// `GET path?query` with headers, on the server's base address.
+type Fetch<'a> =
+    dyn Fn(&str, &[(&str, String)], &[(&str, String)]) -> Result<Vec<u8>, HttpError> + 'a;
+
+/// A server as a round's requests reach it, and how their failures are told.
+pub struct Client<'a> {
+    fetch: Box<Fetch<'a>>,
     /// `Plex`: in messages.
     title: &'static str,
     url: String,
-    headers: Vec<(&'static str, String)>,
-    asks: Vec<Ask>,
     /// What a 401 or 403 says is wrong.
     credential: &'static str,
     /// What a 404 says to check.
     not_found: &'static str,
 }
 
-impl Server {
-    fn of(s: &FeedServer) -> Server {
-        match s {
-            FeedServer::Plex { url, token } => Server {
-                name: "plex",
-                title: "Plex",
-                url: url.clone(),
-                headers: plex::headers(token),
-                asks: plex::asks(),
-                credential: "the token is wrong: give the server's X-Plex-Token with --token",
-                not_found: "check --url",
-            },
-            FeedServer::Jellyfin { url, api_key, user } => Server {
-                name: "jellyfin",
-                title: "Jellyfin",
-                url: url.clone(),
-                headers: jellyfin::headers(api_key),
-                asks: jellyfin::asks(user),
-                credential: "the API key is wrong: give a key from Dashboard > API Keys with \
-                             --api-key",
-                not_found: "check --user (the user's ID) and --url",
-            },
+impl<'a> Client<'a> {
+    fn of(s: &FeedServer, agent: &'a Agent) -> Client<'a> {
+        let (title, url, credential, not_found) = match s {
+            FeedServer::Plex { url, .. } => (
+                "Plex",
+                url,
+                "the token is wrong: give the server's X-Plex-Token with --token",
+                "check --url",
+            ),
+            FeedServer::Jellyfin { url, .. } => (
+                "Jellyfin",
+                url,
+                "the API key is wrong: give a key from Dashboard > API Keys with --api-key",
+                "check --user (the user's ID) and --url",
+            ),
+        };
+        let base = url.clone();
+        Client {
+            fetch: Box::new(move |path, query, headers| {
+                http::get(agent, &format!("{base}{path}"), query, headers)
+            }),
+            title,
+            url: url.clone(),
+            credential,
+            not_found,
         }
     }
 
-    /// The one line for a failed request.
-    fn explain(&self, ask: &Ask, e: &HttpError) -> String {
+    /// A client whose requests `fetch` answers, for the servers' tests.
+    #[cfg(test)]
+    pub fn fake(
+        fetch: impl Fn(&str, &[(&str, String)], &[(&str, String)]) -> Result<Vec<u8>, HttpError> + 'a,
+    ) -> Client<'a> {
+        Client {
+            fetch: Box::new(fetch),
+            title: "Plex",
+            url: "http://fake".into(),
+            credential: "the token is wrong: give the server's X-Plex-Token with --token",
+            not_found: "check --url",
+        }
+    }
+
+    /// `GET path?query` with `headers`: the body of a 2xx answer.
+    pub fn get(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        headers: &[(&str, String)],
+    ) -> Result<Vec<u8>, HttpError> {
+        (self.fetch)(path, query, headers)
+    }
+
+    /// The one line for a failed request for `what` (`Next Up of Ann`) at `path`.
+    pub fn explain(&self, what: &str, path: &str, e: &HttpError) -> String {
         let at = format!("{} at {}", self.title, self.url);
         match e {
             HttpError::Auth(code) => format!(
-                "{at} refused the request for {} (HTTP {code}): {}",
-                ask.what, self.credential
+                "{at} refused the request for {what} (HTTP {code}): {}",
+                self.credential
             ),
             HttpError::Status(code, Some(to)) if (300..400).contains(code) => format!(
-                "{at} redirects {} (HTTP {code}) to {to}: give the address it answers on, in \
-                 plain http, as --url",
-                ask.path
+                "{at} redirects {path} (HTTP {code}) to {to}: give the address it answers on, \
+                 in plain http, as --url"
             ),
             HttpError::Status(code @ (400 | 404), _) => format!(
-                "{at} answered HTTP {code} to {}: {}",
-                ask.path, self.not_found
+                "{at} answered HTTP {code} to {path} ({what}): {}",
+                self.not_found
             ),
-            HttpError::Status(code, _) => format!("{at} answered HTTP {code} to {}", ask.path),
+            HttpError::Status(code, _) => {
+                format!("{at} answered HTTP {code} to {path} ({what})")
+            }
             HttpError::Unreachable(why) => format!("cannot reach {at}: {why}"),
-            HttpError::Failed(why) => format!("{at}, asked for {}: {why}", ask.what),
+            HttpError::Failed(why) => format!("{at}, asked for {what}: {why}"),
         }
+    }
+
+    /// The one line for an answer to `path` that cannot be read: `why`.
+    pub fn malformed(&self, path: &str, why: &str) -> String {
+        format!("{} at {} answered {path} with {why}", self.title, self.url)
     }
 }
 
 /// Runs `cachefs feed` and returns its exit code: once, or forever with `--loop`.
 pub fn run(args: FeedArgs) -> u8 {
     let mount = lexical_absolute(&args.mountpoint);
-    if let Err(msg) = plan::check_maps(&args.maps, &mount) {
-        eprintln!("cachefs: feed: {msg}");
-        return USAGE;
-    }
-    let server = Server::of(&args.server);
+    let maps = match plan::check_maps(&args.maps, &mount) {
+        Ok(m) => m,
+        Err(msg) => {
+            eprintln!("cachefs: feed: {msg}");
+            return USAGE;
+        }
+    };
     let agent = http::agent();
+    let client = Client::of(&args.server, &agent);
     let Some(secs) = args.every else {
-        return round(&args, &mount, &server, &agent);
+        return round(&args, &maps, &mount, &client);
     };
     loop {
         // A failed round has said why; the next one tries again.
-        round(&args, &mount, &server, &agent);
+        round(&args, &maps, &mount, &client);
         std::thread::sleep(Duration::from_secs(secs));
     }
 }
@@ -137,61 +177,69 @@ struct Tally {
 }
 
 /// One round: ask every list, map its paths, add the next files, promote each one.
-fn round(args: &FeedArgs, mount: &Path, server: &Server, agent: &Agent) -> u8 {
+fn round(args: &FeedArgs, maps: &[Map], mount: &Path, client: &Client) -> u8 {
+    let name = match args.server {
+        FeedServer::Plex { .. } => "plex",
+        FeedServer::Jellyfin { .. } => "jellyfin",
+    };
+    let say = |msg: &str| eprintln!("cachefs: feed {name}: {msg}");
     let fail = |msg: &str| {
-        eprintln!("cachefs: feed {}: {msg}", server.name);
+        say(msg);
         FAILURE
     };
     let (mp, base) = match control::locate(&args.mountpoint) {
         Ok(l) => l,
         Err(msg) => return fail(&msg),
     };
-    let mut listed: Vec<(String, &'static str)> = Vec::new();
-    for ask in &server.asks {
-        let url = format!("{}{}", server.url, ask.path);
-        let body = match http::get(agent, &url, &ask.query, &server.headers) {
-            Ok(b) => b,
-            Err(e) => return fail(&server.explain(ask, &e)),
-        };
-        match (ask.parse)(&body) {
-            Ok(paths) => listed.extend(paths.into_iter().map(|p| (p, ask.why))),
-            Err(e) => {
-                return fail(&format!(
-                    "{} at {} answered {} with {e}",
-                    server.title, server.url, ask.path
-                ));
-            }
+    let heard = match &args.server {
+        FeedServer::Plex { tokens, .. } => plex::lists(client, tokens),
+        FeedServer::Jellyfin { api_key, users, .. } => jellyfin::lists(client, api_key, users),
+    };
+    // Nothing answered: the failures are all there is to say.
+    if heard.listed.is_empty() && !heard.failed.is_empty() {
+        for f in &heard.failed {
+            say(f);
         }
+        return FAILURE;
     }
 
     let mut tally = Tally::default();
-    let mut skip = |what: &str, why: &str| {
-        tally.skipped += 1;
-        eprintln!("cachefs: feed {}: skipped {what}: {why}", server.name);
-    };
+    let listed = heard.listed.len();
+    // Each skipped path and why, said once it is known whether anything was found: when
+    // nothing was, one line says what is missing instead.
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut uncovered = 0;
     let mut files = Vec::new();
-    for (path, why) in listed {
-        match plan::map_path(&args.maps, mount, &path) {
-            Ok(rel) => match std::fs::symlink_metadata(mount.join(&rel)) {
-                Ok(m) if m.is_file() => files.push(Wanted {
-                    rel,
-                    why: why.to_string(),
-                }),
-                Ok(_) => skip(
-                    &path,
-                    &format!("{} is not a regular file", mount.join(&rel).display()),
-                ),
-                Err(e) => skip(
-                    &path,
-                    &format!("{}: {e} (is --map right?)", mount.join(&rel).display()),
-                ),
-            },
-            Err(why) => skip(&path, &why),
+    for (path, why) in heard.listed {
+        let rel = match plan::map_path(maps, mount, &path) {
+            Ok(rel) => rel,
+            Err(e) => {
+                uncovered += usize::from(matches!(e, Unmapped::Uncovered(_)));
+                skipped.push((path, e.to_string()));
+                continue;
+            }
+        };
+        let here = mount.join(&rel);
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.is_file() => files.push(Wanted {
+                rel,
+                why: why.to_string(),
+            }),
+            Ok(_) => skipped.push((path, format!("{} is not a regular file", here.display()))),
+            Err(e) => skipped.push((path, format!("{}: {e} (is --map right?)", here.display()))),
+        }
+    }
+    tally.skipped = skipped.len() as u64;
+    let found_none =
+        (files.is_empty() && listed > 0).then(|| found_none(listed, uncovered, &skipped, mount));
+    if found_none.is_none() {
+        for (path, why) in &skipped {
+            say(&format!("skipped {path}: {why}"));
         }
     }
     let (plan, errors) = plan::with_next(&files, args.next, |dir| regular_files(&mount.join(dir)));
     for e in errors {
-        eprintln!("cachefs: feed {}: {e}", server.name);
+        say(&e);
     }
 
     for w in &plan {
@@ -201,12 +249,7 @@ fn round(args: &FeedArgs, mount: &Path, server: &Server, agent: &Agent) -> u8 {
             Ok(p) if !p.failed.is_empty() => {
                 tally.failed += 1;
                 for f in &p.failed {
-                    eprintln!(
-                        "cachefs: feed {}: cannot promote {}: {}",
-                        server.name,
-                        shown.display(),
-                        f.error
-                    );
+                    say(&format!("cannot promote {}: {}", shown.display(), f.error));
                 }
             }
             Ok(p) if p.already_cached > 0 => {
@@ -219,11 +262,7 @@ fn round(args: &FeedArgs, mount: &Path, server: &Server, agent: &Agent) -> u8 {
             }
             Err(RequestError::Daemon(msg)) => {
                 tally.failed += 1;
-                eprintln!(
-                    "cachefs: feed {}: cannot promote {}: {msg}",
-                    server.name,
-                    shown.display()
-                );
+                say(&format!("cannot promote {}: {msg}", shown.display()));
             }
             // The daemon is gone: the rest would fail alike.
             Err(e) => return fail(&e.to_string()),
@@ -231,8 +270,7 @@ fn round(args: &FeedArgs, mount: &Path, server: &Server, agent: &Agent) -> u8 {
     }
 
     let mut total = format!(
-        "feed {} {}: files {}, queued {}, already cached {}, skipped {}",
-        server.name,
+        "feed {name} {}: files {}, queued {}, already cached {}, skipped {}",
         mount.display(),
         plan.len(),
         tally.queued,
@@ -243,7 +281,51 @@ fn round(args: &FeedArgs, mount: &Path, server: &Server, agent: &Agent) -> u8 {
         total.push_str(&format!(", failed {}", tally.failed));
     }
     println!("{total}");
-    if tally.failed > 0 { FAILURE } else { SUCCESS }
+    // What went wrong comes last, where a timer's log ends.
+    for f in heard.failed.iter().chain(&found_none) {
+        say(f);
+    }
+    if tally.failed > 0 || !heard.failed.is_empty() || found_none.is_some() {
+        FAILURE
+    } else {
+        SUCCESS
+    }
+}
+
+/// The one line for a round whose `listed` paths gave no file under `mount`: what
+/// `--map` is missing (`uncovered` paths had none), with an example path from `skipped`.
+fn found_none(
+    listed: usize,
+    uncovered: usize,
+    skipped: &[(String, String)],
+    mount: &Path,
+) -> String {
+    let Some((example, why)) = skipped.first() else {
+        return format!(
+            "no listed path (of {listed}) was found under {}",
+            mount.display()
+        );
+    };
+    let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let suggested = plan::suggest_map(example, mount, is_file).map(|map| format!("add {map}"));
+    if uncovered == listed {
+        let fix = suggested.unwrap_or_else(|| {
+            format!(
+                "add --map FROM=TO, FROM the server's folder of that path and TO where that \
+                 folder is under {}",
+                mount.display()
+            )
+        });
+        format!("no listed path (of {listed}) is covered by a --map, e.g. {example}: {fix}")
+    } else {
+        let fix = suggested.unwrap_or_else(|| {
+            "check that each --map's TO is where its FROM is under MOUNTPOINT".to_string()
+        });
+        format!(
+            "no listed path (of {listed}) is a file under {}, e.g. {example}: {why}; {fix}",
+            mount.display()
+        )
+    }
 }
 
 /// The names of `dir`'s regular files, as readdir gives their types (no stat of each).
