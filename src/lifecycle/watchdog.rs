@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use super::process;
-use super::{MountError, PROCESS, err, stale};
+use super::{MountError, PROCESS, err};
 use crate::exit;
 use crate::sys;
 
@@ -54,12 +54,10 @@ fn spawn(mountpoint: &Path) -> io::Result<Watchdog> {
             process::wait_eof(rx.as_fd());
             // The daemon is gone. A clean stop has unmounted already; a dead daemon left
             // a mount whose statfs fails with ENOTCONN (stat could still be answered from
-            // the kernel's attribute cache). Anything else (a new live mount there) is not
-            // ours to touch.
-            if let Err(e) = process::statfs_path(mountpoint)
-                && e.raw_os_error() == Some(libc::ENOTCONN)
-            {
-                stale::lazy_unmount(mountpoint);
+            // the kernel's attribute cache). Anything else (a new live mount there, or a
+            // successor serving this one) is not ours to touch, and the check and the
+            // unmount are of one mount (`detach_if_dead`).
+            if let Ok(true) = crate::mountinfo::detach_if_dead(mountpoint) {
                 eprintln!(
                     "cachefs watchdog: the daemon died; unmounted {}",
                     mountpoint.display()

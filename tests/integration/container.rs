@@ -289,13 +289,10 @@ fn run_recipe(w: &Path) {
     let want = sha256_of(Path::new("/srv/hdd/Films/Film (2024).mkv"));
 
     let p = Podman::new(&w.join("podman"));
-    let bases = Command::new("bash")
+    let bases = p
+        .env(&mut Command::new("bash"))
         .arg(Path::new(REPO).join("scripts/container-bases.sh"))
         .arg(w.join("bases"))
-        .envs([
-            ("CONTAINERS_CONF", p.dir.join("containers.conf")),
-            ("CONTAINERS_STORAGE_CONF", p.dir.join("storage.conf")),
-        ])
         .status()
         .expect("run container-bases.sh");
     assert!(bases.success(), "scripts/container-bases.sh failed");

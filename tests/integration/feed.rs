@@ -103,6 +103,14 @@ impl FakeServer {
     fn seen(&self) -> Vec<Asked> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// What was asked, as `PATH?QUERY`, in order.
+    fn asked(&self) -> Vec<String> {
+        self.seen()
+            .iter()
+            .map(|a| format!("{}?{}", a.path, a.query))
+            .collect()
+    }
 }
 
 impl Drop for FakeServer {
@@ -1154,11 +1162,7 @@ fn jellyfin_resume_works_with_either_path_missing() {
             "{resume:?}"
         );
         assert_eq!(ran.stderr, "", "{resume:?}");
-        let asked: Vec<String> = server
-            .seen()
-            .iter()
-            .map(|a| format!("{}?{}", a.path, a.query))
-            .collect();
+        let asked = server.asked();
         let mut want = vec![
             format!("/Shows/NextUp?userId={USER}&fields=Path"),
             format!("/UserItems/Resume?userId={USER}&fields=Path"),
@@ -1221,11 +1225,7 @@ fn jellyfin_lists_of_every_user_are_unioned() {
     ));
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert_eq!(lines(&ran.stdout), want_out(&mp), "{}", ran.stderr);
-    let asked: Vec<String> = server
-        .seen()
-        .iter()
-        .map(|a| format!("{}?{}", a.path, a.query))
-        .collect();
+    let asked = server.asked();
     assert_eq!(
         asked,
         [
