@@ -97,7 +97,7 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     signals::start(&cfg.mountpoint)?;
 
     daemonize::notify_ready(Ok(()));
-    let r = session.run();
+    let r = experiment_swap(session, &cfg);
     shutdown();
     watchdog::release();
     match r {
@@ -110,6 +110,80 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     }
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
+}
+
+/// EXPERIMENT (issue 22, branch only): with CACHEFS_EXPERIMENT_SWAP_EVERY=SECS, every
+/// SECS the session pauses at a request boundary and a new session resumes the same
+/// connection in this process, over a duplicate of its descriptor. It checks the kernel
+/// mechanics a live restart relies on, under load, before state crosses processes.
+fn experiment_swap(
+    mut session: fuser::Session<crate::fuse::CachefsFs>,
+    cfg: &Arc<Config>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let Some(every) = std::env::var("CACHEFS_EXPERIMENT_SWAP_EVERY")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    else {
+        return session.run();
+    };
+    let mut swaps = 0u64;
+    loop {
+        let dev = session.as_fd().try_clone_to_owned()?;
+        let pauser = session.pauser();
+        let no_opendir = true;
+        let mnt = cfg.mountpoint.clone();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs_f64(every));
+                let t0 = std::time::Instant::now();
+                pauser.pause();
+                // Wake every worker blocked in read(2): each statfs is one request.
+                let mut wakes = 0;
+                while !done.load(Ordering::SeqCst) {
+                    let mnt = mnt.clone();
+                    std::thread::spawn(move || {
+                        let _ = rustix::fs::statfs(&mnt);
+                    });
+                    wakes += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                tracing::info!(
+                    "experiment: paused in {:?} after {wakes} wake-ups",
+                    t0.elapsed()
+                );
+            })
+        };
+        let r = session.run();
+        done.store(true, Ordering::SeqCst);
+        let _ = waker.join();
+        r?;
+        if PROCESS.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let core = PROCESS.core.get().expect("core").clone();
+        // Requests a worker handed to the SOURCE lane are still being answered: a
+        // successor process would wait for them here.
+        let mut fcfg = fuser::Config::default();
+        fcfg.n_threads = Some(8);
+        fcfg.clone_fd = true;
+        let acl = if cfg.allow_other {
+            fuser::SessionACL::All
+        } else {
+            fuser::SessionACL::Owner
+        };
+        session = fuser::Session::resume_from_fd(
+            crate::fuse::CachefsFs::resumed(core.clone(), no_opendir),
+            dev,
+            acl,
+            fcfg,
+        );
+        core.set_invalidator(notify::invalidator(session.notifier()));
+        swaps += 1;
+        tracing::info!("experiment: session swap {swaps}");
+    }
 }
 
 /// Stops the promoter (temp files removed) and saves the cache index and the metadata
