@@ -276,6 +276,11 @@ impl<FS: Filesystem> Session<FS> {
         }
     }
 
+    /// cachefs: the filesystem this session serves (`None` after `destroy`).
+    pub fn filesystem(&self) -> Option<&FS> {
+        self.filesystem.fs.as_ref()
+    }
+
     /// cachefs: the handle that stops this session's workers at a request boundary.
     pub fn pauser(&self) -> Pauser {
         self.pauser.clone()
