@@ -44,6 +44,10 @@ pub enum Command {
     Unmount {
         mountpoint: PathBuf,
     },
+    Restart {
+        mountpoint: PathBuf,
+        binary: Option<PathBuf>,
+    },
     Cleanup {
         mountpoints: Vec<PathBuf>,
         /// `--watch`: check every `SECS` until stopped (a host-side service for mounts a
@@ -131,7 +135,7 @@ pub enum CliError {
 
 /// The subcommand names; any other first argument starts the mount form.
 pub const SUBCOMMANDS: &[&str] = &[
-    "status", "promote", "pin", "unpin", "evict", "unmount", "cleanup", "feed", "man",
+    "status", "promote", "pin", "unpin", "evict", "unmount", "restart", "cleanup", "feed", "man",
 ];
 
 const USAGE: &str = "usage: cachefs SOURCE MOUNTPOINT --cache DIR [OPTIONS] (see 'cachefs --help')";
@@ -358,6 +362,11 @@ pub fn help_text() -> String {
             "graceful stop: finish or cancel promotions, unmount, daemon exits",
         ),
         (
+            "restart MOUNTPOINT [--binary PATH]",
+            "become a new binary (default: the same) on the live mount, which never leaves \
+             mountinfo; refused, the daemon serving on, while files are open through it",
+        ),
+        (
             "cleanup [--watch [--every SECS]] [MOUNTPOINT...]",
             "find stale cachefs mounts (all, or those named) and remove them; --watch: keep \
              checking (every SECS, default 1) until stopped",
@@ -489,6 +498,15 @@ enum Sub {
     Unmount {
         /// The mount's directory.
         mountpoint: PathBuf,
+    },
+    /// Restart the daemon into a (new) binary without unmounting: the mount never leaves
+    /// mountinfo and the kernel's requests wait a moment instead of failing.
+    Restart {
+        /// The mount's directory.
+        mountpoint: PathBuf,
+        /// The binary to become (default: the one the daemon was started as).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
     /// Find stale cachefs mounts (all, or those named) and remove them.
     Cleanup {
@@ -729,6 +747,7 @@ fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
         Sub::Unpin { paths } => Command::Unpin { paths },
         Sub::Evict { paths } => Command::Evict { paths },
         Sub::Unmount { mountpoint } => Command::Unmount { mountpoint },
+        Sub::Restart { mountpoint, binary } => Command::Restart { mountpoint, binary },
         Sub::Cleanup {
             mountpoints,
             watch,

@@ -24,7 +24,8 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::cache::promoter::{Job, Priority};
 use crate::control::{
-    Evicted, Failure, Handler, Peer, Pinned, Progress, Promoted, Status, Stopping, Unpinned,
+    Evicted, Failure, Handler, Peer, Pinned, Progress, Promoted, Restarting, Status, Stopping,
+    Unpinned,
 };
 use crate::overlay::{Caller, Overlay};
 
@@ -32,6 +33,10 @@ pub struct Daemon {
     pub core: Arc<Overlay>,
     /// Stops the mount as SIGTERM would (given by the mount, which owns the lifecycle).
     pub stop: fn(),
+    /// Starts a live restart into a binary (given by the mount, which owns the lifecycle).
+    pub restart: fn(Option<&std::path::Path>) -> Result<PathBuf, String>,
+    /// When this daemon started serving (Unix milliseconds).
+    pub since_ms: u64,
     /// The metrics listener's bound address, or why it is not listening; unset while
     /// `metrics=` is not given.
     pub metrics: OnceLock<Result<String, String>>,
@@ -52,10 +57,18 @@ fn progress_of(job: &Job) -> Progress {
 }
 
 impl Daemon {
-    pub fn new(core: Arc<Overlay>, stop: fn()) -> Daemon {
+    pub fn new(
+        core: Arc<Overlay>,
+        stop: fn(),
+        restart: fn(Option<&std::path::Path>) -> Result<PathBuf, String>,
+    ) -> Daemon {
         Daemon {
             core,
             stop,
+            restart,
+            since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             metrics: OnceLock::new(),
         }
     }
@@ -159,6 +172,7 @@ impl Handler for Daemon {
             source: cfg.source.to_string_lossy().into_owned(),
             cache: cfg.cache.to_string_lossy().into_owned(),
             pid: std::process::id(),
+            serving_since_ms: self.since_ms,
             passthrough: core.passthrough_enabled(),
             // 0: no limit but min_free.
             max_size: cfg.max_size.unwrap_or(0),
@@ -329,5 +343,11 @@ impl Handler for Daemon {
     fn unmount(&self) -> Result<Stopping, String> {
         (self.stop)();
         Ok(Stopping { stopping: true })
+    }
+
+    fn restart(&self, binary: Option<&std::path::Path>) -> Result<Restarting, String> {
+        (self.restart)(binary).map(|b| Restarting {
+            binary: b.display().to_string(),
+        })
     }
 }

@@ -76,6 +76,21 @@ impl CachefsFs {
         }
     }
 
+    /// The filesystem of a session that resumes a connection another session initialized
+    /// (`fuser::Session::resume_from_fd`): what that INIT negotiated is given, as `init`
+    /// is not called again.
+    pub fn resumed(core: Arc<Overlay>, no_opendir: bool) -> CachefsFs {
+        CachefsFs {
+            no_opendir,
+            ..CachefsFs::new(core)
+        }
+    }
+
+    /// Whether INIT negotiated FUSE_NO_OPENDIR_SUPPORT.
+    pub fn no_opendir(&self) -> bool {
+        self.no_opendir
+    }
+
     /// Runs `f`, a request that needs SOURCE, where such requests run (`crate::lane`):
     /// a request the cache or memory can answer is answered before this, on the worker.
     fn on_source(&self, op: Op, f: impl FnOnce(&Arc<Overlay>) + Send + 'static) {

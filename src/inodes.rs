@@ -697,6 +697,175 @@ fn probe_handles(root: BorrowedFd<'_>) -> Option<OwnedFd> {
     }
 }
 
+/// The first bytes of a node table handed to a successor daemon (`export`); a successor
+/// that reads another version refuses it, and the running daemon goes on.
+const NODES_MAGIC: &[u8] = b"CACHEFS-NODES-1\n";
+
+impl InodeTable {
+    /// Every node the kernel holds, for a successor daemon that takes the live FUSE
+    /// connection over and must answer the node ids the kernel already has: each node's
+    /// id, object, type, lookup count, handle and the parent and name it was last seen
+    /// under, parents before children; also the device numbering and the aliases, which
+    /// decide the ids of nodes to come. Call it with the FUSE workers paused: a lookup or
+    /// forget during the walk would be half in it.
+    pub fn export(&self) -> Vec<u8> {
+        let map = self.by_id.read();
+        // Parents first: a node's depth is its parent chain's length.
+        let depth = |inode: &Arc<Inode>| {
+            let mut d = 0usize;
+            let mut cur = inode.parent();
+            while let Some(p) = cur {
+                d += 1;
+                if d > MAX_DEPTH {
+                    break;
+                }
+                cur = p.parent();
+            }
+            d
+        };
+        let mut nodes: Vec<(usize, &Arc<Inode>)> = map
+            .values()
+            .filter(|i| i.nodeid != ROOT)
+            .map(|i| (depth(i), i))
+            .collect();
+        nodes.sort_by_key(|(d, i)| (*d, i.nodeid));
+        let mut w = crate::codec::Writer::new(NODES_MAGIC);
+        w.u64(self.root.dev);
+        w.u64(self.root.ino);
+        let numbering = self.numbering.lock();
+        w.u32(numbering.other_devs.len() as u32);
+        for dev in &numbering.other_devs {
+            w.u64(*dev);
+        }
+        drop(numbering);
+        w.u64(self.next_alias.load(Ordering::Relaxed));
+        let aliases = self.aliases.map.lock();
+        w.u32(aliases.len() as u32);
+        for ((dev, ino), a) in aliases.iter() {
+            w.u64(*dev);
+            w.u64(*ino);
+            w.u64(a.current.unwrap_or(0));
+            w.u32(a.live.len() as u32);
+            for n in &a.live {
+                w.u64(*n);
+            }
+        }
+        drop(aliases);
+        w.u64(nodes.len() as u64);
+        for (_, inode) in nodes {
+            let (parent, name) = match inode.loc.lock().as_ref() {
+                Some(l) => (l.parent.nodeid, l.name.as_bytes().to_vec()),
+                None => (ROOT, Vec::new()),
+            };
+            w.u64(inode.nodeid);
+            w.u64(inode.dev);
+            w.u64(inode.ino);
+            w.u32(inode.kind());
+            w.u64(inode.nlookup.load(Ordering::Relaxed));
+            w.u64(parent);
+            w.bytes(&name);
+            match *inode.handle.lock() {
+                Some(h) => {
+                    let (kind, bytes) = h.parts();
+                    w.u8(1);
+                    w.u32(kind as u32);
+                    w.bytes(bytes);
+                }
+                None => w.u8(0),
+            }
+        }
+        w.finish()
+    }
+
+    /// Takes the nodes of a predecessor's `export` into this (new, empty) table, with
+    /// their ids and lookup counts, so that every node id the kernel holds answers as
+    /// before. Nothing of SOURCE is touched: each node is reopened, by handle or by
+    /// parent and name, when an operation needs it, as any node is. Returns how many
+    /// nodes it took, or why it refuses the state (another version, a damaged one, a
+    /// different SOURCE root).
+    pub fn import(&self, data: &[u8]) -> Result<usize, String> {
+        let bad = || "the node table is damaged".to_string();
+        let mut r = crate::codec::Reader::open(data, NODES_MAGIC)
+            .ok_or("the node table is of another version, or damaged")?;
+        let root = (r.u64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?);
+        if root != (self.root.dev, self.root.ino) {
+            return Err("the node table is of another SOURCE".to_string());
+        }
+        let ndevs = r.u32().ok_or_else(bad)?;
+        let mut devs = Vec::new();
+        for _ in 0..ndevs {
+            devs.push(r.u64().ok_or_else(bad)?);
+        }
+        let next_alias = r.u64().ok_or_else(bad)?;
+        let naliases = r.u32().ok_or_else(bad)?;
+        let mut aliases = Vec::new();
+        for _ in 0..naliases {
+            let key = (r.u64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?);
+            let current = r.u64().ok_or_else(bad)?;
+            let nlive = r.u32().ok_or_else(bad)?;
+            let mut live = Vec::new();
+            for _ in 0..nlive {
+                live.push(r.u64().ok_or_else(bad)?);
+            }
+            aliases.push((key, current, live));
+        }
+        let count = r.u64().ok_or_else(bad)?;
+        let mut map = self.by_id.write();
+        if map.len() != 1 {
+            return Err("the node table to import into is not new".to_string());
+        }
+        for _ in 0..count {
+            let nodeid = r.u64().ok_or_else(bad)?;
+            let dev = r.u64().ok_or_else(bad)?;
+            let ino = r.u64().ok_or_else(bad)?;
+            let kind = r.u32().ok_or_else(bad)?;
+            let nlookup = r.u64().ok_or_else(bad)?;
+            let parent = r.u64().ok_or_else(bad)?;
+            let name = r.bytes().ok_or_else(bad)?;
+            let handle = match r.u8().ok_or_else(bad)? {
+                0 => None,
+                _ => {
+                    let kind = r.u32().ok_or_else(bad)? as i32;
+                    sys::FileHandle::from_parts(kind, r.bytes().ok_or_else(bad)?)
+                }
+            };
+            let parent = map
+                .get(&parent)
+                .cloned()
+                .ok_or_else(|| format!("node {nodeid} comes before its parent {parent}"))?;
+            if nodeid == ROOT || name.is_empty() {
+                return Err(bad());
+            }
+            map.insert(
+                nodeid,
+                Arc::new(Inode {
+                    nodeid,
+                    dev,
+                    ino,
+                    kind: AtomicU32::new(kind),
+                    nlookup: AtomicU64::new(nlookup),
+                    loc: Mutex::new(Some(Loc {
+                        parent,
+                        name: OsStr::from_bytes(name).into(),
+                    })),
+                    // A handle is only used where this table may open by handle.
+                    handle: Mutex::new(handle.filter(|_| self.mount_fd.is_some())),
+                }),
+            );
+        }
+        drop(map);
+        self.numbering.lock().other_devs = devs;
+        self.next_alias.store(next_alias, Ordering::Relaxed);
+        for (key, current, live) in aliases {
+            self.aliases.update(key, |a| {
+                a.current = (current != 0).then_some(current);
+                a.live = live;
+            });
+        }
+        Ok(count as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The table on a real directory, in process: no FUSE, no root needed (the handle
@@ -953,5 +1122,77 @@ mod tests {
         t.forget(f.nodeid, 1);
         assert_eq!(errno(t.get(f.nodeid)), Some(libc::ESTALE));
         assert_eq!(t.fds.stats().cached, 0);
+    }
+
+    #[test]
+    fn node_table_exported_to_a_successor_answers_the_same_node_ids() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("Show/Season 1")).unwrap();
+        fs::write(d.path().join("Show/Season 1/E01.mkv"), b"x").unwrap();
+        fs::write(d.path().join("film.mkv"), b"y").unwrap();
+        for handles in modes(d.path()) {
+            let old = table(d.path(), handles, 64);
+            let show = lookup(&old, &old.root(), "Show").unwrap();
+            let season = lookup(&old, &show, "Season 1").unwrap();
+            let ep = lookup(&old, &season, "E01.mkv").unwrap();
+            let film = lookup(&old, &old.root(), "film.mkv").unwrap();
+            lookup(&old, &old.root(), "film.mkv").unwrap();
+            old.fd(&film).unwrap();
+            let state = old.export();
+
+            let new = table(d.path(), handles, 64);
+            assert_eq!(new.import(&state), Ok(4), "handles {handles}");
+            for (inode, path) in [
+                (&show, "Show"),
+                (&season, "Show/Season 1"),
+                (&ep, "Show/Season 1/E01.mkv"),
+                (&film, "film.mkv"),
+            ] {
+                let got = new.get(inode.nodeid).unwrap();
+                assert_eq!(
+                    (got.dev, got.ino, got.kind()),
+                    (inode.dev, inode.ino, inode.kind())
+                );
+                assert_eq!(new.path_of(&got).unwrap(), PathBuf::from(path));
+                // Reopened from SOURCE when needed: the same object.
+                let st = rustix::fs::fstat(&*new.fd(&got).unwrap()).unwrap();
+                assert_eq!((st.st_dev, st.st_ino), (inode.dev, inode.ino));
+            }
+            // Lookup counts came along: the film was looked up twice.
+            new.forget(film.nodeid, 1);
+            assert!(new.get(film.nodeid).is_ok());
+            new.forget(film.nodeid, 1);
+            assert_eq!(errno(new.get(film.nodeid)), Some(libc::ESTALE));
+            // A lookup in the successor finds the imported node, not a new one.
+            let again = lookup(&new, &new.get(season.nodeid).unwrap(), "E01.mkv").unwrap();
+            assert_eq!(again.nodeid, ep.nodeid);
+        }
+    }
+
+    #[test]
+    fn node_table_of_another_version_source_or_damaged_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), b"x").unwrap();
+        let old = table(d.path(), false, 64);
+        lookup(&old, &old.root(), "f").unwrap();
+        let state = old.export();
+        let mut older = state.clone();
+        older[..NODES_MAGIC.len()].copy_from_slice(b"CACHEFS-NODES-0\n");
+        for (bad, why) in [
+            (older, "another version"),
+            (
+                state[..state.len() - 3].to_vec(),
+                "another version, or damaged",
+            ),
+        ] {
+            let new = table(d.path(), false, 64);
+            let err = new.import(&bad).unwrap_err();
+            assert!(err.contains(why), "{err}");
+            assert_eq!(new.len(), 1, "nothing taken from a refused table");
+        }
+        let elsewhere = table(other.path(), false, 64);
+        let err = elsewhere.import(&state).unwrap_err();
+        assert!(err.contains("another SOURCE"), "{err}");
     }
 }

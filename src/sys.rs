@@ -156,6 +156,27 @@ pub struct FileHandle {
     bytes: [u8; HANDLE_MAX],
 }
 
+impl FileHandle {
+    /// The handle's type and bytes, for a state handed to a successor daemon.
+    pub fn parts(&self) -> (i32, &[u8]) {
+        (self.kind, &self.bytes[..self.len as usize])
+    }
+
+    /// A handle from `parts`; `None` if it is longer than an inode keeps.
+    pub fn from_parts(kind: i32, bytes: &[u8]) -> Option<FileHandle> {
+        if bytes.len() > HANDLE_MAX {
+            return None;
+        }
+        let mut h = FileHandle {
+            kind,
+            len: bytes.len() as u8,
+            bytes: [0; HANDLE_MAX],
+        };
+        h.bytes[..bytes.len()].copy_from_slice(bytes);
+        Some(h)
+    }
+}
+
 #[repr(C)]
 struct RawHandle {
     handle_bytes: libc::c_uint,

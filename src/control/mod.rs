@@ -35,7 +35,8 @@ pub mod server;
 pub use client::{RequestError, locate, request, status};
 pub use metrics::{MetricsServer, serve_metrics};
 pub use proto::{
-    Cmd, Evicted, Failure, Pinned, Progress, Promoted, Request, Status, Stopping, Unpinned,
+    Cmd, Evicted, Failure, Pinned, Progress, Promoted, Request, Restarting, Status, Stopping,
+    Unpinned,
 };
 pub use run::run_command;
 pub use server::{Handler, Peer, Server, serve};

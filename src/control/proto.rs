@@ -42,16 +42,18 @@ pub enum Cmd {
     Unpin,
     Evict,
     Unmount,
+    Restart,
 }
 
 impl Cmd {
-    pub const ALL: [Cmd; 6] = [
+    pub const ALL: [Cmd; 7] = [
         Cmd::Status,
         Cmd::Promote,
         Cmd::Pin,
         Cmd::Unpin,
         Cmd::Evict,
         Cmd::Unmount,
+        Cmd::Restart,
     ];
 
     /// The command's name on the wire, which is also the subcommand's name.
@@ -63,12 +65,16 @@ impl Cmd {
             Cmd::Unpin => "unpin",
             Cmd::Evict => "evict",
             Cmd::Unmount => "unmount",
+            Cmd::Restart => "restart",
         }
     }
 
     /// Commands that can take the mount or cached copies away from other users.
     pub fn is_privileged(self) -> bool {
-        matches!(self, Cmd::Unmount | Cmd::Evict | Cmd::Pin | Cmd::Unpin)
+        matches!(
+            self,
+            Cmd::Unmount | Cmd::Restart | Cmd::Evict | Cmd::Pin | Cmd::Unpin
+        )
     }
 
     /// Commands that act on paths, and so need at least one.
@@ -111,6 +117,10 @@ pub struct Request {
     pub paths: Vec<PathBuf>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub wait: bool,
+    /// `restart`: the binary the daemon becomes (absolute); `None`: the one it was
+    /// started as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<PathBuf>,
 }
 
 impl Request {
@@ -119,6 +129,7 @@ impl Request {
             cmd,
             paths: paths.to_vec(),
             wait,
+            binary: None,
         }
     }
 
@@ -234,6 +245,10 @@ pub struct Status {
     pub promotions_done: u64,
     pub promotions_failed: u64,
     pub queued: u64,
+    /// Extra: when this daemon's binary started serving (Unix milliseconds); a live
+    /// restart keeps the pid and changes this.
+    #[serde(default)]
+    pub serving_since_ms: u64,
     pub source: String,
     /// Extra: whether SOURCE answers; when not, since when (unix seconds; 0 while it
     /// answers): a call to it has been in flight for longer than `lane::STALL`.
@@ -314,6 +329,12 @@ pub struct Evicted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stopping {
     pub stopping: bool,
+}
+
+/// The answer to `restart`: the daemon has paused and is about to become `binary`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restarting {
+    pub binary: String,
 }
 
 /// One line from the daemon: zero or more progress reports, then one final answer, the
@@ -503,7 +524,7 @@ mod tests {
     ];
 
     /// What the daemon sends beyond the contract (tests and the text status read them).
-    const EXTRA_KEYS: [&str; 29] = [
+    const EXTRA_KEYS: [&str; 30] = [
         "cache_fs_avail",
         "cache_fs_size",
         "cache_read_bytes",
@@ -533,6 +554,7 @@ mod tests {
         "fds_reopened",
         "fds_shed",
         "inodes",
+        "serving_since_ms",
     ];
 
     /// docs/reference.md, the reference that ships with the code, explains every key the
@@ -590,6 +612,7 @@ mod tests {
             passthrough_bytes: 2000,
             passthrough_opens: 3,
             pid: 1234,
+            serving_since_ms: 5,
             pinned_files: 1,
             promoted_bytes: 4000,
             promoter_read_bytes: 5000,
@@ -655,7 +678,8 @@ mod tests {
             r#""mountpoint":"/mnt/media","passthrough":true,"passthrough_bytes":2000,"#,
             r#""passthrough_opens":3,"pid":1234,"pinned_files":1,"promoted_bytes":4000,"#,
             r#""promoter_read_bytes":5000,"#,
-            r#""promotions_done":12,"promotions_failed":0,"queued":2,"source":"/mnt/hdd","#,
+            r#""promotions_done":12,"promotions_failed":0,"queued":2,"serving_since_ms":5,"#,
+            r#""source":"/mnt/hdd","#,
             r#""source_answering":true,"source_in_flight":1,"source_lookups":6,"#,
             r#""source_ops":{"lookup":6,"read":9},"source_read_bytes":7000,"#,
             r#""source_stalled_since":0,"source_waiting":0}}"#,

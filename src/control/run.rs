@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 
 use super::client::{self, RequestError, locate};
 use super::progress;
-use super::proto::{Cmd, Evicted, Pinned, Progress, Promoted, Request, Status, Stopping, Unpinned};
+use super::proto::{
+    Cmd, Evicted, Pinned, Progress, Promoted, Request, Restarting, Status, Stopping, Unpinned,
+};
 use super::render::{self, Summary};
 use crate::cli::Command;
 use crate::exit::{FAILURE, SUCCESS};
@@ -29,6 +31,7 @@ pub fn run_command(cmd: Command) -> u8 {
         Command::Unpin { paths } => run_paths::<Unpinned>(Cmd::Unpin, &paths, false),
         Command::Evict { paths } => run_paths::<Evicted>(Cmd::Evict, &paths, false),
         Command::Unmount { mountpoint } => run_unmount(&mountpoint),
+        Command::Restart { mountpoint, binary } => run_restart(&mountpoint, binary),
         Command::Cleanup { mountpoints, watch } => {
             // Absolute without resolving: a stale mountpoint cannot be stat'ed.
             let cwd = std::env::current_dir().unwrap_or_default();
@@ -166,6 +169,46 @@ fn run_unmount(path: &Path) -> u8 {
             mp.display(),
             UNMOUNT_WAIT.as_secs()
         ))
+    }
+}
+
+/// How long `cachefs restart` waits for the new daemon to answer.
+const RESTART_WAIT: Duration = Duration::from_secs(30);
+
+/// `cachefs restart MOUNTPOINT [--binary PATH]`: asks the daemon to become `binary`, then
+/// waits until the daemon answers again from the new binary, on the same mount.
+fn run_restart(path: &Path, binary: Option<PathBuf>) -> u8 {
+    let (mp, _) = match locate(path) {
+        Ok(l) => l,
+        Err(msg) => return fail(&msg),
+    };
+    let before = match client::status(&mp) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let mut req = Request::new(Cmd::Restart, &[], false);
+    req.binary = binary.map(|b| std::env::current_dir().unwrap_or_default().join(b));
+    let into = match client::request::<Restarting>(&mp, &req, &mut |_| {}) {
+        Ok(r) => r.binary,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let end = Instant::now() + RESTART_WAIT;
+    loop {
+        if let Ok(s) = client::status(&mp)
+            && s.pid == before.pid
+            && s.serving_since_ms != before.serving_since_ms
+        {
+            println!("restarted {} as {into} (pid {})", mp.display(), s.pid);
+            return SUCCESS;
+        }
+        if Instant::now() > end {
+            return fail(&format!(
+                "asked the daemon of {} to restart as {into}, but it has not answered for {} s: see its log",
+                mp.display(),
+                RESTART_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

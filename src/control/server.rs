@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::proto::{
-    self, Cmd, Evicted, Frame, MAX_REQUEST, Pinned, Progress, Promoted, Reply, Request, Status,
-    Stopping, Unpinned, WRITE_TIMEOUT,
+    self, Cmd, Evicted, Frame, MAX_REQUEST, Pinned, Progress, Promoted, Reply, Request, Restarting,
+    Status, Stopping, Unpinned, WRITE_TIMEOUT,
 };
 use super::socket_path;
 
@@ -93,6 +93,10 @@ pub trait Handler: Send + Sync + 'static {
     /// return (not exit the process) once the stop is under way; the client then waits for
     /// the mount to leave mountinfo.
     fn unmount(&self) -> Result<Stopping, String>;
+    /// Starts a live restart into `binary` (absolute; `None`: the binary the daemon was
+    /// started as): checks it, pauses the FUSE workers, and returns; the process then
+    /// becomes the new binary on the same connection. An error leaves the daemon serving.
+    fn restart(&self, binary: Option<&Path>) -> Result<Restarting, String>;
 }
 
 /// The running control socket. Dropping it stops the listener and removes the socket file
@@ -396,7 +400,7 @@ fn serve_connection(
     if req.cmd.is_privileged() && !peer.is_privileged() {
         return refuse(
             stream,
-            "permission denied: only root (or the daemon's user) may unmount, evict, pin or unpin",
+            "permission denied: only root (or the daemon's user) may unmount, restart, evict, pin or unpin",
         );
     }
     if !peer.is_privileged() && !users.lock().allow(peer.uid, Instant::now()) {
@@ -423,6 +427,7 @@ fn serve_connection(
         Cmd::Unpin => answer(handler.unpin(&req.paths)),
         Cmd::Evict => answer(handler.evict(&req.paths)),
         Cmd::Unmount => answer(handler.unmount()),
+        Cmd::Restart => answer(handler.restart(req.binary.as_deref())),
     }));
     match outcome {
         Ok(line) => {
@@ -592,6 +597,9 @@ mod tests {
         }
         fn unmount(&self) -> Result<Stopping, String> {
             Ok(Stopping { stopping: true })
+        }
+        fn restart(&self, _: Option<&Path>) -> Result<Restarting, String> {
+            Err("no restart here".into())
         }
     }
 

@@ -17,6 +17,7 @@
 mod daemonize;
 mod notify;
 mod process;
+mod restart;
 mod session;
 mod signals;
 mod stale;
@@ -32,6 +33,7 @@ use crate::config::Config;
 use crate::overlay::Overlay;
 
 pub use daemonize::{DaemonError, run_daemon};
+pub use restart::{FORMAT as STATE_FORMAT, resuming};
 
 /// A failure to mount or run, with a message for the user.
 #[derive(Debug)]
@@ -61,6 +63,15 @@ struct Process {
     /// A stop signal came: the session's end, however the kernel reports it, is the
     /// stop's doing (the signal thread exits 0).
     stopping: AtomicBool,
+    /// This process's binary and arguments, for a live restart (`restart`).
+    exe: OnceLock<std::path::PathBuf>,
+    argv: OnceLock<Vec<std::ffi::OsString>>,
+    /// Stops the running session's workers at a request boundary.
+    pauser: Mutex<Option<fuser::Pauser>>,
+    /// A live restart asked for: the binary to become.
+    restart: Mutex<Option<std::path::PathBuf>>,
+    /// The session has returned paused (the workers need no more waking).
+    paused: AtomicBool,
 }
 
 static PROCESS: Process = Process {
@@ -69,6 +80,11 @@ static PROCESS: Process = Process {
     ready: Mutex::new(None),
     shut: Once::new(),
     stopping: AtomicBool::new(false),
+    exe: OnceLock::new(),
+    argv: OnceLock::new(),
+    pauser: Mutex::new(None),
+    restart: Mutex::new(None),
+    paused: AtomicBool::new(false),
 };
 
 /// Mounts and serves until stopped. Returns once the filesystem is unmounted.
@@ -91,13 +107,84 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
             .map_err(|e| err(format!("cannot open source {}: {e}", cfg.source.display())))?,
     );
     let session = session::mount(&cfg, core.clone())?;
+    serve(&cfg, core, session)
+}
+
+/// Resumes the mount a predecessor handed over through execve(2) (`restart`): no mount,
+/// no INIT, no new watchdog; the node table taken, then served as any mount.
+pub fn resume(mut cfg: Config) -> Result<(), MountError> {
+    signals::block()?;
+    let handed = restart::take_handed().map_err(err)?;
+    // The predecessor's resolved paths: the arguments may be relative to a directory
+    // it has left, and the mountpoint cannot be looked at until this process serves it.
+    cfg.source = handed.paths.0.clone();
+    cfg.mountpoint = handed.paths.1.clone();
+    cfg.cache = handed.paths.2.clone();
+    let (wpid, wpipe) = handed.watchdog;
+    watchdog::adopt(wpid, wpipe);
+    if let Err(e) = process::raise_nofile_limit() {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
+    let cfg = Arc::new(cfg);
+    let core = Arc::new(
+        Overlay::new(cfg.clone())
+            .map_err(|e| err(format!("cannot open source {}: {e}", cfg.source.display())))?,
+    );
+    let nodes = core.import_nodes(&handed.state).map_err(err)?;
+    let session = session::resume(&cfg, core.clone(), handed.dev, handed.negotiated);
+    tracing::info!(
+        "restarted: serving {} again with {nodes} nodes the kernel holds",
+        cfg.mountpoint.display()
+    );
+    serve(&cfg, core, session)
+}
+
+/// Serves the mount until it ends; a live restart asked for meanwhile execs the new
+/// binary from here, or, if it cannot, serves on with a new session.
+fn serve(
+    cfg: &Arc<Config>,
+    core: Arc<Overlay>,
+    mut session: fuser::Session<crate::fuse::CachefsFs>,
+) -> Result<(), MountError> {
+    use std::os::fd::AsFd;
     let _ = PROCESS.core.set(core.clone());
+    let _ = PROCESS.argv.set(std::env::args_os().collect());
+    if let Ok(exe) = std::env::current_exe() {
+        let _ = PROCESS.exe.set(exe);
+    }
     // The control socket; it goes (and its file with it) when the process exits.
-    let _control = session::serve_control(&cfg, core);
+    let _control = session::serve_control(cfg, core.clone());
     signals::start(&cfg.mountpoint)?;
 
     daemonize::notify_ready(Ok(()));
-    let r = session.run();
+    let negotiated = session::Negotiated {
+        passthrough: core.passthrough_enabled(),
+        no_opendir: session
+            .filesystem()
+            .is_some_and(crate::fuse::CachefsFs::no_opendir),
+    };
+    let r = loop {
+        let dev = session
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(format!("cannot keep the FUSE descriptor: {e}")))?;
+        *PROCESS.pauser.lock() = Some(session.pauser());
+        let r = session.run();
+        let due = PROCESS.restart.lock().clone();
+        match (due, &r) {
+            (Some(binary), Ok(())) if !PROCESS.stopping.load(Ordering::SeqCst) => {
+                let why = restart::exec(&binary, &dev, negotiated);
+                tracing::error!(
+                    "restart into {} refused: {why}; serving on",
+                    binary.display()
+                );
+                PROCESS.restart.lock().take();
+                PROCESS.paused.store(false, Ordering::SeqCst);
+                session = session::resume(cfg, core.clone(), dev, negotiated);
+            }
+            _ => break r,
+        }
+    };
     shutdown();
     watchdog::release();
     match r {

@@ -41,18 +41,7 @@ pub(super) fn mount(
     fuse_mount(cfg, &dev)
         .map_err(|e| err(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
 
-    let mut fcfg = fuser::Config::default();
-    fcfg.n_threads = Some(FUSE_THREADS);
-    fcfg.clone_fd = true;
-    let acl = if cfg.allow_other {
-        fuser::SessionACL::All
-    } else if cfg.allow_root {
-        // The kernel knows only allow_other: fuser answers anyone but root and the
-        // owner EACCES, as libfuse does for allow_root.
-        fuser::SessionACL::RootAndOwner
-    } else {
-        fuser::SessionACL::Owner
-    };
+    let (acl, fcfg) = fuser_config(cfg);
     let session = match fuser::Session::from_fd(CachefsFs::new(core.clone()), dev, acl, fcfg) {
         Ok(s) => s,
         Err(e) => {
@@ -70,11 +59,59 @@ pub(super) fn mount(
     Ok(session)
 }
 
+/// The fuser session's settings: worker threads, and who may use the mount.
+fn fuser_config(cfg: &Config) -> (fuser::SessionACL, fuser::Config) {
+    let mut fcfg = fuser::Config::default();
+    fcfg.n_threads = Some(FUSE_THREADS);
+    fcfg.clone_fd = true;
+    let acl = if cfg.allow_other {
+        fuser::SessionACL::All
+    } else if cfg.allow_root {
+        // The kernel knows only allow_other: fuser answers anyone but root and the
+        // owner EACCES, as libfuse does for allow_root.
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    (acl, fcfg)
+}
+
+/// A session over a connection whose INIT a predecessor answered (a live restart): the
+/// core is told what was negotiated, as `init` is not called again.
+pub(super) fn resume(
+    cfg: &Config,
+    core: Arc<Overlay>,
+    dev: OwnedFd,
+    negotiated: Negotiated,
+) -> fuser::Session<CachefsFs> {
+    let (acl, fcfg) = fuser_config(cfg);
+    core.set_passthrough(negotiated.passthrough);
+    let session = fuser::Session::resume_from_fd(
+        CachefsFs::resumed(core.clone(), negotiated.no_opendir),
+        dev,
+        acl,
+        fcfg,
+    );
+    core.set_invalidator(super::notify::invalidator(session.notifier()));
+    session
+}
+
+/// What the kernel and the daemon agreed at INIT that the daemon's answers depend on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Negotiated {
+    pub passthrough: bool,
+    pub no_opendir: bool,
+}
+
 /// The control socket for the mount, or none (with a warning): a mount without one
 /// still serves files. With `metrics=`, the Prometheus listener beside it, answering from
 /// the same daemon.
 pub(super) fn serve_control(cfg: &Config, core: Arc<Overlay>) -> Option<control::Server> {
-    let daemon = Arc::new(Daemon::new(core, super::signals::request_stop));
+    let daemon = Arc::new(Daemon::new(
+        core,
+        super::signals::request_stop,
+        super::restart::request,
+    ));
     if let Some(addr) = &cfg.metrics {
         serve_metrics(addr, &daemon);
     }

@@ -38,6 +38,22 @@ pub(super) fn release() {
     }
 }
 
+/// The watchdog's pid and the raw descriptor of its pipe, for a live restart: the pipe
+/// stays open across execve(2), so the watchdog goes on watching the same process.
+pub(super) fn keep_across_exec() -> Option<(u32, i32)> {
+    use std::os::fd::AsRawFd;
+    PROCESS
+        .watchdog
+        .lock()
+        .as_ref()
+        .map(|w| (w.pid, w.pipe.as_raw_fd()))
+}
+
+/// Takes over the watchdog a predecessor handed over through execve(2).
+pub(super) fn adopt(pid: u32, pipe: OwnedFd) {
+    *PROCESS.watchdog.lock() = Some(Watchdog { pid, pipe });
+}
+
 fn spawn(mountpoint: &Path) -> io::Result<Watchdog> {
     let (rx, tx) = process::pipe()?;
     match sys::fork()? {

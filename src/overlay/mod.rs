@@ -272,6 +272,22 @@ impl Overlay {
         self.passthrough.load(Ordering::Relaxed)
     }
 
+    /// Open file and directory handles: a live restart carries none yet, so it waits for
+    /// (or refuses while) any is open. Locks are held through file handles.
+    pub fn open_handles(&self) -> (usize, usize) {
+        (self.files.map.lock().len(), self.dirs.map.lock().len())
+    }
+
+    /// The node table for a successor daemon (`InodeTable::export`).
+    pub fn export_nodes(&self) -> Vec<u8> {
+        self.inodes.export()
+    }
+
+    /// A predecessor's node table (`InodeTable::import`).
+    pub fn import_nodes(&self, data: &[u8]) -> Result<usize, String> {
+        self.inodes.import(data)
+    }
+
     /// The path of a source object relative to SOURCE, from the names it was last seen
     /// under. `None` for the root.
     fn rel_of(&self, inode: &Inode) -> Option<PathBuf> {

@@ -747,3 +747,113 @@ fn install_script_installs_the_binary_and_its_manual_page() {
         drop(bound);
     });
 }
+
+/// Every entry below `dir`, counted by a plain walk; an error is returned, not skipped.
+fn walk(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        n += 1;
+        if e.file_type()?.is_dir() {
+            n += walk(&e.path())?;
+        }
+        fs::symlink_metadata(e.path())?;
+    }
+    Ok(n)
+}
+
+/// `cachefs restart` into another copy of the binary, five times while a scanner walks
+/// the library in a loop: the mount never leaves mountinfo, the daemon keeps its pid,
+/// the scanner sees no error and no entry missing. Refused, one line, with the daemon
+/// serving on: while a file is open through the mount (open files are not carried yet),
+/// and into a binary that cannot read this daemon's state.
+#[test]
+fn restart_keeps_the_mount_under_a_scan_and_refuses_what_it_cannot_carry() {
+    if !common::can_mount("restart_keeps_the_mount_under_a_scan_and_refuses_what_it_cannot_carry") {
+        return;
+    }
+    let m = TestMount::builder()
+        .populate(|s: &Path| {
+            for d in 0..10 {
+                fs::create_dir(s.join(format!("d{d}"))).unwrap();
+                for f in 0..30 {
+                    fs::write(s.join(format!("d{d}/e{f}.mkv")), b"x").unwrap();
+                }
+            }
+        })
+        .start();
+    let successor = m.root.join("cachefs-next");
+    fs::copy(BIN, &successor).unwrap();
+    let pid = m.pid();
+    let since = |m: &TestMount| status_at(&m.mnt)["serving_since_ms"].as_u64().unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanner = {
+        let (stop, mnt) = (stop.clone(), m.mnt.clone());
+        std::thread::spawn(move || {
+            let (mut runs, mut bad) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match walk(&mnt) {
+                    Ok(310) => {}
+                    other => bad.push(format!("{other:?}")),
+                }
+                runs += 1;
+            }
+            (runs, bad)
+        })
+    };
+    for i in 0..5 {
+        let before = since(&m);
+        let binary = if i % 2 == 0 {
+            successor.as_path()
+        } else {
+            Path::new(BIN)
+        };
+        let (ok, out) = run(Command::new(BIN)
+            .arg("restart")
+            .arg(&m.mnt)
+            .arg("--binary")
+            .arg(binary));
+        assert!(ok, "restart {i}: {out}\n{}", m.log_contents());
+        assert!(out.contains("restarted"), "{out}");
+        assert_eq!(mounts_at(&m.mnt).len(), 1, "restart {i}");
+        assert_eq!(status_at(&m.mnt)["pid"].as_u64(), Some(pid as u64));
+        assert_ne!(since(&m), before, "restart {i} did not start a new binary");
+        assert_eq!(
+            fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+            binary,
+            "restart {i}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (runs, bad) = scanner.join().unwrap();
+    assert!(runs > 0);
+    assert!(
+        bad.is_empty(),
+        "{} of {runs} scans went wrong: {bad:?}",
+        bad.len()
+    );
+
+    // An open file: refused, the daemon serving on.
+    let held = fs::File::open(m.path("d0/e0.mkv")).unwrap();
+    let before = since(&m);
+    let (ok, out) = run(Command::new(BIN).arg("restart").arg(&m.mnt));
+    assert!(!ok);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("open through the mount"), "{out}");
+    drop(held);
+    // A binary that reads another state: refused before the daemon lets go.
+    let older = m.root.join("cachefs-older");
+    fs::write(&older, "#!/bin/sh\necho CACHEFS-NODES-0\n").unwrap();
+    fs::set_permissions(&older, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ok, out) = run(Command::new(BIN)
+        .arg("restart")
+        .arg(&m.mnt)
+        .arg("--binary")
+        .arg(&older));
+    assert!(!ok);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("cannot take this daemon's state"), "{out}");
+    assert_eq!(since(&m), before, "a refused restart restarted");
+    assert_eq!(walk(&m.mnt).unwrap(), 310);
+}

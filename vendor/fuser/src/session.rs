@@ -121,6 +121,30 @@ impl Drop for UmountOnDrop {
     }
 }
 
+/// cachefs: stops a session's workers at a request boundary, to hand the live connection
+/// to a successor. After `pause`, each worker returns once it has dispatched the request
+/// it is on, or the next one it reads: a worker blocked in read(2) cannot be woken
+/// otherwise, so the caller makes requests arrive (statfs(2) on the mountpoint, one per
+/// worker still running) until `Session::run` returns. The requests that come later stay
+/// queued in the kernel for whoever reads the connection next. Checking a flag after each
+/// request costs the read path nothing, where waiting in poll(2) would cost a syscall per
+/// request.
+#[derive(Clone, Debug, Default)]
+pub struct Pauser(Arc<std::sync::atomic::AtomicBool>);
+
+impl Pauser {
+    /// Asks every worker to stop after its current or next request. `Session::run` then
+    /// returns without calling `destroy`: the connection goes on, under a successor.
+    pub fn pause(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether `pause` was called.
+    pub fn is_paused(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The session data structure
 #[derive(Debug)]
 pub struct Session<FS: Filesystem> {
@@ -139,6 +163,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// cachefs: stops the workers at a request boundary.
+    pauser: Pauser,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +212,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            pauser: Pauser::default(),
         };
 
         session.handshake()?;
@@ -214,11 +241,49 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            pauser: Pauser::default(),
         };
 
         session.handshake()?;
 
         Ok(session)
+    }
+
+    /// cachefs: a session over a /dev/fuse descriptor whose connection is already
+    /// initialized: its INIT was answered by a predecessor, which paused at a request
+    /// boundary (`Pauser`) and handed the descriptor over. No INIT is waited for (the
+    /// kernel sends none again), and `Filesystem::init` is not called: the filesystem
+    /// must be told what was negotiated by whoever hands the descriptor over.
+    pub fn resume_from_fd(
+        filesystem: FS,
+        fd: OwnedFd,
+        acl: SessionACL,
+        config: Config,
+    ) -> Self {
+        Session {
+            filesystem: FilesystemHolder {
+                fs: Some(filesystem),
+            },
+            ch: Channel::new(Arc::new(DevFuse(File::from(fd)))),
+            mount: UmountOnDrop {
+                mount: Arc::new(Mutex::new(None)),
+            },
+            allowed: acl,
+            session_owner: geteuid(),
+            proto_version: None,
+            config,
+            pauser: Pauser::default(),
+        }
+    }
+
+    /// cachefs: the filesystem this session serves (`None` after `destroy`).
+    pub fn filesystem(&self) -> Option<&FS> {
+        self.filesystem.fs.as_ref()
+    }
+
+    /// cachefs: the handle that stops this session's workers at a request boundary.
+    pub fn pauser(&self) -> Pauser {
+        self.pauser.clone()
     }
 
     /// Run the session loop in a background thread. If the returned handle is dropped,
@@ -252,6 +317,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            pauser,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -298,6 +364,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                pauser: pauser.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -319,6 +386,11 @@ impl<FS: Filesystem> Session<FS> {
                     reply = Err(e);
                 }
             }
+        }
+
+        // Paused: the connection goes on under a successor, which will get `destroy`.
+        if pauser.is_paused() && reply.is_ok() {
+            return Ok(());
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -518,6 +590,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// cachefs: checked after each request.
+    pub(crate) pauser: Pauser,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -537,7 +611,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            req.dispatch(self)
+                            req.dispatch(self);
+                            if self.pauser.is_paused() {
+                                return Ok(());
+                            }
                         }
                     }
                     // Quit loop on illegal request

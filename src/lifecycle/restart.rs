@@ -1,0 +1,282 @@
+//! Live restart (`cachefs restart MOUNTPOINT [--binary PATH]`): the daemon becomes a new
+//! binary on the same FUSE connection, and the mount never leaves mountinfo.
+//!
+//! The process stays the same one: after the FUSE workers pause at a request boundary
+//! (`fuser::Pauser`) and the SOURCE lane has drained, the daemon saves what a stop saves
+//! (the cache index, the metadata snapshot), writes its node table to a memfd, and
+//! execve(2)s the new binary with the /dev/fuse descriptor, that memfd and its watchdog's
+//! pipe left open, named in `CACHEFS_RESUME`. The successor resumes the connection
+//! without a new INIT (`fuser::Session::resume_from_fd`), takes the node table, so that
+//! every node id the kernel holds answers as before, and serves. Requests that arrive
+//! meanwhile wait in the kernel's queue. Keeping the process keeps its pid (systemd's
+//! main pid, a container's PID 1), its watchdog child and its descriptors.
+//!
+//! Refused, with the daemon serving on, when the binary cannot take this state (it does
+//! not list [`FORMAT`] in `cachefs state-formats`) and, for now, while files or
+//! directories are open through the mount: open handles are not carried yet.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::session::Negotiated;
+use super::{PROCESS, watchdog};
+
+/// The state this binary writes and reads; `cachefs state-formats` lists it.
+pub const FORMAT: &str = "CACHEFS-NODES-1";
+
+/// The environment variable that tells a successor what it resumes.
+pub const RESUME_ENV: &str = "CACHEFS_RESUME";
+
+/// How long the lane may take to finish the SOURCE calls under way.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Starts a live restart from the control socket's thread: checks, then pauses the
+/// FUSE workers; `run_foreground` does the rest once the session has returned. The
+/// binary to become, made absolute.
+pub(super) fn request(binary: Option<&Path>) -> Result<PathBuf, String> {
+    let binary = match binary {
+        Some(b) => b.to_path_buf(),
+        None => PROCESS
+            .exe
+            .get()
+            .cloned()
+            .ok_or("the daemon does not know its own binary: give --binary")?,
+    };
+    if !binary.is_absolute() {
+        return Err(format!(
+            "--binary {} is not an absolute path",
+            binary.display()
+        ));
+    }
+    let core = PROCESS.core.get().ok_or("the mount is not serving yet")?;
+    refuse_open_handles(core)?;
+    check_successor(&binary)?;
+    let pauser = PROCESS
+        .pauser
+        .lock()
+        .clone()
+        .ok_or("the mount is not serving yet")?;
+    {
+        let mut due = PROCESS.restart.lock();
+        if due.is_some() {
+            return Err("a restart is already under way".into());
+        }
+        *due = Some(binary.clone());
+    }
+    tracing::info!("restart into {}: pausing", binary.display());
+    pauser.pause();
+    wake_workers(core.cfg.mountpoint.clone());
+    Ok(binary)
+}
+
+fn refuse_open_handles(core: &crate::overlay::Overlay) -> Result<(), String> {
+    match core.open_handles() {
+        (0, 0) => Ok(()),
+        (files, dirs) => Err(format!(
+            "{files} files and {dirs} directories are open through the mount, and a live \
+             restart does not carry open files yet: try again once they are closed"
+        )),
+    }
+}
+
+/// Runs `BINARY state-formats`: the successor must read [`FORMAT`], or the daemon never
+/// lets go.
+fn check_successor(binary: &Path) -> Result<(), String> {
+    let out = std::process::Command::new(binary)
+        .arg("state-formats")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let formats = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && formats.lines().any(|l| l.trim() == FORMAT) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} cannot take this daemon's state ({FORMAT}): it reads {}; the daemon serves on",
+            binary.display(),
+            match formats.trim() {
+                "" => "none".to_string(),
+                f => f.replace('\n', ", "),
+            }
+        ))
+    }
+}
+
+/// A worker blocked in read(2) returns only with a request: statfs(2) on the mountpoint,
+/// one at a time from short threads, until the session has returned (a statfs that
+/// finds every worker gone waits for the successor, which answers it).
+fn wake_workers(mountpoint: PathBuf) {
+    std::thread::spawn(move || {
+        while !PROCESS.paused.load(Ordering::SeqCst) {
+            let m = mountpoint.clone();
+            std::thread::spawn(move || {
+                let _ = rustix::fs::statfs(&m);
+            });
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+}
+
+/// After the session returned paused: drains the lane, saves, and execs `binary`. Returns
+/// only if the restart cannot go on; the caller then serves on with a new session.
+pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> String {
+    PROCESS.paused.store(true, Ordering::SeqCst);
+    let Some(core) = PROCESS.core.get() else {
+        return "no mount".into();
+    };
+    let end = Instant::now() + DRAIN;
+    while core.lane.load() != (0, 0) {
+        if Instant::now() > end {
+            return format!("SOURCE calls still under way after {} s", DRAIN.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Opened between the check and the pause.
+    if let Err(why) = refuse_open_handles(core) {
+        return why;
+    }
+    let state = core.export_nodes();
+    let memfd = match state_fd(&core.cfg, &state) {
+        Ok(fd) => fd,
+        Err(e) => return format!("cannot keep the state for the successor: {e}"),
+    };
+    let Some((watchdog_pid, watchdog_fd)) = watchdog::keep_across_exec() else {
+        return "no watchdog".into();
+    };
+    for fd in [dev.as_raw_fd(), memfd.as_raw_fd(), watchdog_fd] {
+        if let Err(e) = clear_cloexec(fd) {
+            return format!("cannot keep descriptor {fd} open: {e}");
+        }
+    }
+    let resume = format!(
+        "fuse={},state={},watchdog_pid={},watchdog_fd={},passthrough={},no_opendir={}",
+        dev.as_raw_fd(),
+        memfd.as_raw_fd(),
+        watchdog_pid,
+        watchdog_fd,
+        u8::from(negotiated.passthrough),
+        u8::from(negotiated.no_opendir)
+    );
+    // What a stop saves: the successor loads it as any start does.
+    super::shutdown();
+    let argv: Vec<OsString> = PROCESS.argv.get().cloned().unwrap_or_default();
+    tracing::info!(
+        "restart: handing over the node table ({} bytes); becoming {}",
+        state.len(),
+        binary.display()
+    );
+    let mut cmd = std::process::Command::new(binary);
+    if let Some((arg0, rest)) = argv.split_first() {
+        cmd.arg0(arg0).args(rest);
+    }
+    let e = cmd.env(RESUME_ENV, resume).exec();
+    // The promoter has stopped; the copies go on being served.
+    format!(
+        "cannot execute {}: {e} (promotion stays off until the next start)",
+        binary.display()
+    )
+}
+
+/// The first bytes of what a predecessor hands over: its resolved paths, then the node
+/// table.
+const HANDED_MAGIC: &[u8] = b"CACHEFS-RESUME-1\n";
+
+fn state_fd(cfg: &crate::config::Config, nodes: &[u8]) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut w = crate::codec::Writer::new(HANDED_MAGIC);
+    for p in [&cfg.source, &cfg.mountpoint, &cfg.cache] {
+        w.bytes(p.as_os_str().as_bytes());
+    }
+    w.bytes(nodes);
+    let data = w.finish();
+    let fd = rustix::fs::memfd_create("cachefs-state", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut f = std::fs::File::from(fd);
+    io::Write::write_all(&mut f, &data)?;
+    Ok(f.into())
+}
+
+fn clear_cloexec(fd: i32) -> io::Result<()> {
+    // SAFETY: a descriptor this process owns; F_SETFD has no memory effects.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// What a predecessor handed over, from `CACHEFS_RESUME` (removed from the environment,
+/// so that no child of the successor sees it).
+pub(super) struct Handed {
+    pub dev: OwnedFd,
+    /// SOURCE, MOUNTPOINT and CACHE as the predecessor resolved them.
+    pub paths: (PathBuf, PathBuf, PathBuf),
+    /// The node table.
+    pub state: Vec<u8>,
+    pub watchdog: (u32, OwnedFd),
+    pub negotiated: Negotiated,
+}
+
+/// Whether this process was exec'd by a predecessor to resume its mount.
+pub fn resuming() -> bool {
+    std::env::var_os(RESUME_ENV).is_some()
+}
+
+pub(super) fn take_handed() -> Result<Handed, String> {
+    let text = std::env::var(RESUME_ENV).map_err(|_| format!("{RESUME_ENV} is not set"))?;
+    // SAFETY: single-threaded here (before any thread starts), as set_var requires.
+    unsafe { std::env::remove_var(RESUME_ENV) };
+    let bad = || format!("{RESUME_ENV} is malformed: {text}");
+    let mut fields = std::collections::HashMap::new();
+    for kv in text.split(',') {
+        let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+        fields.insert(k, v);
+    }
+    let fd = |k: &str| -> Result<OwnedFd, String> {
+        let n: i32 = fields.get(k).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        if rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(n) }).is_err() {
+            return Err(format!("descriptor {n} ({k}) was not handed over"));
+        }
+        // SAFETY: the predecessor left this descriptor open for this process to own.
+        let owned = unsafe { OwnedFd::from_raw_fd(n) };
+        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| format!("descriptor {n}: {e}"))?;
+        Ok(owned)
+    };
+    let flag = |k: &str| fields.get(k) == Some(&"1");
+    let dev = fd("fuse")?;
+    let memfd = fd("state")?;
+    let wpid: u32 = fields
+        .get("watchdog_pid")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(bad)?;
+    let wfd = fd("watchdog_fd")?;
+    let mut data = Vec::new();
+    let mut f = std::fs::File::from(memfd);
+    io::Seek::seek(&mut f, io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    io::Read::read_to_end(&mut f, &mut data).map_err(|e| e.to_string())?;
+    let damaged = || "the state handed over is of another version, or damaged".to_string();
+    let mut r = crate::codec::Reader::open(&data, HANDED_MAGIC).ok_or_else(damaged)?;
+    let mut path = || -> Result<PathBuf, String> {
+        use std::os::unix::ffi::OsStrExt;
+        let b = r.bytes().ok_or_else(damaged)?;
+        Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b)))
+    };
+    let paths = (path()?, path()?, path()?);
+    let state = r.bytes().ok_or_else(damaged)?.to_vec();
+    Ok(Handed {
+        dev,
+        paths,
+        state,
+        watchdog: (wpid, wfd),
+        negotiated: Negotiated {
+            passthrough: flag("passthrough"),
+            no_opendir: flag("no_opendir"),
+        },
+    })
+}
