@@ -364,7 +364,7 @@ pub fn help_text() -> String {
         (
             "restart MOUNTPOINT [--binary PATH]",
             "become a new binary (default: the same) on the live mount, which never leaves \
-             mountinfo; refused, the daemon serving on, while files are open through it",
+             mountinfo; open files go on",
         ),
         (
             "cleanup [--watch [--every SECS]] [MOUNTPOINT...]",

@@ -952,6 +952,17 @@ fn register(id: io::Result<BackingId>) -> io::Result<BackingToken> {
     Ok(Arc::new(id?))
 }
 
+/// The kernel's number of a registration the core holds (a token `register` made), for a
+/// live restart.
+pub fn backing_number(t: &BackingToken) -> Option<u32> {
+    t.downcast_ref::<BackingId>().map(BackingId::raw)
+}
+
+/// A registration a predecessor made, as the core's token again.
+pub fn backing_token(id: BackingId) -> BackingToken {
+    Arc::new(id)
+}
+
 /// The registration an open is to be answered with, if passthrough. Every token the core
 /// holds was made by `register`.
 fn backing_id(o: &Opened) -> Option<&BackingId> {

@@ -132,8 +132,15 @@ pub fn resume(mut cfg: Config) -> Result<(), MountError> {
     );
     let nodes = core.import_nodes(&handed.state).map_err(err)?;
     let session = session::resume(&cfg, core.clone(), handed.dev, handed.negotiated);
+    let wrap = |id: u32| {
+        // SAFETY: the predecessor handed this registration over; only this process holds
+        // its number now, and `import_handles` wraps each number once.
+        crate::fuse::backing_token(unsafe { session.wrap_backing(id) })
+    };
+    let (files, dirs) = core.import_handles(&handed.handles, &wrap).map_err(err)?;
     tracing::info!(
-        "restarted: serving {} again with {nodes} nodes the kernel holds",
+        "restarted: serving {} again with {nodes} nodes the kernel holds, {files} open files \
+         and {dirs} open directories",
         cfg.mountpoint.display()
     );
     serve(&cfg, core, session)

@@ -11,9 +11,15 @@
 //! meanwhile wait in the kernel's queue. Keeping the process keeps its pid (systemd's
 //! main pid, a container's PID 1), its watchdog child and its descriptors.
 //!
+//! Open files and directories go on as they were: their descriptors stay open across
+//! execve(2), and the successor takes back each handle with its mode, its node's
+//! passthrough registration (which belongs to the connection) and the copies' mirrors
+//! (`Overlay::export_handles`). Locks are not carried yet: a restart is refused while
+//! one is held through the mount.
+//!
 //! Refused, with the daemon serving on, when the binary cannot take this state (it does
-//! not list [`FORMAT`] in `cachefs state-formats`) and, for now, while files or
-//! directories are open through the mount: open handles are not carried yet.
+//! not list [`FORMAT`] in `cachefs state-formats`), or while the mount is in a state a
+//! restart does not carry yet (`Overlay::handoff_blocker`).
 
 use std::ffi::OsString;
 use std::io;
@@ -27,7 +33,7 @@ use super::session::Negotiated;
 use super::{PROCESS, watchdog};
 
 /// The state this binary writes and reads; `cachefs state-formats` lists it.
-pub const FORMAT: &str = "CACHEFS-NODES-1";
+pub const FORMAT: &str = "CACHEFS-RESUME-2";
 
 /// The environment variable that tells a successor what it resumes.
 pub const RESUME_ENV: &str = "CACHEFS_RESUME";
@@ -54,7 +60,7 @@ pub(super) fn request(binary: Option<&Path>) -> Result<PathBuf, String> {
         ));
     }
     let core = PROCESS.core.get().ok_or("the mount is not serving yet")?;
-    refuse_open_handles(core)?;
+    refuse_what_is_not_carried(core)?;
     check_successor(&binary)?;
     let pauser = PROCESS
         .pauser
@@ -74,12 +80,11 @@ pub(super) fn request(binary: Option<&Path>) -> Result<PathBuf, String> {
     Ok(binary)
 }
 
-fn refuse_open_handles(core: &crate::overlay::Overlay) -> Result<(), String> {
-    match core.open_handles() {
-        (0, 0) => Ok(()),
-        (files, dirs) => Err(format!(
-            "{files} files and {dirs} directories are open through the mount, and a live \
-             restart does not carry open files yet: try again once they are closed"
+fn refuse_what_is_not_carried(core: &crate::overlay::Overlay) -> Result<(), String> {
+    match core.handoff_blocker() {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "{why}, which a live restart does not carry yet: try again in a moment"
         )),
     }
 }
@@ -136,19 +141,28 @@ pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> Stri
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Opened between the check and the pause.
-    if let Err(why) = refuse_open_handles(core) {
+    // Came between the check and the pause.
+    if let Err(why) = refuse_what_is_not_carried(core) {
         return why;
     }
+    // What a stop saves, the successor loads as any start does; copies in progress end.
+    super::shutdown();
+    let (handles, keep) = match core.export_handles(&crate::fuse::backing_number) {
+        Ok(h) => h,
+        Err(why) => return format!("{why} (promotion stays off until the next start)"),
+    };
     let state = core.export_nodes();
-    let memfd = match state_fd(&core.cfg, &state) {
+    let memfd = match state_fd(&core.cfg, &state, &handles) {
         Ok(fd) => fd,
         Err(e) => return format!("cannot keep the state for the successor: {e}"),
     };
     let Some((watchdog_pid, watchdog_fd)) = watchdog::keep_across_exec() else {
         return "no watchdog".into();
     };
-    for fd in [dev.as_raw_fd(), memfd.as_raw_fd(), watchdog_fd] {
+    for fd in [dev.as_raw_fd(), memfd.as_raw_fd(), watchdog_fd]
+        .into_iter()
+        .chain(keep)
+    {
         if let Err(e) = clear_cloexec(fd) {
             return format!("cannot keep descriptor {fd} open: {e}");
         }
@@ -162,8 +176,6 @@ pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> Stri
         u8::from(negotiated.passthrough),
         u8::from(negotiated.no_opendir)
     );
-    // What a stop saves: the successor loads it as any start does.
-    super::shutdown();
     let argv: Vec<OsString> = PROCESS.argv.get().cloned().unwrap_or_default();
     tracing::info!(
         "restart: handing over the node table ({} bytes); becoming {}",
@@ -184,15 +196,16 @@ pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> Stri
 
 /// The first bytes of what a predecessor hands over: its resolved paths, then the node
 /// table.
-const HANDED_MAGIC: &[u8] = b"CACHEFS-RESUME-1\n";
+const HANDED_MAGIC: &[u8] = b"CACHEFS-RESUME-2\n";
 
-fn state_fd(cfg: &crate::config::Config, nodes: &[u8]) -> io::Result<OwnedFd> {
+fn state_fd(cfg: &crate::config::Config, nodes: &[u8], handles: &[u8]) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let mut w = crate::codec::Writer::new(HANDED_MAGIC);
     for p in [&cfg.source, &cfg.mountpoint, &cfg.cache] {
         w.bytes(p.as_os_str().as_bytes());
     }
     w.bytes(nodes);
+    w.bytes(handles);
     let data = w.finish();
     let fd = rustix::fs::memfd_create("cachefs-state", rustix::fs::MemfdFlags::CLOEXEC)?;
     let mut f = std::fs::File::from(fd);
@@ -218,6 +231,8 @@ pub(super) struct Handed {
     pub paths: (PathBuf, PathBuf, PathBuf),
     /// The node table.
     pub state: Vec<u8>,
+    /// The open handles.
+    pub handles: Vec<u8>,
     pub watchdog: (u32, OwnedFd),
     pub negotiated: Negotiated,
 }
@@ -269,10 +284,12 @@ pub(super) fn take_handed() -> Result<Handed, String> {
     };
     let paths = (path()?, path()?, path()?);
     let state = r.bytes().ok_or_else(damaged)?.to_vec();
+    let handles = r.bytes().ok_or_else(damaged)?.to_vec();
     Ok(Handed {
         dev,
         paths,
         state,
+        handles,
         watchdog: (wpid, wfd),
         negotiated: Negotiated {
             passthrough: flag("passthrough"),

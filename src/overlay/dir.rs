@@ -30,6 +30,44 @@ pub(super) struct DirHandle {
     listing: Mutex<Option<Vec<fdio::DirEntry>>>,
 }
 
+impl DirHandle {
+    /// Writes what a successor needs (a live restart): its number, node, and its
+    /// descriptor's number, which the caller keeps open (`keep`). The listing is read
+    /// again if the kernel asks past its own cache.
+    pub(super) fn export(&self, fh: u64, w: &mut crate::codec::Writer, keep: &mut Vec<i32>) {
+        use std::os::fd::AsRawFd;
+        w.u64(fh);
+        w.u64(self.nodeid);
+        let n = self.fd.get().map_or(-1, |f| f.as_raw_fd());
+        if n >= 0 {
+            keep.push(n);
+        }
+        w.u32(n as u32);
+    }
+
+    pub(super) fn import(
+        r: &mut crate::codec::Reader<'_>,
+        fds: &mut super::file::Inherited,
+    ) -> Result<(u64, DirHandle), String> {
+        let bad = || "the open directories handed over are damaged".to_string();
+        let fh = r.u64().ok_or_else(bad)?;
+        let nodeid = r.u64().ok_or_else(bad)?;
+        let n = r.u32().ok_or_else(bad)? as i32;
+        let fd = OnceLock::new();
+        if n >= 0 {
+            let _ = fd.set(super::file::inherited(fds, n)?);
+        }
+        Ok((
+            fh,
+            DirHandle {
+                fd,
+                nodeid,
+                listing: Mutex::new(None),
+            },
+        ))
+    }
+}
+
 /// One entry for a plain readdir reply.
 pub struct DirEntryOut<'a> {
     pub ino: u64,

@@ -73,6 +73,166 @@ pub(super) struct FileHandle {
     pub(super) closed: AtomicBool,
 }
 
+/// Descriptors a predecessor left open for this process, by number: each is taken once,
+/// however many handles name it.
+pub(super) type Inherited = std::collections::HashMap<i32, Arc<OwnedFd>>;
+
+/// Takes descriptor `n` a predecessor handed over (shared if already taken).
+pub(super) fn inherited(fds: &mut Inherited, n: i32) -> Result<Arc<OwnedFd>, String> {
+    use std::os::fd::FromRawFd;
+    if let Some(fd) = fds.get(&n) {
+        return Ok(fd.clone());
+    }
+    // SAFETY: only checks that `n` is open.
+    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return Err(format!("descriptor {n} was not handed over"));
+    }
+    // SAFETY: the predecessor left `n` open for this process to own, and it is taken once.
+    let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(n) });
+    rustix::io::fcntl_setfd(&*fd, rustix::io::FdFlags::CLOEXEC).map_err(|e| e.to_string())?;
+    fds.insert(n, fd.clone());
+    Ok(fd)
+}
+
+/// A passthrough open's node registration across a restart: whether it is of the SOURCE
+/// file, and the kernel's number.
+pub(super) type Registration = (bool, u32);
+
+/// A handle a predecessor served: its number, the handle, its mode, its registration.
+pub(super) type Carried = (u64, FileHandle, Mode, Option<Registration>);
+
+fn mode_code(m: Mode) -> u8 {
+    match m {
+        Mode::PassCopy => 0,
+        Mode::PassSource => 1,
+        Mode::Cached => 2,
+        Mode::Direct => 3,
+    }
+}
+
+impl FileHandle {
+    /// Writes what a successor needs to serve this handle on as before (a live restart):
+    /// its identity, how it is served, and the numbers of its descriptors, which the
+    /// caller keeps open across execve(2) (`keep`). `backing`: its node's registration
+    /// (whether of the SOURCE file, and the kernel's number), for a passthrough open.
+    pub(super) fn export(
+        &self,
+        fh: u64,
+        backing: Option<Registration>,
+        w: &mut crate::codec::Writer,
+        keep: &mut Vec<i32>,
+    ) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let mut fd = |f: Option<i32>| {
+            let n = f.unwrap_or(-1);
+            if n >= 0 {
+                keep.push(n);
+            }
+            w.u32(n as u32);
+        };
+        fd(self.source.get().map(|f| f.as_raw_fd()));
+        fd(self.copy.lock().as_ref().map(|f| f.as_raw_fd()));
+        w.u64(fh);
+        w.u64(self.nodeid);
+        w.u64(self.obj.0);
+        w.u64(self.obj.1);
+        w.u32(self.flags as u32);
+        w.u32(self.opener.uid);
+        w.u32(self.opener.gid);
+        w.u32(self.opener.pid);
+        w.u8(u8::from(self.writable));
+        w.u8(u8::from(self.o_direct));
+        w.u8(mode_code(*self.mode.lock()));
+        match &self.rel {
+            Some(r) => {
+                w.u8(1);
+                w.bytes(r.as_os_str().as_bytes());
+            }
+            None => w.u8(0),
+        }
+        w.u64(self.size);
+        w.u64(self.read_bytes.load(Ordering::Relaxed));
+        w.u8(u8::from(self.promoted.load(Ordering::Relaxed)));
+        match backing {
+            Some((source, id)) => {
+                w.u8(1);
+                w.u8(u8::from(source));
+                w.u32(id);
+            }
+            None => w.u8(0),
+        }
+    }
+
+    /// Reads one handle `export` wrote: the handle, its number, its mode and its node's
+    /// registration (whether of the SOURCE file, and the kernel's number).
+    pub(super) fn import(
+        r: &mut crate::codec::Reader<'_>,
+        fds: &mut Inherited,
+    ) -> Result<Carried, String> {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = || "the open files handed over are damaged".to_string();
+        let source = r.u32().ok_or_else(bad)? as i32;
+        let copy = r.u32().ok_or_else(bad)? as i32;
+        let source = (source >= 0).then(|| inherited(fds, source)).transpose()?;
+        let copy = (copy >= 0).then(|| inherited(fds, copy)).transpose()?;
+        let fh = r.u64().ok_or_else(bad)?;
+        let nodeid = r.u64().ok_or_else(bad)?;
+        let obj = (r.u64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?);
+        let flags = r.u32().ok_or_else(bad)? as i32;
+        let opener = Caller {
+            uid: r.u32().ok_or_else(bad)?,
+            gid: r.u32().ok_or_else(bad)?,
+            pid: r.u32().ok_or_else(bad)?,
+        };
+        let writable = r.u8().ok_or_else(bad)? != 0;
+        let o_direct = r.u8().ok_or_else(bad)? != 0;
+        let mode = match r.u8().ok_or_else(bad)? {
+            0 => Mode::PassCopy,
+            1 => Mode::PassSource,
+            2 => Mode::Cached,
+            3 => Mode::Direct,
+            _ => return Err(bad()),
+        };
+        let rel = match r.u8().ok_or_else(bad)? {
+            0 => None,
+            _ => Some(PathBuf::from(OsStr::from_bytes(r.bytes().ok_or_else(bad)?))),
+        };
+        let size = r.u64().ok_or_else(bad)?;
+        let read_bytes = r.u64().ok_or_else(bad)?;
+        let promoted = r.u8().ok_or_else(bad)? != 0;
+        let backing = match r.u8().ok_or_else(bad)? {
+            0 => None,
+            _ => Some((r.u8().ok_or_else(bad)? != 0, r.u32().ok_or_else(bad)?)),
+        };
+        let copy = copy.map(|fd| {
+            // The copy's descriptor, as the File the handle reads it through.
+            Arc::new(File::from(
+                fd.try_clone().expect("dup of an inherited descriptor"),
+            ))
+        });
+        let h = FileHandle {
+            source: source.map(OnceLock::from).unwrap_or_default(),
+            opener,
+            flags,
+            nodeid,
+            obj,
+            writable,
+            o_direct,
+            mode: Mutex::new(mode),
+            rel,
+            copy: Mutex::new(copy),
+            size,
+            read_bytes: AtomicU64::new(read_bytes),
+            seen_generation: AtomicU64::new(0),
+            promoted: AtomicBool::new(promoted),
+            job: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        };
+        Ok((fh, h, mode, backing))
+    }
+}
+
 #[cfg(test)]
 impl FileHandle {
     /// A handle of `obj` through `nodeid` on `fd`, for the owner's tests.
@@ -474,7 +634,7 @@ impl Overlay {
     /// A writer was admitted: the source is about to change, so its copy goes (and a copy
     /// in flight stops), and the metadata cache stops answering for the object until the
     /// writer closes: its size and times move without the daemon seeing each write.
-    fn write_opened(&self, h: &FileHandle) {
+    pub(super) fn write_opened(&self, h: &FileHandle) {
         if let Some(meta) = &self.meta {
             meta.hold(h.obj);
         }

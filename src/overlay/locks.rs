@@ -85,6 +85,13 @@ pub(super) struct Locks {
     table: Mutex<Table>,
 }
 
+impl Locks {
+    /// Whether no lock is held through the mount (a live restart carries none yet).
+    pub(super) fn is_empty(&self) -> bool {
+        self.table.lock().objects.values().all(|o| o.is_empty())
+    }
+}
+
 #[derive(Default)]
 struct Table {
     objects: HashMap<Obj, HashMap<Key, Arc<Owner>>>,

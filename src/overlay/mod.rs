@@ -119,6 +119,9 @@ pub struct Overlay {
 /// name lengths.
 const META_MAX_NODES: usize = 1 << 20;
 
+/// The first bytes of the open handles handed to a successor daemon.
+const HANDLES_MAGIC: &[u8] = b"CACHEFS-HANDLES-1\n";
+
 /// Open handles by number. Numbers are never reused within a mount.
 struct Handles<T> {
     map: Mutex<HashMap<u64, Arc<T>>>,
@@ -158,6 +161,15 @@ impl<T> Handles<T> {
 
     fn remove(&self, fh: u64) -> Option<Arc<T>> {
         self.map.lock().remove(&fh)
+    }
+
+    /// Every open handle with its number, as of now.
+    fn snapshot(&self) -> Vec<(u64, Arc<T>)> {
+        self.map
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 }
 
@@ -272,10 +284,118 @@ impl Overlay {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    /// Open file and directory handles: a live restart carries none yet, so it waits for
-    /// (or refuses while) any is open. Locks are held through file handles.
+    /// Open file and directory handles.
     pub fn open_handles(&self) -> (usize, usize) {
         (self.files.map.lock().len(), self.dirs.map.lock().len())
+    }
+
+    /// What a live restart cannot carry yet, if any: a lock held through the mount, or
+    /// one of the owner's rarer states (`Objects::handoff_blocker`).
+    pub fn handoff_blocker(&self) -> Option<String> {
+        if !self.locks.is_empty() {
+            return Some("a lock is held through the mount".into());
+        }
+        self.objects.handoff_blocker()
+    }
+
+    /// The open handles for a successor daemon (a live restart), and the descriptors it
+    /// names, which must stay open across execve(2). `token_id`: the kernel's number of
+    /// a passthrough registration. Refused (why) for what is not carried yet: locks held
+    /// through the mount, and the owner's rarer states (`Objects::handoff_blocker`).
+    /// Call it with the FUSE workers paused and the SOURCE lane drained.
+    pub fn export_handles(
+        &self,
+        token_id: &dyn Fn(&BackingToken) -> Option<u32>,
+    ) -> Result<(Vec<u8>, Vec<i32>), String> {
+        if let Some(why) = self.handoff_blocker() {
+            return Err(why);
+        }
+        let mut w = crate::codec::Writer::new(HANDLES_MAGIC);
+        let mut keep = Vec::new();
+        let files = self.files.snapshot();
+        w.u64(self.files.next.load(Ordering::Relaxed));
+        w.u64(files.len() as u64);
+        for (fh, h) in &files {
+            let backing = if h.mode.lock().is_passthrough() {
+                let (source, token) = self
+                    .objects
+                    .node_backing(h)
+                    .ok_or("a passthrough open has no registration")?;
+                Some((
+                    source,
+                    token_id(&token).ok_or("a registration of another kind")?,
+                ))
+            } else {
+                None
+            };
+            h.export(*fh, backing, &mut w, &mut keep);
+        }
+        let dirs = self.dirs.snapshot();
+        w.u64(self.dirs.next.load(Ordering::Relaxed));
+        w.u64(dirs.len() as u64);
+        for (fh, d) in &dirs {
+            d.export(*fh, &mut w, &mut keep);
+        }
+        let mirrors = self.objects.mirrors();
+        w.u64(mirrors.len() as u64);
+        for ((dev, ino), nodeid, f) in &mirrors {
+            use std::os::fd::AsRawFd;
+            w.u64(*dev);
+            w.u64(*ino);
+            w.u64(*nodeid);
+            w.u32(f.as_raw_fd() as u32);
+            keep.push(f.as_raw_fd());
+        }
+        Ok((w.finish(), keep))
+    }
+
+    /// Takes a predecessor's open handles (`export_handles`) into this new overlay, each
+    /// served as before: its descriptors, its mode, its node's passthrough registration
+    /// (wrapped once per number by `wrap`, and shared), its writer's hold on the metadata.
+    /// Call it after `import_nodes`, before the session serves.
+    pub fn import_handles(
+        &self,
+        data: &[u8],
+        wrap: &dyn Fn(u32) -> BackingToken,
+    ) -> Result<(usize, usize), String> {
+        let bad = || "the open handles handed over are of another version, or damaged".to_string();
+        let mut r = crate::codec::Reader::open(data, HANDLES_MAGIC).ok_or_else(bad)?;
+        let mut fds = file::Inherited::new();
+        let mut tokens: HashMap<u32, BackingToken> = HashMap::new();
+        let next = r.u64().ok_or_else(bad)?;
+        let n = r.u64().ok_or_else(bad)?;
+        for _ in 0..n {
+            let (fh, h, mode, backing) = file::FileHandle::import(&mut r, &mut fds)?;
+            let h = Arc::new(h);
+            let backing = backing
+                .map(|(source, id)| (source, tokens.entry(id).or_insert_with(|| wrap(id)).clone()));
+            self.objects.restore(&h, mode, backing);
+            if h.writable {
+                self.write_opened(&h);
+            }
+            if self.has_source(&h) {
+                let fd = self.source_of(&h).map_err(|e| e.to_string())?;
+                self.inodes.fds.pin(h.nodeid, fh, fd);
+            }
+            self.files.put(fh, h);
+        }
+        self.files.next.store(next, Ordering::Relaxed);
+        let next = r.u64().ok_or_else(bad)?;
+        let d = r.u64().ok_or_else(bad)?;
+        for _ in 0..d {
+            let (fh, dh) = dir::DirHandle::import(&mut r, &mut fds)?;
+            self.dirs.put(fh, Arc::new(dh));
+        }
+        self.dirs.next.store(next, Ordering::Relaxed);
+        let m = r.u64().ok_or_else(bad)?;
+        for _ in 0..m {
+            let obj = (r.u64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?);
+            let nodeid = r.u64().ok_or_else(bad)?;
+            let fd = file::inherited(&mut fds, r.u32().ok_or_else(bad)? as i32)?;
+            let f = std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?);
+            self.objects.restore_mirror(obj, nodeid, Arc::new(f));
+        }
+        Ok((n as usize, d as usize))
     }
 
     /// The node table for a successor daemon (`InodeTable::export`).

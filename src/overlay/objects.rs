@@ -317,6 +317,16 @@ pub struct Objects {
     inner: Mutex<Inner>,
 }
 
+impl Inner {
+    /// The object's state, made if it has none (with the current generation).
+    fn state(map: &mut HashMap<Obj, ObjState>, generation: u64, obj: Obj) -> &mut ObjState {
+        map.entry(obj).or_insert_with(|| ObjState {
+            generation,
+            ..ObjState::default()
+        })
+    }
+}
+
 struct Inner {
     map: HashMap<Obj, ObjState>,
     /// The last generation handed out: generations never repeat, even for an object
@@ -401,11 +411,7 @@ impl Objects {
     ) -> Admitted {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        let fresh = inner.generation;
-        let st = inner.map.entry(h.obj).or_insert_with(|| ObjState {
-            generation: fresh,
-            ..ObjState::default()
-        });
+        let st = Inner::state(&mut inner.map, inner.generation, h.obj);
         // A change (or a writer) came since the copy was looked up: it is not served.
         let copy =
             copy.filter(|_| st.generation == ticket.generation && st.copy_allowed() && !want.write);
@@ -439,6 +445,79 @@ impl Objects {
         }
         st.handles.push(h.clone());
         Admitted::Serve { mode, backing }
+    }
+
+    /// What a live restart cannot carry yet, if any: a copy in progress, a writer on its
+    /// way to a new inode.
+    pub fn handoff_blocker(&self) -> Option<String> {
+        let inner = self.inner.lock();
+        inner.map.values().find_map(|st| {
+            if st.copying > 0 {
+                Some("a copy is being made".to_string())
+            } else if st.writer_due.is_some_and(|t| Instant::now() < t) {
+                Some("a writer is being moved to a new inode".to_string())
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Every copy's mirror (see `ObjState::mirrors`), for a live restart: the object, the
+    /// node whose passthrough readers read the copy, the writable descriptor.
+    pub fn mirrors(&self) -> Vec<(Obj, u64, Arc<File>)> {
+        let inner = self.inner.lock();
+        inner
+            .map
+            .iter()
+            .flat_map(|(obj, st)| st.mirrors.iter().map(|(n, f)| (*obj, *n, f.clone())))
+            .collect()
+    }
+
+    /// Takes back a mirror a predecessor kept (after the handles it serves).
+    pub fn restore_mirror(&self, obj: Obj, nodeid: u64, file: Arc<File>) {
+        let mut inner = self.inner.lock();
+        if let Some(st) = inner.map.get_mut(&obj) {
+            st.mirrors.push((nodeid, file));
+        }
+    }
+
+    /// The backing file of `h`'s node, for a live restart: whether it is the SOURCE file,
+    /// and the kernel's registration of it.
+    pub fn node_backing(&self, h: &FileHandle) -> Option<(bool, BackingToken)> {
+        let inner = self.inner.lock();
+        let b = inner
+            .map
+            .get(&h.obj)?
+            .nodes
+            .get(&h.nodeid)?
+            .backing
+            .as_ref()?;
+        Some((b.source, b.token.clone()?))
+    }
+
+    /// Takes back an open handle a predecessor served, as it served it: its mode, and a
+    /// passthrough open's registration (shared by its node's passthrough opens).
+    pub fn restore(&self, h: &Arc<FileHandle>, mode: Mode, backing: Option<(bool, BackingToken)>) {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let st = Inner::state(&mut inner.map, inner.generation, h.obj);
+        let node = st.nodes.entry(h.nodeid).or_default();
+        *node.count(mode) += 1;
+        if let Some((source, token)) = backing
+            && node.backing.is_none()
+        {
+            node.backing = Some(NodeBacking {
+                source,
+                file: None,
+                token: Some(token),
+            });
+        }
+        *h.mode.lock() = mode;
+        if h.writable {
+            st.writers += 1;
+            st.bump(&mut inner.generation);
+        }
+        st.handles.push(h.clone());
     }
 
     /// The kernel registered the backing file of a passthrough open of `h`'s node as

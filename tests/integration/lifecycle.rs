@@ -552,8 +552,9 @@ fn cleanup_watch_removes_a_dead_mount_soon_and_leaves_live_ones_alone() {
     let populate = |s: &Path| fs::write(s.join("f"), b"data").unwrap();
     let mut dead = TestMount::builder().populate(populate).start();
     let live = TestMount::builder().populate(populate).start();
-    let w = Watcher::start(&[&dead.mnt, &live.mnt]);
+    // Dead before the watcher starts, so that it is seen dead before the watcher acts.
     leave_stale_mount(&mut dead);
+    let w = Watcher::start(&[&dead.mnt, &live.mnt]);
     assert!(
         wait_unmounted(&dead.mnt, Duration::from_secs(10)),
         "the dead mount is still there; watcher said:\n{}",
@@ -762,47 +763,128 @@ fn walk(dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// `cachefs restart` into another copy of the binary, five times while a scanner walks
-/// the library in a loop: the mount never leaves mountinfo, the daemon keeps its pid,
-/// the scanner sees no error and no entry missing. Refused, one line, with the daemon
-/// serving on: while a file is open through the mount (open files are not carried yet),
-/// and into a binary that cannot read this daemon's state.
+/// Reads `path` whole in 1 MiB steps: its sha256 (by `sha256sum` of the bytes read) and
+/// the longest single read.
+fn read_whole(path: &Path) -> std::io::Result<(Vec<u8>, Duration)> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let (mut all, mut buf, mut worst) = (Vec::new(), vec![0u8; 1 << 20], Duration::ZERO);
+    loop {
+        let t = Instant::now();
+        let n = f.read(&mut buf)?;
+        worst = worst.max(t.elapsed());
+        if n == 0 {
+            return Ok((all, worst));
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `cachefs restart` into another copy of the binary, five times, while four clients
+/// run: a reader the daemon serves and a passthrough reader streaming films (bytes
+/// compared), a scanner walking the library, and a writer appending with fsync (content
+/// compared). None sees an error or a wrong byte; the mount never leaves mountinfo and
+/// the daemon keeps its pid. Refused, one line, with the daemon serving on: while a lock
+/// is held through the mount (not carried yet), and into a binary that cannot read this
+/// daemon's state.
 #[test]
-fn restart_keeps_the_mount_under_a_scan_and_refuses_what_it_cannot_carry() {
-    if !common::can_mount("restart_keeps_the_mount_under_a_scan_and_refuses_what_it_cannot_carry") {
+fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !common::can_mount("restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry")
+    {
         return;
     }
-    let m = TestMount::builder()
-        .populate(|s: &Path| {
-            for d in 0..10 {
-                fs::create_dir(s.join(format!("d{d}"))).unwrap();
-                for f in 0..30 {
-                    fs::write(s.join(format!("d{d}/e{f}.mkv")), b"x").unwrap();
+    let film: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let film = Arc::new(film);
+    let m = {
+        let film = film.clone();
+        TestMount::builder()
+            .option("promote=manual")
+            .populate(move |s: &Path| {
+                fs::write(s.join("served.mkv"), &*film).unwrap();
+                fs::write(s.join("cached.mkv"), &*film).unwrap();
+                for d in 0..10 {
+                    fs::create_dir(s.join(format!("d{d}"))).unwrap();
+                    for f in 0..30 {
+                        fs::write(s.join(format!("d{d}/e{f}.mkv")), b"x").unwrap();
+                    }
                 }
-            }
-        })
-        .start();
+            })
+            .start()
+    };
+    let (ok, out) = run(Command::new(BIN)
+        .args(["promote", "--wait"])
+        .arg(m.path("cached.mkv")));
+    assert!(ok, "{out}");
     let successor = m.root.join("cachefs-next");
     fs::copy(BIN, &successor).unwrap();
     let pid = m.pid();
     let since = |m: &TestMount| status_at(&m.mnt)["serving_since_ms"].as_u64().unwrap();
+    let opens_before = status_at(&m.mnt)["passthrough_opens"].as_u64().unwrap();
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let scanner = {
-        let (stop, mnt) = (stop.clone(), m.mnt.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = |name: &'static str, f: Box<dyn Fn() -> Result<(), String> + Send>| {
+        let stop = stop.clone();
         std::thread::spawn(move || {
             let (mut runs, mut bad) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match walk(&mnt) {
-                    Ok(310) => {}
-                    other => bad.push(format!("{other:?}")),
+            while !stop.load(Ordering::SeqCst) {
+                if let Err(e) = f() {
+                    bad.push(e);
                 }
                 runs += 1;
             }
-            (runs, bad)
+            (name, runs, bad)
         })
     };
+    let reader = |path: PathBuf| -> Box<dyn Fn() -> Result<(), String> + Send> {
+        let film = film.clone();
+        Box::new(move || match read_whole(&path) {
+            Ok((b, _)) if b == *film => Ok(()),
+            Ok(_) => Err("wrong bytes".into()),
+            Err(e) => Err(e.to_string()),
+        })
+    };
+    let mnt = m.mnt.clone();
+    let log = m.path("append.log");
+    let appended = Arc::new(std::sync::Mutex::new(0u32));
+    let writer: Box<dyn Fn() -> Result<(), String> + Send> = {
+        let (log, appended) = (log.clone(), appended.clone());
+        let f = std::sync::Mutex::new(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        );
+        Box::new(move || {
+            use std::io::Write;
+            let mut n = appended.lock().unwrap();
+            let mut f = f.lock().unwrap();
+            f.write_all(format!("{:08}\n", *n).as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| e.to_string())?;
+            *n += 1;
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(())
+        })
+    };
+    let clients = vec![
+        client("daemon-served reader", reader(m.path("served.mkv"))),
+        client("passthrough reader", reader(m.path("cached.mkv"))),
+        client(
+            "scanner",
+            Box::new(move || match walk(&mnt) {
+                Ok(313) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }),
+        ),
+        client("writer", writer),
+    ];
     for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
         let before = since(&m);
         let binary = if i % 2 == 0 {
             successor.as_path()
@@ -819,32 +901,53 @@ fn restart_keeps_the_mount_under_a_scan_and_refuses_what_it_cannot_carry() {
         assert_eq!(mounts_at(&m.mnt).len(), 1, "restart {i}");
         assert_eq!(status_at(&m.mnt)["pid"].as_u64(), Some(pid as u64));
         assert_ne!(since(&m), before, "restart {i} did not start a new binary");
-        assert_eq!(
-            fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
-            binary,
-            "restart {i}"
+        assert_eq!(fs::read_link(format!("/proc/{pid}/exe")).unwrap(), binary);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        let (name, runs, bad) = c.join().unwrap();
+        assert!(runs > 0, "{name} never ran");
+        assert!(
+            bad.is_empty(),
+            "{name}: {} of {runs} went wrong: {bad:?}",
+            bad.len()
         );
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (runs, bad) = scanner.join().unwrap();
-    assert!(runs > 0);
+    let n = *appended.lock().unwrap();
+    let want: String = (0..n).map(|i| format!("{i:08}\n")).collect();
+    assert_eq!(fs::read_to_string(&log).unwrap(), want, "the appended file");
     assert!(
-        bad.is_empty(),
-        "{} of {runs} scans went wrong: {bad:?}",
-        bad.len()
+        status_at(&m.mnt)["passthrough_opens"].as_u64().unwrap() > opens_before,
+        "the cached film was not read by passthrough"
     );
 
-    // An open file: refused, the daemon serving on.
-    let held = fs::File::open(m.path("d0/e0.mkv")).unwrap();
+    // A lock held through the mount: refused, the daemon serving on.
+    let held = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("d0/e0.mkv"))
+        .unwrap();
+    let lk = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: fcntl on an open descriptor with a valid flock.
+    assert_eq!(
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&held), libc::F_SETLK, &lk) },
+        0
+    );
     let before = since(&m);
     let (ok, out) = run(Command::new(BIN).arg("restart").arg(&m.mnt));
     assert!(!ok);
     assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(out.contains("open through the mount"), "{out}");
+    assert!(out.contains("a lock is held through the mount"), "{out}");
     drop(held);
     // A binary that reads another state: refused before the daemon lets go.
     let older = m.root.join("cachefs-older");
-    fs::write(&older, "#!/bin/sh\necho CACHEFS-NODES-0\n").unwrap();
+    fs::write(&older, "#!/bin/sh\necho CACHEFS-RESUME-1\n").unwrap();
     fs::set_permissions(&older, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (ok, out) = run(Command::new(BIN)
         .arg("restart")
@@ -855,5 +958,5 @@ fn restart_keeps_the_mount_under_a_scan_and_refuses_what_it_cannot_carry() {
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("cannot take this daemon's state"), "{out}");
     assert_eq!(since(&m), before, "a refused restart restarted");
-    assert_eq!(walk(&m.mnt).unwrap(), 310);
+    assert_eq!(walk(&m.mnt).unwrap(), 313);
 }

@@ -68,6 +68,12 @@ impl BackingId {
         })
     }
 
+    /// cachefs: the kernel's number for this registration, which stays this one's (a
+    /// live restart hands the number to the successor, which wraps it again).
+    pub fn raw(&self) -> u32 {
+        self.backing_id
+    }
+
     pub(crate) unsafe fn wrap_raw(channel: &Arc<DevFuse>, id: u32) -> Self {
         Self {
             channel: Arc::downgrade(channel),

@@ -43,6 +43,7 @@ use crate::mnt::Mount;
 use crate::mnt::mount_options::Config;
 use crate::mnt::mount_options::check_option_conflicts;
 use crate::notify::Notifier;
+use crate::passthrough::BackingId;
 use crate::read_buf::FuseReadBuf;
 use crate::reply::Reply;
 use crate::reply::ReplyRaw;
@@ -274,6 +275,16 @@ impl<FS: Filesystem> Session<FS> {
             config,
             pauser: Pauser::default(),
         }
+    }
+
+    /// cachefs: a registration of a backing file that a predecessor made on this
+    /// connection (registrations belong to the connection), to be closed through this
+    /// session when dropped.
+    ///
+    /// # Safety
+    /// `id` must be a live registration no other `BackingId` owns.
+    pub unsafe fn wrap_backing(&self, id: u32) -> BackingId {
+        unsafe { self.ch.sender().wrap_backing(id) }
     }
 
     /// cachefs: the filesystem this session serves (`None` after `destroy`).

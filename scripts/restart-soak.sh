@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Live restarts under load: RESTARTS (default 20) `cachefs restart` into another copy of
+# the binary, one every GAP seconds (default 0.8), while four clients run:
+#   - a reader the daemon serves (promote=manual: the film is never cached) and
+#   - a passthrough reader (its film promoted first), each reading a 200 MiB film whole
+#     in 1 MiB reads and comparing its sha256;
+#   - `find` over a 1,530-entry library in a loop, comparing the count;
+#   - a writer appending a numbered line with fsync every 5 ms, comparing the file.
+# Prints each client's runs, errors and worst stall (one read, one find, one append), the
+# restarts' times end to end, and whether the mount left mountinfo. As root.
+# Usage: scripts/restart-soak.sh [RESTARTS] [GAP]
+set -u
+cd "$(dirname "$0")/.."
+restarts=${1:-20}
+gap=${2:-0.8}
+[ "$(id -u)" = 0 ] || { echo "restart-soak: run as root" >&2; exit 1; }
+cargo build --release --quiet || exit 1
+work=$(mktemp -d /var/tmp/cachefs-restart-soak.XXXXXX)
+mnt=$work/mnt
+cleanup() {
+    if findmnt -n "$mnt" >/dev/null 2>&1; then
+        "$work/cachefs-a" unmount "$mnt" >/dev/null 2>&1 || umount -l "$mnt"
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$work/src/lib" "$work/cache" "$mnt"
+head -c 200M /dev/urandom >"$work/src/served.mkv"
+cp "$work/src/served.mkv" "$work/src/cached.mkv"
+for d in $(seq 1 30); do
+    mkdir "$work/src/lib/d$d"
+    for f in $(seq 1 50); do echo x >"$work/src/lib/d$d/e$f.mkv"; done
+done
+cp target/release/cachefs "$work/cachefs-a"
+cp target/release/cachefs "$work/cachefs-b"
+"$work/cachefs-a" "$work/src" "$mnt" --cache "$work/cache" -o promote=manual,log="$work/daemon.log" ||
+    exit 1
+"$work/cachefs-a" promote --wait "$mnt/cached.mkv" >/dev/null || exit 1
+want=$(sha256sum "$work/src/served.mkv" | cut -d' ' -f1)
+
+# The mount must never leave mountinfo: watched every 10 ms.
+(
+    while [ -e "$work/watching" ]; do
+        findmnt -n "$mnt" >/dev/null || echo gone >>"$work/left"
+        sleep 0.01
+    done
+) &
+touch "$work/watching"
+
+duration=$(python3 -c "print($restarts * $gap + 2)")
+python3 - "$mnt" "$duration" "$want" >"$work/load.out" <<'EOF' &
+import os, sys, time, threading, hashlib, subprocess
+mnt, dur, want = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+res, stop = {}, time.time() + dur
+def reader(name, path):
+    errs, worst, runs = 0, 0.0, 0
+    while time.time() < stop:
+        try:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while True:
+                    t = time.time(); b = f.read(1 << 20); worst = max(worst, time.time() - t)
+                    if not b: break
+                    h.update(b)
+            errs += h.hexdigest() != want
+            runs += 1
+        except OSError as e:
+            errs += 1; print(name, e, file=sys.stderr); time.sleep(0.1)
+    res[name] = (runs, errs, worst)
+def finder():
+    errs, worst, runs = 0, 0.0, 0
+    while time.time() < stop:
+        t = time.time(); p = subprocess.run(["find", mnt + "/lib"], capture_output=True)
+        worst = max(worst, time.time() - t)
+        errs += p.returncode != 0 or p.stdout.count(b"\n") != 1531
+        runs += 1
+    res["find"] = (runs, errs, worst)
+def writer():
+    errs, worst, n, path = 0, 0.0, 0, mnt + "/append.log"
+    with open(path, "ab") as f:
+        while time.time() < stop:
+            t = time.time()
+            try:
+                f.write(b"%08d\n" % n); f.flush(); os.fsync(f.fileno()); n += 1
+            except OSError as e:
+                errs += 1; print("writer", e, file=sys.stderr); time.sleep(0.1)
+            worst = max(worst, time.time() - t); time.sleep(0.005)
+    errs += open(path, "rb").read() != b"".join(b"%08d\n" % i for i in range(n))
+    res["writer (append + fsync)"] = (n, errs, worst)
+ts = [threading.Thread(target=reader, args=("daemon-served reader", mnt + "/served.mkv")),
+      threading.Thread(target=reader, args=("passthrough reader", mnt + "/cached.mkv")),
+      threading.Thread(target=finder), threading.Thread(target=writer)]
+for t in ts: t.start()
+for t in ts: t.join()
+print("| client | runs | errors | worst stall |")
+print("| --- | --- | --- | --- |")
+for k, (runs, errs, worst) in res.items():
+    print(f"| {k} | {runs} | {errs} | {worst * 1000:.1f} ms |")
+EOF
+load=$!
+sleep 1
+failed=0
+times=()
+for i in $(seq 1 "$restarts"); do
+    if [ $((i % 2)) = 1 ]; then bin=$work/cachefs-b; else bin=$work/cachefs-a; fi
+    s=$(date +%s%N)
+    "$work/cachefs-a" restart "$mnt" --binary "$bin" >/dev/null || failed=$((failed + 1))
+    times+=($((($(date +%s%N) - s) / 1000000)))
+    sleep "$gap"
+done
+wait "$load"
+rm -f "$work/watching"
+wait
+echo "restarts: $restarts, failed: $failed, each (ms, end to end): ${times[*]}"
+echo "mount left mountinfo: $([ -s "$work/left" ] && echo "yes ($(wc -l <"$work/left") times)" || echo no)"
+cat "$work/load.out"
