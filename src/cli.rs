@@ -47,6 +47,7 @@ pub enum Command {
     Restart {
         mountpoint: PathBuf,
         binary: Option<PathBuf>,
+        options: Option<String>,
     },
     Cleanup {
         mountpoints: Vec<PathBuf>,
@@ -362,9 +363,9 @@ pub fn help_text() -> String {
             "graceful stop: finish or cancel promotions, unmount, daemon exits",
         ),
         (
-            "restart MOUNTPOINT [--binary PATH]",
+            "restart MOUNTPOINT [--binary PATH] [-o OPTIONS]",
             "become a new binary (default: the same) on the live mount, which never leaves \
-             mountinfo; open files go on",
+             mountinfo; open files go on; -o: options that can change live",
         ),
         (
             "cleanup [--watch [--every SECS]] [MOUNTPOINT...]",
@@ -507,6 +508,10 @@ enum Sub {
         /// The binary to become (default: the one the daemon was started as).
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+        /// Mount options the new binary takes on top of the running ones (those that can
+        /// change on a live mount: limits, lifetimes, the policy).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Option<String>,
     },
     /// Find stale cachefs mounts (all, or those named) and remove them.
     Cleanup {
@@ -747,7 +752,15 @@ fn parse_subcommand(argv: Vec<OsString>) -> Result<Command, CliError> {
         Sub::Unpin { paths } => Command::Unpin { paths },
         Sub::Evict { paths } => Command::Evict { paths },
         Sub::Unmount { mountpoint } => Command::Unmount { mountpoint },
-        Sub::Restart { mountpoint, binary } => Command::Restart { mountpoint, binary },
+        Sub::Restart {
+            mountpoint,
+            binary,
+            options,
+        } => Command::Restart {
+            mountpoint,
+            binary,
+            options,
+        },
         Sub::Cleanup {
             mountpoints,
             watch,
@@ -1356,6 +1369,22 @@ mod tests {
                 Command::Cleanup {
                     mountpoints: p(&["/m1"]),
                     watch: Some(5),
+                },
+            ),
+            (
+                &["restart", "/media"],
+                Command::Restart {
+                    mountpoint: "/media".into(),
+                    binary: None,
+                    options: None,
+                },
+            ),
+            (
+                &["restart", "/media", "--binary", "/b", "-o", "meta_ttl=1d"],
+                Command::Restart {
+                    mountpoint: "/media".into(),
+                    binary: Some("/b".into()),
+                    options: Some("meta_ttl=1d".into()),
                 },
             ),
             (&["man"], Command::Man),

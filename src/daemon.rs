@@ -34,7 +34,7 @@ pub struct Daemon {
     /// Stops the mount as SIGTERM would (given by the mount, which owns the lifecycle).
     pub stop: fn(),
     /// Starts a live restart into a binary (given by the mount, which owns the lifecycle).
-    pub restart: fn(Option<&std::path::Path>) -> Result<PathBuf, String>,
+    pub restart: fn(Option<&std::path::Path>, Option<&str>) -> Result<PathBuf, String>,
     /// When this daemon started serving (Unix milliseconds).
     pub since_ms: u64,
     /// The metrics listener's bound address, or why it is not listening; unset while
@@ -60,7 +60,7 @@ impl Daemon {
     pub fn new(
         core: Arc<Overlay>,
         stop: fn(),
-        restart: fn(Option<&std::path::Path>) -> Result<PathBuf, String>,
+        restart: fn(Option<&std::path::Path>, Option<&str>) -> Result<PathBuf, String>,
     ) -> Daemon {
         Daemon {
             core,
@@ -345,8 +345,12 @@ impl Handler for Daemon {
         Ok(Stopping { stopping: true })
     }
 
-    fn restart(&self, binary: Option<&std::path::Path>) -> Result<Restarting, String> {
-        (self.restart)(binary).map(|b| Restarting {
+    fn restart(
+        &self,
+        binary: Option<&std::path::Path>,
+        options: Option<&str>,
+    ) -> Result<Restarting, String> {
+        (self.restart)(binary, options).map(|b| Restarting {
             binary: b.display().to_string(),
         })
     }

@@ -121,6 +121,9 @@ pub struct Request {
     /// started as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<PathBuf>,
+    /// `restart`: mount options the successor takes on top of the running ones (`-o`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
 }
 
 impl Request {
@@ -130,6 +133,7 @@ impl Request {
             paths: paths.to_vec(),
             wait,
             binary: None,
+            options: None,
         }
     }
 

@@ -31,7 +31,11 @@ pub fn run_command(cmd: Command) -> u8 {
         Command::Unpin { paths } => run_paths::<Unpinned>(Cmd::Unpin, &paths, false),
         Command::Evict { paths } => run_paths::<Evicted>(Cmd::Evict, &paths, false),
         Command::Unmount { mountpoint } => run_unmount(&mountpoint),
-        Command::Restart { mountpoint, binary } => run_restart(&mountpoint, binary),
+        Command::Restart {
+            mountpoint,
+            binary,
+            options,
+        } => run_restart(&mountpoint, binary, options),
         Command::Cleanup { mountpoints, watch } => {
             // Absolute without resolving: a stale mountpoint cannot be stat'ed.
             let cwd = std::env::current_dir().unwrap_or_default();
@@ -177,7 +181,7 @@ const RESTART_WAIT: Duration = Duration::from_secs(30);
 
 /// `cachefs restart MOUNTPOINT [--binary PATH]`: asks the daemon to become `binary`, then
 /// waits until the daemon answers again from the new binary, on the same mount.
-fn run_restart(path: &Path, binary: Option<PathBuf>) -> u8 {
+fn run_restart(path: &Path, binary: Option<PathBuf>, options: Option<String>) -> u8 {
     let (mp, _) = match locate(path) {
         Ok(l) => l,
         Err(msg) => return fail(&msg),
@@ -188,6 +192,7 @@ fn run_restart(path: &Path, binary: Option<PathBuf>) -> u8 {
     };
     let mut req = Request::new(Cmd::Restart, &[], false);
     req.binary = binary.map(|b| std::env::current_dir().unwrap_or_default().join(b));
+    req.options = options;
     let into = match client::request::<Restarting>(&mp, &req, &mut |_| {}) {
         Ok(r) => r.binary,
         Err(e) => return fail(&e.to_string()),

@@ -96,7 +96,8 @@ pub trait Handler: Send + Sync + 'static {
     /// Starts a live restart into `binary` (absolute; `None`: the binary the daemon was
     /// started as): checks it, pauses the FUSE workers, and returns; the process then
     /// becomes the new binary on the same connection. An error leaves the daemon serving.
-    fn restart(&self, binary: Option<&Path>) -> Result<Restarting, String>;
+    /// `options`: mount options (`-o`) the successor takes on top of the running ones.
+    fn restart(&self, binary: Option<&Path>, options: Option<&str>) -> Result<Restarting, String>;
 }
 
 /// The running control socket. Dropping it stops the listener and removes the socket file
@@ -427,7 +428,7 @@ fn serve_connection(
         Cmd::Unpin => answer(handler.unpin(&req.paths)),
         Cmd::Evict => answer(handler.evict(&req.paths)),
         Cmd::Unmount => answer(handler.unmount()),
-        Cmd::Restart => answer(handler.restart(req.binary.as_deref())),
+        Cmd::Restart => answer(handler.restart(req.binary.as_deref(), req.options.as_deref())),
     }));
     match outcome {
         Ok(line) => {
@@ -598,7 +599,7 @@ mod tests {
         fn unmount(&self) -> Result<Stopping, String> {
             Ok(Stopping { stopping: true })
         }
-        fn restart(&self, _: Option<&Path>) -> Result<Restarting, String> {
+        fn restart(&self, _: Option<&Path>, _: Option<&str>) -> Result<Restarting, String> {
             Err("no restart here".into())
         }
     }

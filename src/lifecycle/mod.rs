@@ -68,8 +68,9 @@ struct Process {
     argv: OnceLock<Vec<std::ffi::OsString>>,
     /// Stops the running session's workers at a request boundary.
     pauser: Mutex<Option<fuser::Pauser>>,
-    /// A live restart asked for: the binary to become.
+    /// A live restart asked for: the binary to become, and its arguments.
     restart: Mutex<Option<std::path::PathBuf>>,
+    restart_argv: Mutex<Vec<std::ffi::OsString>>,
     /// The session has returned paused (the workers need no more waking).
     paused: AtomicBool,
 }
@@ -84,6 +85,7 @@ static PROCESS: Process = Process {
     argv: OnceLock::new(),
     pauser: Mutex::new(None),
     restart: Mutex::new(None),
+    restart_argv: Mutex::new(Vec::new()),
     paused: AtomicBool::new(false),
 };
 

@@ -44,7 +44,7 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// Starts a live restart from the control socket's thread: checks, then pauses the
 /// FUSE workers; `run_foreground` does the rest once the session has returned. The
 /// binary to become, made absolute.
-pub(super) fn request(binary: Option<&Path>) -> Result<PathBuf, String> {
+pub(super) fn request(binary: Option<&Path>, options: Option<&str>) -> Result<PathBuf, String> {
     let binary = match binary {
         Some(b) => b.to_path_buf(),
         None => PROCESS
@@ -60,6 +60,7 @@ pub(super) fn request(binary: Option<&Path>) -> Result<PathBuf, String> {
         ));
     }
     let core = PROCESS.core.get().ok_or("the mount is not serving yet")?;
+    let argv = successor_argv(&core.cfg, options)?;
     refuse_what_is_not_carried(core)?;
     check_successor(&binary)?;
     let pauser = PROCESS
@@ -73,11 +74,58 @@ pub(super) fn request(binary: Option<&Path>) -> Result<PathBuf, String> {
             return Err("a restart is already under way".into());
         }
         *due = Some(binary.clone());
+        *PROCESS.restart_argv.lock() = argv;
     }
     tracing::info!("restart into {}: pausing", binary.display());
     pauser.pause();
     wake_workers(core.cfg.mountpoint.clone());
     Ok(binary)
+}
+
+/// The successor's arguments: this daemon's, and `-o OPTIONS` after them (a later
+/// option wins). Refused, naming it, if an option would change what a live mount cannot:
+/// its directories, who may use it, the kernel's mount flags, what INIT negotiated, how
+/// nodes are reopened.
+fn successor_argv(
+    running: &crate::config::Config,
+    options: Option<&str>,
+) -> Result<Vec<OsString>, String> {
+    let mut argv: Vec<OsString> = PROCESS.argv.get().cloned().unwrap_or_default();
+    let Some(options) = options else {
+        return Ok(argv);
+    };
+    argv.push("-o".into());
+    argv.push(options.into());
+    let mut next = match crate::cli::parse(argv.clone()) {
+        Ok(crate::cli::Command::Mount(cfg)) => cfg,
+        Ok(_) => return Err("the restarted daemon's arguments are not a mount".into()),
+        Err(crate::cli::CliError::Usage(msg) | crate::cli::CliError::Info(msg)) => {
+            return Err(msg);
+        }
+    };
+    // Relative directories were resolved at the start; the successor gets them resolved.
+    next.source = running.source.clone();
+    next.mountpoint = running.mountpoint.clone();
+    next.cache = running.cache.clone();
+    let fixed: [(&str, bool); 8] = [
+        ("allow_other", next.allow_other != running.allow_other),
+        ("allow_root", next.allow_root != running.allow_root),
+        ("ro", next.read_only != running.read_only),
+        ("fsname", next.fsname != running.fsname),
+        ("passthrough", next.passthrough != running.passthrough),
+        ("xattr", next.xattr != running.xattr),
+        ("inode_handles", next.inode_handles != running.inode_handles),
+        (
+            "the kernel's mount flags",
+            next.kernel_flags != running.kernel_flags,
+        ),
+    ];
+    match fixed.iter().find(|(_, changed)| *changed) {
+        Some((name, _)) => Err(format!(
+            "{name} cannot change on a live mount: unmount and mount again to change it"
+        )),
+        None => Ok(argv),
+    }
 }
 
 fn refuse_what_is_not_carried(core: &crate::overlay::Overlay) -> Result<(), String> {
@@ -176,7 +224,7 @@ pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> Stri
         u8::from(negotiated.passthrough),
         u8::from(negotiated.no_opendir)
     );
-    let argv: Vec<OsString> = PROCESS.argv.get().cloned().unwrap_or_default();
+    let argv: Vec<OsString> = PROCESS.restart_argv.lock().clone();
     tracing::info!(
         "restart: handing over the node table ({} bytes); becoming {}",
         state.len(),

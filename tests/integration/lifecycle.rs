@@ -960,3 +960,47 @@ fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
     assert_eq!(since(&m), before, "a refused restart restarted");
     assert_eq!(walk(&m.mnt).unwrap(), 313);
 }
+
+/// `cachefs restart -o`: options that can change on a live mount (lifetimes, limits) take
+/// effect in the new binary; one that cannot (who may use the mount) and a bad one are
+/// refused with one line, the daemon serving on.
+#[test]
+fn restart_takes_options_that_can_change_live_and_refuses_the_others() {
+    if !common::can_mount("restart_takes_options_that_can_change_live_and_refuses_the_others") {
+        return;
+    }
+    let m = TestMount::start();
+    let st = status_at(&m.mnt);
+    assert_eq!(st["meta_ttl"].as_u64(), Some(0));
+    let restart = |opts: &str| {
+        run(Command::new(BIN)
+            .arg("restart")
+            .arg(&m.mnt)
+            .args(["-o", opts]))
+    };
+    let (ok, out) = restart("meta_ttl=1d,max_size=1G");
+    assert!(ok, "{out}\n{}", m.log_contents());
+    let st = status_at(&m.mnt);
+    assert_eq!(st["meta_ttl"].as_u64(), Some(86400), "{st}");
+    assert_eq!(st["max_size"].as_u64(), Some(1 << 30), "{st}");
+    let since = st["serving_since_ms"].as_u64();
+    for (opts, says) in [
+        ("allow_other", "allow_other cannot change on a live mount"),
+        (
+            "nosuid",
+            "the kernel's mount flags cannot change on a live mount",
+        ),
+        ("meta_ttl=soon", "meta_ttl"),
+    ] {
+        let (ok, out) = restart(opts);
+        assert!(!ok, "{opts}: {out}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains(says), "{opts}: {out}");
+        assert_eq!(
+            status_at(&m.mnt)["serving_since_ms"].as_u64(),
+            since,
+            "{opts}"
+        );
+    }
+    assert_eq!(status_at(&m.mnt)["meta_ttl"].as_u64(), Some(86400));
+}
