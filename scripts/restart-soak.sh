@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Live restarts under load: RESTARTS (default 20) `cachefs restart` into another copy of
-# the binary, one every GAP seconds (default 0.8), while four clients run:
+# the binary, one every GAP seconds (default 0.8), while four clients run; or, with MODE
+# `kill`, as many SIGKILLs of the serving daemon, each answered by a failover (its
+# watchdog starts a successor that takes the mount over). The clients:
 #   - a reader the daemon serves (promote=manual: the film is never cached) and
 #   - a passthrough reader (its film promoted first), each reading a 200 MiB film whole
 #     in 1 MiB reads and comparing its sha256;
 #   - `find` over a 1,530-entry library in a loop, comparing the count;
 #   - a writer appending a numbered line with fsync every 5 ms, comparing the file.
 # Prints each client's runs, errors and worst stall (one read, one find, one append), the
-# restarts' times end to end, and whether the mount left mountinfo. As root.
-# Usage: scripts/restart-soak.sh [RESTARTS] [GAP]
+# restarts' times end to end (for a kill: until `cachefs status` answers from the
+# successor), and whether the mount left mountinfo. As root.
+# Usage: scripts/restart-soak.sh [RESTARTS] [GAP] [restart|kill]
 set -u
 cd "$(dirname "$0")/.."
 restarts=${1:-20}
 gap=${2:-0.8}
+mode=${3:-restart}
+case $mode in restart | kill) ;; *) echo "restart-soak: MODE is restart or kill" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "restart-soak: run as root" >&2; exit 1; }
 cargo build --release --quiet || exit 1
 work=$(mktemp -d /var/tmp/cachefs-restart-soak.XXXXXX)
@@ -103,16 +108,35 @@ load=$!
 sleep 1
 failed=0
 times=()
+serving_pid() {
+    "$work/cachefs-a" status "$mnt" --json 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])' 2>/dev/null
+}
 for i in $(seq 1 "$restarts"); do
     if [ $((i % 2)) = 1 ]; then bin=$work/cachefs-b; else bin=$work/cachefs-a; fi
     s=$(date +%s%N)
-    "$work/cachefs-a" restart "$mnt" --binary "$bin" >/dev/null || failed=$((failed + 1))
+    if [ "$mode" = kill ]; then
+        old=$(serving_pid)
+        kill -KILL "$old"
+        # Answered by the successor within 10 s, or counted as failed.
+        new=$old
+        for _ in $(seq 1 1000); do
+            new=$(serving_pid)
+            [ -n "$new" ] && [ "$new" != "$old" ] && break
+            sleep 0.01
+        done
+        [ -n "$new" ] && [ "$new" != "$old" ] || failed=$((failed + 1))
+    else
+        "$work/cachefs-a" restart "$mnt" --binary "$bin" >/dev/null || failed=$((failed + 1))
+    fi
     times+=($((($(date +%s%N) - s) / 1000000)))
     sleep "$gap"
 done
 wait "$load"
 rm -f "$work/watching"
 wait
-echo "restarts: $restarts, failed: $failed, each (ms, end to end): ${times[*]}"
+echo "$mode: $restarts, failed: $failed, each (ms, end to end): ${times[*]}"
+[ "$mode" = kill ] && echo "failovers counted by the daemon: $("$work/cachefs-a" status "$mnt" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["failovers"])')"
 echo "mount left mountinfo: $([ -s "$work/left" ] && echo "yes ($(wc -l <"$work/left") times)" || echo no)"
 cat "$work/load.out"
