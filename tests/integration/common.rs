@@ -574,7 +574,18 @@ impl TestMount {
                 }
             });
         }
-        let child = cmd.spawn().expect("spawn cachefs");
+        // A copy of the binary just written (`binary_copy`) is busy while another test's
+        // fork holds its write descriptor, until that child execs.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.expect("spawn cachefs"),
+            }
+        };
         self.child = Some(child);
         self.wait_mounted();
     }
