@@ -171,6 +171,7 @@ fn serve(
         no_opendir: session
             .filesystem()
             .is_some_and(crate::fuse::CachefsFs::no_opendir),
+        posix_acl: core.posix_acl_enabled(),
     };
     let r = loop {
         let dev = session

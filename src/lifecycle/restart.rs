@@ -216,13 +216,14 @@ pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> Stri
         }
     }
     let resume = format!(
-        "fuse={},state={},watchdog_pid={},watchdog_fd={},passthrough={},no_opendir={}",
+        "fuse={},state={},watchdog_pid={},watchdog_fd={},passthrough={},no_opendir={},posix_acl={}",
         dev.as_raw_fd(),
         memfd.as_raw_fd(),
         watchdog_pid,
         watchdog_fd,
         u8::from(negotiated.passthrough),
-        u8::from(negotiated.no_opendir)
+        u8::from(negotiated.no_opendir),
+        u8::from(negotiated.posix_acl)
     );
     let argv: Vec<OsString> = PROCESS.restart_argv.lock().clone();
     tracing::info!(
@@ -342,6 +343,8 @@ pub(super) fn take_handed() -> Result<Handed, String> {
         negotiated: Negotiated {
             passthrough: flag("passthrough"),
             no_opendir: flag("no_opendir"),
+            // Absent from a predecessor that did not ask for it: not negotiated.
+            posix_acl: flag("posix_acl"),
         },
     })
 }

@@ -86,6 +86,7 @@ pub(super) fn resume(
 ) -> fuser::Session<CachefsFs> {
     let (acl, fcfg) = fuser_config(cfg);
     core.set_passthrough(negotiated.passthrough);
+    core.set_posix_acl(negotiated.posix_acl);
     let session = fuser::Session::resume_from_fd(
         CachefsFs::resumed(core.clone(), negotiated.no_opendir),
         dev,
@@ -101,6 +102,8 @@ pub(super) fn resume(
 pub(super) struct Negotiated {
     pub passthrough: bool,
     pub no_opendir: bool,
+    /// FUSE_POSIX_ACL: the kernel reads ACLs for its permission checks.
+    pub posix_acl: bool,
 }
 
 /// The control socket for the mount, or none (with a warning): a mount without one
