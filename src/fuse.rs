@@ -20,7 +20,7 @@ use fuser::BackingId;
 use crate::config::Passthrough;
 use crate::lane::Op;
 use crate::overlay::{
-    BackingToken, Caller, Entry, LockRequest, Opened, Overlay, SetAttr, Statfs, Timestamp,
+    BackingToken, Caller, Entry, LockRequest, NewMode, Opened, Overlay, SetAttr, Statfs, Timestamp,
     XattrReply, needs_source,
 };
 use crate::sys;
@@ -291,7 +291,43 @@ impl Filesystem for CachefsFs {
             // locks per inode, so a passthrough reader's and a later writer's would
             // never meet. flock comes as lock requests with FUSE_LK_FLOCK.
             | InitFlags::FUSE_POSIX_LOCKS
-            | InitFlags::FUSE_FLOCK_LOCKS;
+            | InitFlags::FUSE_FLOCK_LOCKS
+            // Every FUSE superblock has SB_POSIXACL (fs/fuse/inode.c,
+            // `fuse_fill_super_common`: "Handle umasking inside the fuse code"), so the
+            // VFS never applies the caller's umask to a create; FUSE does it itself in
+            // `fuse_mknod`, `fuse_mkdir` and `fuse_create_open` (fs/fuse/dir.c,
+            // `mode &= ~current_umask()`) unless FUSE_DONT_MASK, and sends the umask
+            // beside the mode either way (not for a symlink, which has no mode). Masked by
+            // the kernel, a create under a directory with a default ACL lost the bits the
+            // ACL grants (ext4 ignores the umask there). With it, the daemon creates with
+            // the caller's umask on its own thread (`overlay::creds::Umask`), so SOURCE's
+            // filesystem decides as it would for the caller: the ACL where there is a
+            // default one, the umask elsewhere. Asked for with or without xattrs: with
+            // `xattr=nosys` SOURCE's default ACLs still apply to what is created there.
+            | InitFlags::FUSE_DONT_MASK;
+        // POSIX ACLs (fs/fuse/inode.c, `process_init_reply`; fs/fuse/acl.c), with
+        // extended attributes only (not `xattr=nosys`, where there are none to read):
+        // - default_permissions is forced on: the kernel checks permissions itself
+        //   (`generic_permission`), now with each inode's ACL (`fuse_get_inode_acl`,
+        //   which answers "no ACL" without FUSE_POSIX_ACL: a user granted access by a
+        //   named entry alone was refused on an allow_other mount). A mount without
+        //   allow_other is its owner's (root's) alone, who passes either way.
+        // - the kernel keeps the ACLs it read per inode: a getxattr of
+        //   `system.posix_acl_access` (ls -l asks for it for every file) is answered from
+        //   there instead of a round trip. It forgets them whenever it takes new
+        //   attributes from the daemon: `fuse_update_get_attr` once the attribute timeout
+        //   has passed, `fuse_perm_getattr`, `fuse_dentry_revalidate`, a READDIRPLUS
+        //   entry (fs/fuse/readdir.c), and on `fuse_reverse_inval_inode`; so an ACL
+        //   changed directly in SOURCE shows when a chmod there would (attr_timeout,
+        //   meta_ttl). It forgets them after a chmod through the mount (`fuse_setattr`),
+        //   and after an ACL set through it (`fuse_set_acl`), which also invalidates the
+        //   attributes: the mode SOURCE derived from an access ACL is read back at once.
+        // - a getxattr of an ACL that fails with EOPNOTSUPP fails the permission check
+        //   being made: `overlay::xattr` answers ENODATA ("no ACL") for a SOURCE without.
+        let acl = self.core.cfg.xattr
+            && config.capabilities().contains(InitFlags::FUSE_POSIX_ACL)
+            && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok();
+        self.core.set_posix_acl(acl);
         let offered = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!("kernel lacks FUSE capabilities {missing:?}");
@@ -399,13 +435,13 @@ impl Filesystem for CachefsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let (t, c, name, again) = (self.ttls, caller(req), name.to_owned(), req.is_resend());
         self.on_source(Op::Mknod, move |core| {
-            let r = core.mknod(&c, parent.0, &name, mode, rdev);
+            let r = core.mknod(&c, parent.0, &name, NewMode { mode, umask }, rdev);
             let r = made_before(again, r, || core.lookup(&c, parent.0, &name));
             t.reply_entry(reply, "mknod", parent.0, r);
         });
@@ -417,12 +453,12 @@ impl Filesystem for CachefsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let (t, c, name, again) = (self.ttls, caller(req), name.to_owned(), req.is_resend());
         self.on_source(Op::Mkdir, move |core| {
-            let r = core.mkdir(&c, parent.0, &name, mode);
+            let r = core.mkdir(&c, parent.0, &name, NewMode { mode, umask });
             let r = made_before(again, r, || core.lookup(&c, parent.0, &name));
             t.reply_entry(reply, "mkdir", parent.0, r);
         });
@@ -898,7 +934,7 @@ impl Filesystem for CachefsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -912,7 +948,14 @@ impl Filesystem for CachefsFs {
         };
         self.on_source(Op::Create, move |core| {
             let register = |f: BorrowedFd<'_>| register(reply.open_backing(f));
-            match core.create(&c, parent.0, &name, mode, flags, &register) {
+            match core.create(
+                &c,
+                parent.0,
+                &name,
+                NewMode { mode, umask },
+                flags,
+                &register,
+            ) {
                 Ok((e, o)) => {
                     let attr = attr(e.nodeid, &e.stat);
                     match backing_id(&o) {

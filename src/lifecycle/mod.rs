@@ -188,6 +188,7 @@ pub fn take_over(mut cfg: Config) -> Result<(), MountError> {
         passthrough: s.passthrough,
         no_opendir: s.no_opendir,
         resend: true,
+        posix_acl: s.posix_acl,
     };
     let session = session::resume(&cfg, core.clone(), t.dev, negotiated);
     let wrap = |id: u32| {
@@ -247,6 +248,7 @@ fn arm_failover(
         ),
         passthrough: negotiated.passthrough,
         no_opendir: negotiated.no_opendir,
+        posix_acl: negotiated.posix_acl,
         failovers: core
             .counters
             .failovers
@@ -301,6 +303,7 @@ fn serve(
         resend: session
             .filesystem()
             .is_some_and(crate::fuse::CachefsFs::resend),
+        posix_acl: core.posix_acl_enabled(),
     };
     arm_failover(cfg, &core, session.as_fd(), negotiated);
     daemonize::notify_ready(Ok(()));

@@ -216,14 +216,15 @@ pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> Stri
         }
     }
     let resume = format!(
-        "fuse={},state={},watchdog_pid={},watchdog_fd={},passthrough={},no_opendir={},resend={}",
+        "fuse={},state={},watchdog_pid={},watchdog_fd={},passthrough={},no_opendir={},resend={},posix_acl={}",
         dev.as_raw_fd(),
         memfd.as_raw_fd(),
         watchdog_pid,
         watchdog_fd,
         u8::from(negotiated.passthrough),
         u8::from(negotiated.no_opendir),
-        u8::from(negotiated.resend)
+        u8::from(negotiated.resend),
+        u8::from(negotiated.posix_acl)
     );
     let argv: Vec<OsString> = PROCESS.restart_argv.lock().clone();
     tracing::info!(
@@ -321,6 +322,8 @@ pub(super) fn take_handed() -> Result<Handed, String> {
             passthrough: env.flag("passthrough"),
             no_opendir: env.flag("no_opendir"),
             resend: env.flag("resend"),
+            // Absent from a predecessor that did not ask for it: not negotiated.
+            posix_acl: env.flag("posix_acl"),
         },
     })
 }

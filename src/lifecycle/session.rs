@@ -90,6 +90,7 @@ pub(super) fn resume(
 ) -> fuser::Session<CachefsFs> {
     let (acl, fcfg) = fuser_config(cfg);
     core.set_passthrough(negotiated.passthrough);
+    core.set_posix_acl(negotiated.posix_acl);
     let session = fuser::Session::resume_from_fd(
         CachefsFs::resumed(core.clone(), negotiated.no_opendir, negotiated.resend),
         dev,
@@ -107,6 +108,8 @@ pub(super) struct Negotiated {
     pub no_opendir: bool,
     /// The kernel can resend lost requests (FUSE_HAS_RESEND): failover is armed.
     pub resend: bool,
+    /// FUSE_POSIX_ACL: the kernel reads ACLs for its permission checks.
+    pub posix_acl: bool,
 }
 
 /// The control socket for the mount, or none (with a warning): a mount without one

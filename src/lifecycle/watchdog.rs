@@ -56,6 +56,7 @@ pub(super) struct Successor {
     pub paths: (PathBuf, PathBuf, PathBuf),
     pub passthrough: bool,
     pub no_opendir: bool,
+    pub posix_acl: bool,
     /// Failovers since the mount was made, this daemon's own included.
     pub failovers: u64,
 }
@@ -74,6 +75,7 @@ impl Successor {
         }
         w.u8(u8::from(self.passthrough));
         w.u8(u8::from(self.no_opendir));
+        w.u8(u8::from(self.posix_acl));
         w.u64(self.failovers);
         w.finish()
     }
@@ -97,6 +99,7 @@ impl Successor {
             paths,
             passthrough: r.u8()? != 0,
             no_opendir: r.u8()? != 0,
+            posix_acl: r.u8()? != 0,
             failovers: r.u64()?,
         })
     }
@@ -438,6 +441,7 @@ mod tests {
             paths: ("/srv".into(), "/mnt/m".into(), "/var/cache/c".into()),
             passthrough: true,
             no_opendir: false,
+            posix_acl: true,
             failovers: 2,
         };
         let b = s.encode();

@@ -728,7 +728,7 @@ impl Overlay {
         caller: &Caller,
         parent: u64,
         name: &OsStr,
-        mode: u32,
+        new: super::NewMode,
         flags: i32,
         register: Register<'_>,
     ) -> io::Result<(Entry, Opened)> {
@@ -745,6 +745,9 @@ impl Overlay {
         }
         let fd = {
             let _as = self.creds.enter(caller)?;
+            // SOURCE applies the umask, or the parent's default ACL instead (`creds`).
+            let _mask = super::creds::Umask::enter(new.umask)?;
+            let mode = new.mode;
             let flags =
                 (flags & !(libc::O_NOCTTY | libc::O_DIRECT)) | libc::O_CREAT | libc::O_NOFOLLOW;
             let create = || Ok(rustix::fs::openat(&*pfd, name, oflags(flags), mode.into())?);

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use rustix::fs::{FileType, Mode, OFlags};
 
 pub use counters::Counters;
-pub use creds::Caller;
+pub use creds::{Caller, NewMode};
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
 pub use file::{Opened, Register};
@@ -99,6 +99,9 @@ pub struct Overlay {
     pub cache: Option<Arc<Cache>>,
     /// Set once the kernel has agreed to FUSE passthrough.
     passthrough: AtomicBool,
+    /// Set once the kernel has agreed to FUSE_POSIX_ACL: it then reads ACLs for its own
+    /// permission checks (`xattr.rs`).
+    posix_acl: AtomicBool,
     /// How each open source object is served: one owner, one lock (`objects.rs`).
     objects: Arc<objects::Objects>,
     /// Tells the kernel a node's attributes (and data) changed behind it (set once
@@ -182,8 +185,9 @@ impl<T> Handles<T> {
 }
 
 impl Overlay {
-    /// Opens SOURCE's root. The daemon's umask is cleared: the kernel has already applied
-    /// the caller's umask to every mode it sends.
+    /// Opens SOURCE's root. The daemon's umask is cleared: a create takes the caller's
+    /// umask on its own thread for the call (`creds::Umask`), and the daemon's own files
+    /// get exactly the modes it asks for.
     pub fn new(cfg: Arc<Config>) -> io::Result<Overlay> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root: OwnedFd = rustix::fs::open(&cfg.source, flags, Mode::empty())?;
@@ -229,6 +233,7 @@ impl Overlay {
             node_dirs: Mutex::new(HashMap::new()),
             cache,
             passthrough: AtomicBool::new(false),
+            posix_acl: AtomicBool::new(false),
             objects,
             invalidator: std::sync::OnceLock::new(),
             meta,
@@ -292,6 +297,15 @@ impl Overlay {
 
     pub fn passthrough_enabled(&self) -> bool {
         self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the kernel agreed to FUSE_POSIX_ACL at init.
+    pub fn set_posix_acl(&self, on: bool) {
+        self.posix_acl.store(on, Ordering::Relaxed);
+    }
+
+    pub fn posix_acl_enabled(&self) -> bool {
+        self.posix_acl.load(Ordering::Relaxed)
     }
 
     /// Open file and directory handles.
