@@ -18,6 +18,8 @@ fail() {
 need=()
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v setfattr >/dev/null 2>&1 || need+=(attr)
+# The ACL tests (parity, users, acl): setfacl and getfacl, both in the acl package.
+command -v setfacl >/dev/null 2>&1 || need+=(acl)
 command -v findmnt >/dev/null 2>&1 || need+=(util-linux)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v mount >/dev/null 2>&1 || need+=(mount)

@@ -212,6 +212,14 @@ shed=$(jnum fds_shed <<<"$st")
 rss_after=$(awk '/^VmRSS/ { print $2 }' "/proc/$PID/status")
 [[ $inodes =~ ^[0-9]+$ ]] || inodes=$entries
 per_inode=$(awk -v a="$rss_before" -v b="$rss_after" -v n="$inodes" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')
+# The failover journal (a memfd its watchdog holds: shared memory, not the daemon's RSS).
+journal_bytes=0
+for w in $(cat "/proc/$PID/task/"*/children 2>/dev/null); do
+    [ "$(cat "/proc/$w/comm" 2>/dev/null)" = cachefs-watch ] || continue
+    for fd in "/proc/$w/fd/"*; do
+        case $(readlink "$fd") in *cachefs-failover*) journal_bytes=$(stat -L -c %s "$fd") ;; esac
+    done
+done
 grep -iE "error|descriptor" "$WORK/daemon.log" | head -5 >&2 || true
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
@@ -225,7 +233,7 @@ cat <<EOF
 | warm scan, s | $native_warm | $mount_warm | $(ratio "$mount_warm" "$native_warm") |
 
 - scan errors: $(cat "$WORK"/mount*.txt.err | wc -l); output identical to SOURCE's: $( [ "$FAILED" = 0 ] && echo yes || echo see above)
-- daemon RSS: $((rss_before / 1024)) MiB before the scan, $((rss_after / 1024)) MiB after; $inodes inodes remembered, $per_inode B each
+- daemon RSS: $((rss_before / 1024)) MiB before the scan, $((rss_after / 1024)) MiB after; $inodes inodes remembered, $per_inode B each; failover journal $((journal_bytes >> 20)) MiB (shared memory its watchdog holds)
 - descriptors: peak $peak (bound $bound cached + 64 reserved, limit $limit); $reopened reopened, cache shed $shed times; inodes by file handle: $handles
 - cached film through the mount: $( [ "$got" = "$want" ] && echo "same sha256, a cache hit" || echo FAILED); 1,000 missing-name probes: ${probe}
 EOF

@@ -103,6 +103,8 @@ pub struct Config {
     /// Mount over a filesystem mounted at MOUNTPOINT (its own root, not a bind mount of
     /// a directory), hiding it; without it that is refused.
     pub nonempty: bool,
+    /// A successor takes the mount over if the daemon dies (`lifecycle::watchdog`).
+    pub failover: bool,
     pub read_only: bool,
     pub debug: bool,
     pub kernel_flags: KernelFlags,
@@ -143,6 +145,7 @@ impl Config {
             allow_root: false,
             fsname: None,
             nonempty: false,
+            failover: true,
             read_only: false,
             debug: false,
             kernel_flags: KernelFlags::default(),

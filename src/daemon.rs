@@ -173,6 +173,7 @@ impl Handler for Daemon {
             cache: cfg.cache.to_string_lossy().into_owned(),
             pid: std::process::id(),
             serving_since_ms: self.since_ms,
+            failovers: counter(&counters.failovers),
             passthrough: core.passthrough_enabled(),
             // 0: no limit but min_free.
             max_size: cfg.max_size.unwrap_or(0),

@@ -20,7 +20,7 @@ use fuser::BackingId;
 use crate::config::Passthrough;
 use crate::lane::Op;
 use crate::overlay::{
-    BackingToken, Caller, Entry, LockRequest, Opened, Overlay, SetAttr, Statfs, Timestamp,
+    BackingToken, Caller, Entry, LockRequest, NewMode, Opened, Overlay, SetAttr, Statfs, Timestamp,
     XattrReply, needs_source,
 };
 use crate::sys;
@@ -31,6 +31,9 @@ pub struct CachefsFs {
     /// The kernel reads directories without opening them (set at init): no OPENDIR and
     /// RELEASEDIR round trip per directory of a rescan.
     no_opendir: bool,
+    /// The kernel can send again the requests a dead daemon held (FUSE_HAS_RESEND,
+    /// Linux 6.9+): what crash failover needs.
+    resend: bool,
 }
 
 /// The kernel cache lifetimes every answer carries.
@@ -73,15 +76,17 @@ impl CachefsFs {
                 negative: cfg.negative_timeout,
             },
             no_opendir: false,
+            resend: false,
         }
     }
 
     /// The filesystem of a session that resumes a connection another session initialized
     /// (`fuser::Session::resume_from_fd`): what that INIT negotiated is given, as `init`
     /// is not called again.
-    pub fn resumed(core: Arc<Overlay>, no_opendir: bool) -> CachefsFs {
+    pub fn resumed(core: Arc<Overlay>, no_opendir: bool, resend: bool) -> CachefsFs {
         CachefsFs {
             no_opendir,
+            resend,
             ..CachefsFs::new(core)
         }
     }
@@ -89,6 +94,11 @@ impl CachefsFs {
     /// Whether INIT negotiated FUSE_NO_OPENDIR_SUPPORT.
     pub fn no_opendir(&self) -> bool {
         self.no_opendir
+    }
+
+    /// Whether the kernel announced FUSE_HAS_RESEND at INIT.
+    pub fn resend(&self) -> bool {
+        self.resend
     }
 
     /// Runs `f`, a request that needs SOURCE, where such requests run (`crate::lane`):
@@ -104,6 +114,28 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+    }
+}
+
+/// A request the kernel sends again after a failover (`Request::is_resend`) that made a
+/// name the dead daemon may have made already: EEXIST then answers the name that is
+/// there, as the first answer would have.
+fn made_before(
+    again: bool,
+    r: io::Result<Entry>,
+    found: impl FnOnce() -> io::Result<Entry>,
+) -> io::Result<Entry> {
+    match r {
+        Err(e) if again && e.raw_os_error() == Some(libc::EEXIST) => found().or(Err(e)),
+        r => r,
+    }
+}
+
+/// The same for a request that removed a name: ENOENT is the removal done before.
+fn gone_before(again: bool, r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if again && e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
     }
 }
 
@@ -259,12 +291,50 @@ impl Filesystem for CachefsFs {
             // locks per inode, so a passthrough reader's and a later writer's would
             // never meet. flock comes as lock requests with FUSE_LK_FLOCK.
             | InitFlags::FUSE_POSIX_LOCKS
-            | InitFlags::FUSE_FLOCK_LOCKS;
+            | InitFlags::FUSE_FLOCK_LOCKS
+            // Every FUSE superblock has SB_POSIXACL (fs/fuse/inode.c,
+            // `fuse_fill_super_common`: "Handle umasking inside the fuse code"), so the
+            // VFS never applies the caller's umask to a create; FUSE does it itself in
+            // `fuse_mknod`, `fuse_mkdir` and `fuse_create_open` (fs/fuse/dir.c,
+            // `mode &= ~current_umask()`) unless FUSE_DONT_MASK, and sends the umask
+            // beside the mode either way (not for a symlink, which has no mode). Masked by
+            // the kernel, a create under a directory with a default ACL lost the bits the
+            // ACL grants (ext4 ignores the umask there). With it, the daemon creates with
+            // the caller's umask on its own thread (`overlay::creds::Umask`), so SOURCE's
+            // filesystem decides as it would for the caller: the ACL where there is a
+            // default one, the umask elsewhere. Asked for with or without xattrs: with
+            // `xattr=nosys` SOURCE's default ACLs still apply to what is created there.
+            | InitFlags::FUSE_DONT_MASK;
+        // POSIX ACLs (fs/fuse/inode.c, `process_init_reply`; fs/fuse/acl.c), with
+        // extended attributes only (not `xattr=nosys`, where there are none to read):
+        // - default_permissions is forced on: the kernel checks permissions itself
+        //   (`generic_permission`), now with each inode's ACL (`fuse_get_inode_acl`,
+        //   which answers "no ACL" without FUSE_POSIX_ACL: a user granted access by a
+        //   named entry alone was refused on an allow_other mount). A mount without
+        //   allow_other is its owner's (root's) alone, who passes either way.
+        // - the kernel keeps the ACLs it read per inode: a getxattr of
+        //   `system.posix_acl_access` (ls -l asks for it for every file) is answered from
+        //   there instead of a round trip. It forgets them whenever it takes new
+        //   attributes from the daemon: `fuse_update_get_attr` once the attribute timeout
+        //   has passed, `fuse_perm_getattr`, `fuse_dentry_revalidate`, a READDIRPLUS
+        //   entry (fs/fuse/readdir.c), and on `fuse_reverse_inval_inode`; so an ACL
+        //   changed directly in SOURCE shows when a chmod there would (attr_timeout,
+        //   meta_ttl). It forgets them after a chmod through the mount (`fuse_setattr`),
+        //   and after an ACL set through it (`fuse_set_acl`), which also invalidates the
+        //   attributes: the mode SOURCE derived from an access ACL is read back at once.
+        // - a getxattr of an ACL that fails with EOPNOTSUPP fails the permission check
+        //   being made: `overlay::xattr` answers ENODATA ("no ACL") for a SOURCE without.
+        let acl = self.core.cfg.xattr
+            && config.capabilities().contains(InitFlags::FUSE_POSIX_ACL)
+            && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok();
+        self.core.set_posix_acl(acl);
         let offered = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!("kernel lacks FUSE capabilities {missing:?}");
         }
         self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        // Announced by the kernel, nothing to ask for: FUSE_NOTIFY_RESEND works.
+        self.resend = config.capabilities().contains(InitFlags::FUSE_HAS_RESEND);
         let want_pt = self.core.wants_passthrough();
         let has_pt = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
         let pt = want_pt
@@ -365,13 +435,14 @@ impl Filesystem for CachefsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (t, c, name) = (self.ttls, caller(req), name.to_owned());
+        let (t, c, name, again) = (self.ttls, caller(req), name.to_owned(), req.is_resend());
         self.on_source(Op::Mknod, move |core| {
-            let r = core.mknod(&c, parent.0, &name, mode, rdev);
+            let r = core.mknod(&c, parent.0, &name, NewMode { mode, umask }, rdev);
+            let r = made_before(again, r, || core.lookup(&c, parent.0, &name));
             t.reply_entry(reply, "mknod", parent.0, r);
         });
     }
@@ -382,27 +453,30 @@ impl Filesystem for CachefsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let (t, c, name) = (self.ttls, caller(req), name.to_owned());
+        let (t, c, name, again) = (self.ttls, caller(req), name.to_owned(), req.is_resend());
         self.on_source(Op::Mkdir, move |core| {
-            let r = core.mkdir(&c, parent.0, &name, mode);
+            let r = core.mkdir(&c, parent.0, &name, NewMode { mode, umask });
+            let r = made_before(again, r, || core.lookup(&c, parent.0, &name));
             t.reply_entry(reply, "mkdir", parent.0, r);
         });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (c, name) = (caller(req), name.to_owned());
+        let (c, name, again) = (caller(req), name.to_owned(), req.is_resend());
         self.on_source(Op::Unlink, move |core| {
-            empty(reply, "unlink", parent.0, core.unlink(&c, parent.0, &name));
+            let r = gone_before(again, core.unlink(&c, parent.0, &name));
+            empty(reply, "unlink", parent.0, r);
         });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (c, name) = (caller(req), name.to_owned());
+        let (c, name, again) = (caller(req), name.to_owned(), req.is_resend());
         self.on_source(Op::Rmdir, move |core| {
-            empty(reply, "rmdir", parent.0, core.rmdir(&c, parent.0, &name));
+            let r = gone_before(again, core.rmdir(&c, parent.0, &name));
+            empty(reply, "rmdir", parent.0, r);
         });
     }
 
@@ -414,10 +488,11 @@ impl Filesystem for CachefsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (t, c) = (self.ttls, caller(req));
+        let (t, c, again) = (self.ttls, caller(req), req.is_resend());
         let (name, target) = (link_name.to_owned(), target.as_os_str().to_owned());
         self.on_source(Op::Symlink, move |core| {
             let r = core.symlink(&c, parent.0, &name, &target);
+            let r = made_before(again, r, || core.lookup(&c, parent.0, &name));
             t.reply_entry(reply, "symlink", parent.0, r);
         });
     }
@@ -432,10 +507,23 @@ impl Filesystem for CachefsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let c = caller(req);
+        let (c, again) = (caller(req), req.is_resend());
         let (name, newname) = (name.to_owned(), newname.to_owned());
         self.on_source(Op::Rename, move |core| {
             let r = core.rename(&c, parent.0, &name, newparent.0, &newname, flags.bits());
+            // Done before if the old name is gone and the new one is there.
+            let r = match r {
+                Err(e) if again && e.raw_os_error() == Some(libc::ENOENT) => {
+                    match core.lookup(&c, newparent.0, &newname) {
+                        Ok(found) => {
+                            core.forget(found.nodeid, 1);
+                            Ok(())
+                        }
+                        Err(_) => Err(e),
+                    }
+                }
+                r => r,
+            };
             empty(reply, "rename", parent.0, r);
         });
     }
@@ -448,9 +536,10 @@ impl Filesystem for CachefsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (t, c, newname) = (self.ttls, caller(req), newname.to_owned());
+        let (t, c, newname, again) = (self.ttls, caller(req), newname.to_owned(), req.is_resend());
         self.on_source(Op::Link, move |core| {
             let r = core.link(&c, ino.0, newparent.0, &newname);
+            let r = made_before(again, r, || core.lookup(&c, newparent.0, &newname));
             t.reply_entry(reply, "link", ino.0, r);
         });
     }
@@ -507,9 +596,9 @@ impl Filesystem for CachefsFs {
         reply: ReplyWrite,
     ) {
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let (c, data) = (caller(req), data.to_vec());
+        let (c, data, again) = (caller(req), data.to_vec(), req.is_resend());
         self.on_source(Op::Write, move |core| {
-            match core.write(&c, fh.0, offset, &data, kill_suidgid) {
+            match core.write(&c, fh.0, offset, &data, kill_suidgid, again) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(fail("write", ino.0, &e)),
             }
@@ -845,14 +934,28 @@ impl Filesystem for CachefsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let (t, c, name) = (self.ttls, caller(req), name.to_owned());
+        // Sent again after a failover: the dead daemon may have made the file already,
+        // and an exclusive create would then fail the caller who asked for it.
+        let flags = if req.is_resend() {
+            flags & !libc::O_EXCL
+        } else {
+            flags
+        };
         self.on_source(Op::Create, move |core| {
             let register = |f: BorrowedFd<'_>| register(reply.open_backing(f));
-            match core.create(&c, parent.0, &name, mode, flags, &register) {
+            match core.create(
+                &c,
+                parent.0,
+                &name,
+                NewMode { mode, umask },
+                flags,
+                &register,
+            ) {
                 Ok((e, o)) => {
                     let attr = attr(e.nodeid, &e.stat);
                     match backing_id(&o) {

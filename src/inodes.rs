@@ -34,6 +34,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 
 use crate::fdio;
 use crate::idhash::IdBuild;
+use crate::journal::{Journal, Record};
 use crate::source::Fds;
 use crate::sys;
 
@@ -138,6 +139,9 @@ pub struct InodeTable {
     /// Objects with alias nodes (see `retire`).
     aliases: Aliases,
     next_alias: AtomicU64,
+    /// Where births, moves and deaths of nodes are published for a successor after a
+    /// crash (`journal.rs`); unset until the session serves, and in tests.
+    journal: std::sync::OnceLock<Arc<Journal>>,
 }
 
 /// An object's alias nodes.
@@ -223,6 +227,7 @@ impl InodeTable {
             mount_fd,
             aliases: Aliases::default(),
             next_alias: AtomicU64::new(ALIAS_BASE + 1),
+            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -300,7 +305,11 @@ impl InodeTable {
                 Some(i) => i,
                 None => {
                     n.other_devs.push(dev);
-                    n.other_devs.len() - 1
+                    let i = n.other_devs.len() - 1;
+                    drop(n);
+                    // After the lock: a compaction takes it before the journal's.
+                    self.publish(&Record::Dev(dev), true);
+                    i
                 }
             };
             ino ^ (((idx as u64 + 1) & 0xff) << 56)
@@ -522,6 +531,7 @@ impl InodeTable {
                     inode.kind.store(kind, Ordering::Relaxed);
                     *inode.handle.lock() = None;
                     self.fds.forget(nodeid);
+                    self.publish_node(&inode, parent.nodeid, name);
                 }
                 inode
             }
@@ -547,7 +557,15 @@ impl InodeTable {
                         fresh
                     })
                     .clone();
+                if created {
+                    // Under the table's lock, so the journal has births and deaths in
+                    // the table's order.
+                    self.publish_node(&inode, parent.nodeid, name);
+                }
                 drop(map);
+                if created {
+                    self.maybe_compact();
+                }
                 if created && nodeid >= ALIAS_BASE {
                     // The kernel now holds this alias node: changes must reach it.
                     self.aliases
@@ -602,6 +620,62 @@ impl InodeTable {
             parent: parent.clone(),
             name: name.into(),
         });
+        drop(loc);
+        // After the node's lock: a compaction holds the journal's while it reads nodes.
+        self.publish_node(inode, parent.nodeid, name);
+    }
+
+    fn publish(&self, rec: &Record<'_>, now: bool) {
+        if let Some(j) = self.journal.get() {
+            j.append(rec, now);
+        }
+    }
+
+    fn publish_node(&self, inode: &Inode, parent: u64, name: &OsStr) {
+        // A directory at once: a READDIRPLUS on it after a crash must find it, and the
+        // kernel does not walk its path again first.
+        self.publish(&node_record(inode, parent, name), inode.is_dir());
+    }
+
+    /// Publishes births, moves and deaths of nodes to `journal` from now on, starting it
+    /// with every node already here.
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        if self.journal.set(journal).is_ok() {
+            self.compact_journal();
+        }
+    }
+
+    fn maybe_compact(&self) {
+        if self.journal.get().is_some_and(|j| j.compaction_due()) {
+            self.compact_journal();
+        }
+    }
+
+    /// Writes the journal afresh from the table: every node, every device.
+    pub fn compact_journal(&self) {
+        let Some(j) = self.journal.get() else {
+            return;
+        };
+        // Births and deaths wait; moves and devices wait on the journal's own lock,
+        // taken after these (see `moved`, `own_nodeid`).
+        let map = self.by_id.write();
+        let devs = self.numbering.lock().other_devs.clone();
+        j.compact(|put| {
+            for dev in &devs {
+                put(Record::Dev(*dev));
+            }
+            for inode in map.values().filter(|i| i.nodeid != ROOT) {
+                let Some((parent, name)) = inode
+                    .loc
+                    .lock()
+                    .as_ref()
+                    .map(|l| (l.parent.nodeid, l.name.clone()))
+                else {
+                    continue;
+                };
+                put(node_record(inode, parent, &name));
+            }
+        });
     }
 
     /// The name an inode was last seen under (`None` for the root).
@@ -654,6 +728,7 @@ impl InodeTable {
             );
             if prev <= n {
                 let gone = map.remove(&nodeid);
+                self.publish(&Record::Gone(nodeid), false);
                 drop(map);
                 self.fds.forget(nodeid);
                 if let Some(inode) = gone
@@ -664,6 +739,18 @@ impl InodeTable {
                 }
             }
         }
+    }
+}
+
+/// The journal's record of a node seen as `parent/name`.
+fn node_record<'a>(inode: &Inode, parent: u64, name: &'a OsStr) -> Record<'a> {
+    Record::Node {
+        nodeid: inode.nodeid,
+        dev: inode.dev,
+        ino: inode.ino,
+        kind: inode.kind(),
+        parent,
+        name: name.as_bytes(),
     }
 }
 
@@ -863,6 +950,66 @@ impl InodeTable {
             });
         }
         Ok(count as usize)
+    }
+}
+
+/// A node taken over after a crash has an unknown kernel lookup count: it is kept until
+/// the mount ends (a forget of a smaller count never drops it).
+const COUNT_UNKNOWN: u64 = 1 << 48;
+
+impl InodeTable {
+    /// Takes the nodes a dead predecessor published (`journal::replay`) into this new
+    /// table, parents before children, so that the node ids the kernel holds answer as
+    /// before; each is reopened by parent and name when an operation needs it (no
+    /// handle was published), and checked to be its object. A node whose parent chain
+    /// does not reach the root is left out (it answers ESTALE, and the kernel looks it
+    /// up again). Returns how many nodes it took.
+    pub fn import_failover(&self, r: &crate::journal::Replayed) -> Result<usize, String> {
+        let mut map = self.by_id.write();
+        if map.len() != 1 {
+            return Err("the node table to take over into is not new".to_string());
+        }
+        let mut left: Vec<(&u64, &crate::journal::NodeRec)> = r
+            .nodes
+            .iter()
+            .filter(|(id, n)| **id != ROOT && !n.name.is_empty())
+            .collect();
+        let mut taken = 0;
+        loop {
+            let before = left.len();
+            left.retain(|(nodeid, n)| {
+                let Some(parent) = map.get(&n.parent).cloned() else {
+                    return true;
+                };
+                map.insert(
+                    **nodeid,
+                    Arc::new(Inode {
+                        nodeid: **nodeid,
+                        dev: n.dev,
+                        ino: n.ino,
+                        kind: AtomicU32::new(n.kind),
+                        nlookup: AtomicU64::new(COUNT_UNKNOWN),
+                        loc: Mutex::new(Some(Loc {
+                            parent,
+                            name: OsStr::from_bytes(&n.name).into(),
+                        })),
+                        handle: Mutex::new(None),
+                    }),
+                );
+                taken += 1;
+                false
+            });
+            if left.is_empty() || left.len() == before {
+                break;
+            }
+        }
+        let aliases = map.keys().filter(|&&n| n >= ALIAS_BASE).max().copied();
+        drop(map);
+        self.numbering.lock().other_devs = r.devs.clone();
+        if let Some(a) = aliases {
+            self.next_alias.fetch_max(a + 1, Ordering::Relaxed);
+        }
+        Ok(taken)
     }
 }
 

@@ -18,6 +18,8 @@
 //! - `meta`: the metadata cache (`meta_ttl`) and its snapshot.
 //! - `inodes`: node ids <-> source objects (a file handle, or parent and name, each;
 //!   no descriptor held), lookup counts.
+//! - `journal`: what a successor needs to take over the FUSE connection after a crash
+//!   (nodes, devices, open handles), appended to a memfd the watchdog holds.
 //! - `source`: the bounded cache of SOURCE descriptors; shedding it when they run short.
 //! - `cache`: the SSD cache: its store, index, ledger (limits, pins), and the promoter
 //!   that fills it (`cache::promoter`, steered by `policy`).
@@ -44,6 +46,7 @@ pub mod feed;
 pub mod fuse;
 pub mod idhash;
 pub mod inodes;
+pub mod journal;
 pub mod lane;
 pub mod lifecycle;
 pub mod logging;

@@ -32,24 +32,13 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        // exec'd by a running daemon (`cachefs restart`): its mount, served on.
+        // exec'd by a running daemon (`cachefs restart`): its mount, served on; or started
+        // by a watchdog whose daemon died: its mount, taken over (failover).
         Command::Mount(cfg) if cachefs::lifecycle::resuming() => {
-            let target = match (&cfg.log, cfg.foreground) {
-                (_, true) => logging::Target::Stderr,
-                (Some(p), false) => logging::Target::File(p),
-                (None, false) => logging::Target::Syslog,
-            };
-            if let Err(e) = logging::init(cfg.debug, target) {
-                eprintln!("cachefs: {e}");
-            }
-            match cachefs::lifecycle::resume(cfg) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("cachefs: {e}");
-                    ExitCode::from(exit::FAILURE)
-                }
-            }
+            successor(cfg, cachefs::lifecycle::resume)
+        }
+        Command::Mount(cfg) if cachefs::lifecycle::taking_over() => {
+            successor(cfg, cachefs::lifecycle::take_over)
         }
         Command::Mount(mut cfg) if cfg.foreground => {
             if let Err(msg) = cli::check_paths(&mut cfg) {
@@ -92,5 +81,29 @@ fn main() -> ExitCode {
             }
         }
         other => ExitCode::from(cachefs::control::run_command(other)),
+    }
+}
+
+/// Runs a daemon that goes on with a predecessor's mount, logging where the mount
+/// logs.
+fn successor(
+    cfg: cachefs::config::Config,
+    run: fn(cachefs::config::Config) -> Result<(), cachefs::lifecycle::MountError>,
+) -> ExitCode {
+    let target = match (&cfg.log, cfg.foreground) {
+        (_, true) => logging::Target::Stderr,
+        (Some(p), false) => logging::Target::File(p),
+        (None, false) => logging::Target::Syslog,
+    };
+    if let Err(e) = logging::init(cfg.debug, target) {
+        eprintln!("cachefs: {e}");
+    }
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("cachefs: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
     }
 }

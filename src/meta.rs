@@ -317,6 +317,10 @@ pub struct MetaCache {
     ttl_ms: u64,
     max_nodes: usize,
     nodes: RwLock<Nodes>,
+    /// Changes made through the mount so far (`changed`, `name_changed`), moved under the
+    /// nodes' write lock: an answer read from SOURCE before a change is not kept after it
+    /// (`epoch`, and the `since` of the puts that take one).
+    changes: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -333,6 +337,7 @@ impl MetaCache {
             ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
             max_nodes: max_nodes.max(1),
             nodes: RwLock::new(Nodes::default()),
+            changes: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -402,7 +407,29 @@ impl MetaCache {
 
     /// Records attributes just read from SOURCE.
     pub fn put_attr(&self, st: &Stat) {
+        self.put_attr_since(u64::MAX, st);
+    }
+
+    /// The count of changes made through the mount so far: taken before a call to
+    /// SOURCE whose answer is then put with it, so that an answer a change overtook
+    /// (read before the change, put after it dropped the entry) is not kept.
+    pub fn epoch(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Whether a put read under `since` (an `epoch`; `u64::MAX`: unchecked) may be kept.
+    /// Called under the nodes' write lock, which `changed` and `name_changed` move the
+    /// count under.
+    fn current(&self, since: u64) -> bool {
+        since == u64::MAX || self.changes.load(Ordering::Acquire) == since
+    }
+
+    /// `put_attr` of attributes read from SOURCE at `epoch` `since`.
+    pub fn put_attr_since(&self, since: u64, st: &Stat) {
         let mut nodes = self.nodes.write();
+        if !self.current(since) {
+            return;
+        }
         let n = nodes.entry((st.st_dev, st.st_ino)).or_default();
         if n.held > 0 {
             return;
@@ -432,9 +459,14 @@ impl MetaCache {
         r
     }
 
-    /// Records SOURCE's answer for the extended attribute `name` of `key`.
-    pub fn put_xattr(&self, key: Key, name: &[u8], value: Result<&[u8], i32>) {
+    /// Records SOURCE's answer for the extended attribute `name` of `key`, read at `epoch`
+    /// `since`: an ACL (`system.posix_acl_*`) or any other value that a change through
+    /// the mount overtook is not kept.
+    pub fn put_xattr(&self, since: u64, key: Key, name: &[u8], value: Result<&[u8], i32>) {
         let mut nodes = self.nodes.write();
+        if !self.current(since) {
+            return;
+        }
         let n = nodes.entry(key).or_default();
         if n.held > 0 {
             return;
@@ -469,8 +501,11 @@ impl MetaCache {
     }
 
     /// Records `key`'s list of extended attribute names as SOURCE gave it.
-    pub fn put_xattr_list(&self, key: Key, list: &[u8]) {
+    pub fn put_xattr_list(&self, since: u64, key: Key, list: &[u8]) {
         let mut nodes = self.nodes.write();
+        if !self.current(since) {
+            return;
+        }
         let n = nodes.entry(key).or_default();
         if n.held == 0 {
             n.xattrs.get_or_insert_default().list = Some((now_ms(), list.into()));
@@ -490,7 +525,9 @@ impl MetaCache {
 
     /// The object changed (its attributes, or its names if a directory): forget both.
     pub fn changed(&self, key: Key) {
-        forget(&mut self.nodes.write(), key);
+        let mut nodes = self.nodes.write();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        forget(&mut nodes, key);
     }
 
     /// A writer of `key` opened: its attributes are not answered from here until the
@@ -518,6 +555,7 @@ impl MetaCache {
     /// listing and its mtime) and the object the name had (its link count and ctime).
     pub fn name_changed(&self, parent: Key, name: &OsStr) {
         let mut nodes = self.nodes.write();
+        self.changes.fetch_add(1, Ordering::AcqRel);
         if let Some(ino) = nodes
             .get(&parent)
             .and_then(|n| n.listing.as_deref())
@@ -863,9 +901,9 @@ mod tests {
     fn extended_attributes_are_remembered_until_a_change() {
         let m = filled();
         assert_eq!(m.xattr((1, 11), b"security.selinux"), None);
-        m.put_xattr((1, 11), b"security.selinux", Err(libc::ENODATA));
-        m.put_xattr((1, 11), b"user.tag", Ok(b"v"));
-        m.put_xattr_list((1, 11), b"user.tag\0");
+        m.put_xattr(m.epoch(), (1, 11), b"security.selinux", Err(libc::ENODATA));
+        m.put_xattr(m.epoch(), (1, 11), b"user.tag", Ok(b"v"));
+        m.put_xattr_list(m.epoch(), (1, 11), b"user.tag\0");
         assert_eq!(
             m.xattr((1, 11), b"security.selinux"),
             Some(Err(libc::ENODATA))
@@ -875,9 +913,35 @@ mod tests {
         m.changed((1, 11));
         assert_eq!(m.xattr((1, 11), b"user.tag"), None, "a change forgets them");
         assert_eq!(m.xattr_list((1, 11)), None);
-        m.put_xattr((1, 12), b"user.tag", Ok(b"w"));
+        m.put_xattr(m.epoch(), (1, 12), b"user.tag", Ok(b"w"));
         m.hold((1, 12));
         assert_eq!(m.xattr((1, 12), b"user.tag"), None, "not while written");
+    }
+
+    #[test]
+    fn an_answer_a_change_overtook_is_not_kept() {
+        let m = filled();
+        // An ACL read from SOURCE, then a setfacl through the mount before it is put.
+        let since = m.epoch();
+        m.changed((1, 11));
+        m.put_xattr(since, (1, 11), b"system.posix_acl_access", Ok(b"old"));
+        m.put_xattr_list(since, (1, 11), b"system.posix_acl_access\0");
+        m.put_attr_since(since, &stat(1, 11, 1, libc::S_IFREG | 0o644));
+        assert_eq!(m.xattr((1, 11), b"system.posix_acl_access"), None);
+        assert_eq!(m.xattr_list((1, 11)), None);
+        assert!(
+            m.attr((1, 11)).is_none(),
+            "nor the mode from before the change"
+        );
+        // A change to another name moves the count too: the put is dropped (a miss later,
+        // never a stale answer).
+        let since = m.epoch();
+        m.name_changed((1, 10), "b".as_ref());
+        m.put_xattr(since, (1, 11), b"user.tag", Ok(b"v"));
+        assert_eq!(m.xattr((1, 11), b"user.tag"), None);
+        let since = m.epoch();
+        m.put_xattr(since, (1, 11), b"user.tag", Ok(b"v"));
+        assert_eq!(m.xattr((1, 11), b"user.tag"), Some(Ok(b"v".to_vec())));
     }
 
     #[test]
@@ -922,9 +986,9 @@ mod tests {
         let other = MetaCache::new(Duration::from_secs(3600), 1000);
         assert!(!other.decode_into(&data, (2, 10)), "another SOURCE's root");
         // Extended attributes travel too: a value, an errno and a list.
-        m.put_xattr((1, 11), b"user.tag", Ok(b"v"));
-        m.put_xattr((1, 11), b"security.selinux", Err(libc::ENODATA));
-        m.put_xattr_list((1, 11), b"user.tag\0");
+        m.put_xattr(m.epoch(), (1, 11), b"user.tag", Ok(b"v"));
+        m.put_xattr(m.epoch(), (1, 11), b"security.selinux", Err(libc::ENODATA));
+        m.put_xattr_list(m.epoch(), (1, 11), b"user.tag\0");
         let x = MetaCache::new(Duration::from_secs(3600), 1000);
         assert!(x.decode_into(&m.encode((1, 10)), (1, 10)));
         assert_eq!(x.xattr((1, 11), b"user.tag"), Some(Ok(b"v".to_vec())));

@@ -254,6 +254,20 @@ pub const OPTIONS: &[OptionSpec] = &[
                parent and name (default: auto)",
     },
     OptionSpec {
+        name: "failover",
+        kind: Kind::Value("on|off", |c, v| {
+            c.failover = match v.to_ascii_lowercase().as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(bad_choice("failover", v, "on or off")),
+            };
+            Ok(())
+        }),
+        help: "if the daemon dies (SIGKILL, a crash), its watchdog starts a successor that \
+               takes the live mount over, open files included; off: the watchdog unmounts \
+               (default: on)",
+    },
+    OptionSpec {
         name: "xattr",
         kind: Kind::Value("passthrough|nosys", |c, v| {
             c.xattr = match v.to_ascii_lowercase().as_str() {
@@ -858,6 +872,8 @@ mod tests {
                 c.passthrough == Passthrough::Auto
             }),
             ("inode_handles", "off", |c| !c.inode_handles),
+            ("failover", "off", |c| !c.failover),
+            ("failover", "on", |c| c.failover),
             ("xattr", "nosys", |c| !c.xattr),
             ("xattr", "passthrough", |c| c.xattr),
             ("mount_timeout", "5", |c| {

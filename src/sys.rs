@@ -5,7 +5,8 @@
 //! wrapper; glibc's own credential calls broadcast to every thread), file handles,
 //! truncate(2) and sync_file_range(2), byte-range locks (fcntl with a `struct flock`),
 //! fork, _exit, signal dispositions and masks,
-//! syslog, and unsharing the mount namespace in a test; and the conversion of rustix's
+//! syslog, unsharing a thread's filesystem context (its umask), and unsharing the mount
+//! namespace in a test; and the conversion of rustix's
 //! stat to the libc layout the FUSE replies are built from.
 
 use std::ffi::{CStr, CString};
@@ -298,6 +299,15 @@ pub fn syslog(priority: i32, msg: &str) {
     };
     // SAFETY: the format is a literal "%s" and m is NUL-terminated.
     unsafe { libc::syslog(priority, c"%s".as_ptr(), m.as_ptr()) };
+}
+
+/// Gives the calling thread a filesystem context (cwd, root and umask) of its own, a copy
+/// of the one it shared: a umask it sets from then on is its alone.
+pub fn unshare_fs() -> io::Result<()> {
+    // SAFETY: only CLONE_FS is unshared (cwd, root, umask); the descriptor table stays
+    // shared, so every thread keeps seeing the same descriptors.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(io::Error::from)
 }
 
 /// Moves the calling thread into a mount namespace of its own (a copy of the current

@@ -7,7 +7,10 @@
 //! - `parity`: the same script of file-system calls on the mount and on a plain directory,
 //!   compared outcome by outcome (results, errno values, ownership, mode bits); again on
 //!   a promoting mount, where each script proves its promotions and reads from copies.
-//! - `users`: a second user through an `--allow-other` mount, compared with a plain directory.
+//! - `users`: a second user through an `--allow-other` mount, compared with a plain directory
+//!   (mode bits and named-user ACL entries).
+//! - `acl`: POSIX ACLs the kernel keeps (FUSE_POSIX_ACL): one request per file's ACL while
+//!   its attributes are fresh, SOURCE's changes shown with a chmod's, the mount's at once.
 //! - `hostile`: the control socket under a hostile second user: promotes only what it can
 //!   read, no privileged commands, floods and bad connections limited, root served.
 //! - `cli`: argument validation, both option forms, signals.
@@ -65,6 +68,9 @@ mod parity;
 
 #[path = "integration/users.rs"]
 mod users;
+
+#[path = "integration/acl.rs"]
+mod acl;
 
 #[path = "integration/hostile.rs"]
 mod hostile;

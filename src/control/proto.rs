@@ -197,6 +197,10 @@ pub struct Status {
     pub fd_limit: u64,
     /// Extra: the bound of its cache of SOURCE descriptors, and what that cache holds, keeps
     /// for open files, has reopened and has shed.
+    /// Extra: times a successor took the mount over from a daemon that died (failover),
+    /// since it was mounted.
+    #[serde(default)]
+    pub failovers: u64,
     pub fds_bound: u64,
     pub fds_cached: u64,
     pub fds_pinned: u64,
@@ -528,7 +532,7 @@ mod tests {
     ];
 
     /// What the daemon sends beyond the contract (tests and the text status read them).
-    const EXTRA_KEYS: [&str; 30] = [
+    const EXTRA_KEYS: [&str; 31] = [
         "cache_fs_avail",
         "cache_fs_size",
         "cache_read_bytes",
@@ -559,6 +563,7 @@ mod tests {
         "fds_shed",
         "inodes",
         "serving_since_ms",
+        "failovers",
     ];
 
     /// docs/reference.md, the reference that ships with the code, explains every key the
@@ -617,6 +622,7 @@ mod tests {
             passthrough_opens: 3,
             pid: 1234,
             serving_since_ms: 5,
+            failovers: 0,
             pinned_files: 1,
             promoted_bytes: 4000,
             promoter_read_bytes: 5000,
@@ -673,6 +679,7 @@ mod tests {
             r#"{"ok":true,"result":{"cache":"/ssd/cachefs","cache_fs_avail":50,"#,
             r#""cache_fs_size":100,"cache_read_bytes":1000,"cache_usable":true,"#,
             r#""cached_bytes":123456789,"cached_files":12,"evictions":3,"fd_limit":1024,"#,
+            r#""failovers":0,"#,
             r#""fds_bound":480,"fds_cached":17,"fds_pinned":2,"fds_reopened":5,"fds_shed":0,"#,
             r#""hits":40,"in_flight":[{"bytes_done":1048576,"bytes_total":734003200,"#,
             r#""elapsed_ms":1500,"path":"Show/S01E02.mkv"}],"inode_handles":true,"inodes":99,"#,

@@ -99,7 +99,7 @@ pub(super) fn notify_ready(r: Result<(), &str>) {
 
 /// Reads the child's one line from the readiness pipe, giving up after `timeout` (zero:
 /// never). `None` on timeout.
-fn read_ready_line(rx: OwnedFd, timeout: Duration) -> Option<String> {
+pub(super) fn read_ready_line(rx: OwnedFd, timeout: Duration) -> Option<String> {
     let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
     let mut f = std::fs::File::from(rx);
     let mut line = Vec::new();

@@ -34,6 +34,7 @@ use crate::overlay::Overlay;
 
 pub use daemonize::{DaemonError, run_daemon};
 pub use restart::{FORMAT as STATE_FORMAT, resuming};
+pub use watchdog::taking_over;
 
 /// A failure to mount or run, with a message for the user.
 #[derive(Debug)]
@@ -96,7 +97,7 @@ pub fn run_foreground(cfg: Config) -> Result<(), MountError> {
     signals::block()?;
     // Also before any thread, and before /dev/fuse and the cache lock are opened, so the
     // watchdog holds neither.
-    watchdog::start(&cfg.mountpoint)?;
+    watchdog::start(&cfg.mountpoint, &[])?;
     match process::raise_nofile_limit() {
         Ok(n) => tracing::debug!("open-file limit {n}"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
@@ -141,11 +142,140 @@ pub fn resume(mut cfg: Config) -> Result<(), MountError> {
     };
     let (files, dirs) = core.import_handles(&handed.handles, &wrap).map_err(err)?;
     tracing::info!(
-        "restarted: serving {} again with {nodes} nodes the kernel holds, {files} open files \
+        "restarted: serving {} again with {nodes} nodes the kernel holds, \
+         {files} open files \
          and {dirs} open directories",
         cfg.mountpoint.display()
     );
     serve(&cfg, core, session)
+}
+
+/// Takes over the mount of a daemon that died, started by its watchdog (failover): the
+/// live FUSE connection the watchdog held, the nodes and open handles the dead daemon
+/// published (`crate::journal`), then the requests it had read and not answered, which
+/// the kernel sends again. Says "ok" to the watchdog once it serves.
+pub fn take_over(mut cfg: Config) -> Result<(), MountError> {
+    use std::os::fd::AsRawFd;
+    signals::block()?;
+    let t = watchdog::take_over_env().map_err(err)?;
+    let s = &t.successor;
+    cfg.source = s.paths.0.clone();
+    cfg.mountpoint = s.paths.1.clone();
+    cfg.cache = s.paths.2.clone();
+    *PROCESS.ready.lock() = Some(t.ready);
+    // Before any thread; the new watchdog holds neither the connection nor the journal
+    // until this process arms it.
+    watchdog::start(&cfg.mountpoint, &[t.dev.as_raw_fd(), t.journal.as_raw_fd()])?;
+    if let Err(e) = process::raise_nofile_limit() {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
+    let failed = |e: String| {
+        daemonize::notify_ready(Err(&e));
+        err(e)
+    };
+    let replayed = crate::journal::read_all(std::os::fd::AsFd::as_fd(&t.journal))
+        .map_err(|e| e.to_string())
+        .and_then(|data| crate::journal::replay(&data))
+        .map_err(failed)?;
+    drop(t.journal);
+    let cfg = Arc::new(cfg);
+    let core = Arc::new(
+        Overlay::new(cfg.clone())
+            .map_err(|e| failed(format!("cannot open source {}: {e}", cfg.source.display())))?,
+    );
+    let nodes = core.import_failover_nodes(&replayed).map_err(failed)?;
+    let negotiated = session::Negotiated {
+        passthrough: s.passthrough,
+        no_opendir: s.no_opendir,
+        resend: true,
+        posix_acl: s.posix_acl,
+    };
+    let session = session::resume(&cfg, core.clone(), t.dev, negotiated);
+    let wrap = |id: u32| {
+        // SAFETY: the dead daemon made this registration on this connection, and nothing
+        // else in this process holds its number: `import_failover_handles` wraps each
+        // number once.
+        crate::fuse::backing_token(unsafe { session.wrap_backing(id) })
+    };
+    let (files, dirs) = match &replayed.handles {
+        Some(h) => core.import_failover_handles(h, &wrap).map_err(failed)?,
+        None => (0, 0),
+    };
+    core.counters
+        .failovers
+        .store(t.failovers, std::sync::atomic::Ordering::Relaxed);
+    // The requests the dead daemon had read and not answered come again, marked.
+    let resent = match session.notifier().resend() {
+        Ok(()) => "requests it held are sent again".to_string(),
+        Err(e) => format!("the kernel cannot send again the requests it held: {e}"),
+    };
+    tracing::warn!(
+        "failover {}: took over {} from a daemon that died: {nodes} nodes the kernel holds, \
+         {files} open files and {dirs} open directories; {resent}",
+        t.failovers,
+        cfg.mountpoint.display()
+    );
+    serve(&cfg, core, session)
+}
+
+/// Gives the watchdog what it needs to start a successor if this daemon dies, and
+/// publishes the nodes and open handles to the journal it holds from now on. Only where
+/// the kernel can send lost requests again.
+fn arm_failover(
+    cfg: &Config,
+    core: &Arc<Overlay>,
+    dev: std::os::fd::BorrowedFd<'_>,
+    negotiated: session::Negotiated,
+) {
+    if !cfg.failover {
+        watchdog::disarm();
+        return;
+    }
+    if !negotiated.resend {
+        watchdog::disarm();
+        tracing::info!(
+            "no crash failover: this kernel cannot send lost requests again (Linux 6.9+)"
+        );
+        return;
+    }
+    let successor = watchdog::Successor {
+        exe: PROCESS.exe.get().cloned().unwrap_or_default(),
+        argv: PROCESS.argv.get().cloned().unwrap_or_default(),
+        paths: (
+            cfg.source.clone(),
+            cfg.mountpoint.clone(),
+            cfg.cache.clone(),
+        ),
+        passthrough: negotiated.passthrough,
+        no_opendir: negotiated.no_opendir,
+        posix_acl: negotiated.posix_acl,
+        failovers: core
+            .counters
+            .failovers
+            .load(std::sync::atomic::Ordering::Relaxed),
+    };
+    let journal = match crate::journal::Journal::new(Box::new(watchdog::rotate_journal)) {
+        Ok(j) => Arc::new(j),
+        Err(e) => {
+            tracing::warn!("no crash failover: cannot make its journal: {e}");
+            return;
+        }
+    };
+    if let Err(e) = watchdog::arm(dev, &successor) {
+        tracing::warn!("no crash failover: cannot arm the watchdog: {e}");
+        return;
+    }
+    core.set_journal(journal.clone(), crate::fuse::backing_number);
+    // Node records are written in batches; this bounds how old the newest one can be.
+    std::thread::Builder::new()
+        .name("cachefs-journal".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                journal.flush();
+            }
+        })
+        .ok();
 }
 
 /// Serves the mount until it ends; a live restart asked for meanwhile execs the new
@@ -165,13 +295,18 @@ fn serve(
     let _control = session::serve_control(cfg, core.clone());
     signals::start(&cfg.mountpoint)?;
 
-    daemonize::notify_ready(Ok(()));
     let negotiated = session::Negotiated {
         passthrough: core.passthrough_enabled(),
         no_opendir: session
             .filesystem()
             .is_some_and(crate::fuse::CachefsFs::no_opendir),
+        resend: session
+            .filesystem()
+            .is_some_and(crate::fuse::CachefsFs::resend),
+        posix_acl: core.posix_acl_enabled(),
     };
+    arm_failover(cfg, &core, session.as_fd(), negotiated);
+    daemonize::notify_ready(Ok(()));
     let r = loop {
         let dev = session
             .as_fd()

@@ -116,12 +116,6 @@ pub(super) fn set_thread_name(name: &CStr) {
     let _ = rustix::thread::set_name(name);
 }
 
-/// Reads until end of file or error, discarding the bytes.
-pub(super) fn wait_eof(fd: BorrowedFd<'_>) {
-    let mut b = [0u8; 64];
-    while let Ok(1..) = retry_on_intr(|| rustix::io::read(fd, &mut b)) {}
-}
-
 /// Waits up to `timeout_ms` (negative: forever) for `fd` to be readable or closed.
 pub(super) fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -131,4 +125,56 @@ pub(super) fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<b
     });
     let mut p = [PollFd::new(&fd, PollFlags::IN)];
     Ok(retry_on_intr(|| poll(&mut p, timeout.as_ref()))? > 0)
+}
+
+/// What a predecessor handed this process in the environment variable `var` (removed, so
+/// that no child sees it): `key=value` fields, and the descriptors some of them name.
+pub(super) struct HandedEnv {
+    var: &'static str,
+    fields: std::collections::HashMap<String, String>,
+}
+
+impl HandedEnv {
+    /// Must run before any thread starts (it changes the environment).
+    pub(super) fn take(var: &'static str) -> Result<HandedEnv, String> {
+        let text = std::env::var(var).map_err(|_| format!("{var} is not set"))?;
+        // SAFETY: single-threaded here (before any thread starts), as remove_var requires.
+        unsafe { std::env::remove_var(var) };
+        let mut fields = std::collections::HashMap::new();
+        for kv in text.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("{var} is malformed: {text}"))?;
+            fields.insert(k.to_string(), v.to_string());
+        }
+        Ok(HandedEnv { var, fields })
+    }
+
+    pub(super) fn get<T: std::str::FromStr>(&self, k: &str) -> Result<T, String> {
+        self.fields
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{} is malformed: no {k}", self.var))
+    }
+
+    pub(super) fn flag(&self, k: &str) -> bool {
+        self.fields.get(k).is_some_and(|v| v == "1")
+    }
+
+    /// The descriptor field `k` names, owned by this process from now on (close-on-exec).
+    pub(super) fn fd(&self, k: &str) -> Result<OwnedFd, String> {
+        use std::os::fd::FromRawFd;
+        let n: i32 = self.get(k)?;
+        // SAFETY: only looks whether `n` is open.
+        let open = rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(n) }).is_ok();
+        if !open {
+            return Err(format!("descriptor {n} ({k}) was not handed over"));
+        }
+        // SAFETY: the predecessor left this descriptor open for this process to own, and
+        // each field is taken once.
+        let owned = unsafe { OwnedFd::from_raw_fd(n) };
+        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| format!("descriptor {n}: {e}"))?;
+        Ok(owned)
+    }
 }

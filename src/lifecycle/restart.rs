@@ -23,7 +23,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -216,13 +216,15 @@ pub(super) fn exec(binary: &Path, dev: &OwnedFd, negotiated: Negotiated) -> Stri
         }
     }
     let resume = format!(
-        "fuse={},state={},watchdog_pid={},watchdog_fd={},passthrough={},no_opendir={}",
+        "fuse={},state={},watchdog_pid={},watchdog_fd={},passthrough={},no_opendir={},resend={},posix_acl={}",
         dev.as_raw_fd(),
         memfd.as_raw_fd(),
         watchdog_pid,
         watchdog_fd,
         u8::from(negotiated.passthrough),
-        u8::from(negotiated.no_opendir)
+        u8::from(negotiated.no_opendir),
+        u8::from(negotiated.resend),
+        u8::from(negotiated.posix_acl)
     );
     let argv: Vec<OsString> = PROCESS.restart_argv.lock().clone();
     tracing::info!(
@@ -291,34 +293,11 @@ pub fn resuming() -> bool {
 }
 
 pub(super) fn take_handed() -> Result<Handed, String> {
-    let text = std::env::var(RESUME_ENV).map_err(|_| format!("{RESUME_ENV} is not set"))?;
-    // SAFETY: single-threaded here (before any thread starts), as set_var requires.
-    unsafe { std::env::remove_var(RESUME_ENV) };
-    let bad = || format!("{RESUME_ENV} is malformed: {text}");
-    let mut fields = std::collections::HashMap::new();
-    for kv in text.split(',') {
-        let (k, v) = kv.split_once('=').ok_or_else(bad)?;
-        fields.insert(k, v);
-    }
-    let fd = |k: &str| -> Result<OwnedFd, String> {
-        let n: i32 = fields.get(k).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-        if rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(n) }).is_err() {
-            return Err(format!("descriptor {n} ({k}) was not handed over"));
-        }
-        // SAFETY: the predecessor left this descriptor open for this process to own.
-        let owned = unsafe { OwnedFd::from_raw_fd(n) };
-        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
-            .map_err(|e| format!("descriptor {n}: {e}"))?;
-        Ok(owned)
-    };
-    let flag = |k: &str| fields.get(k) == Some(&"1");
-    let dev = fd("fuse")?;
-    let memfd = fd("state")?;
-    let wpid: u32 = fields
-        .get("watchdog_pid")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(bad)?;
-    let wfd = fd("watchdog_fd")?;
+    let env = super::process::HandedEnv::take(RESUME_ENV)?;
+    let dev = env.fd("fuse")?;
+    let memfd = env.fd("state")?;
+    let wpid: u32 = env.get("watchdog_pid")?;
+    let wfd = env.fd("watchdog_fd")?;
     let mut data = Vec::new();
     let mut f = std::fs::File::from(memfd);
     io::Seek::seek(&mut f, io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
@@ -340,8 +319,11 @@ pub(super) fn take_handed() -> Result<Handed, String> {
         handles,
         watchdog: (wpid, wfd),
         negotiated: Negotiated {
-            passthrough: flag("passthrough"),
-            no_opendir: flag("no_opendir"),
+            passthrough: env.flag("passthrough"),
+            no_opendir: env.flag("no_opendir"),
+            resend: env.flag("resend"),
+            // Absent from a predecessor that did not ask for it: not negotiated.
+            posix_acl: env.flag("posix_acl"),
         },
     })
 }

@@ -63,7 +63,11 @@ pub(super) fn mount(
 fn fuser_config(cfg: &Config) -> (fuser::SessionACL, fuser::Config) {
     let mut fcfg = fuser::Config::default();
     fcfg.n_threads = Some(FUSE_THREADS);
-    fcfg.clone_fd = true;
+    // One /dev/fuse descriptor for every worker, not a clone each: the kernel keeps the
+    // requests a daemon has read and not answered per descriptor, and ends them with
+    // ECONNABORTED when that descriptor closes. The watchdog holds a duplicate of this
+    // one, so after a crash they wait for a successor (FUSE_NOTIFY_RESEND) instead.
+    fcfg.clone_fd = false;
     let acl = if cfg.allow_other {
         fuser::SessionACL::All
     } else if cfg.allow_root {
@@ -86,8 +90,9 @@ pub(super) fn resume(
 ) -> fuser::Session<CachefsFs> {
     let (acl, fcfg) = fuser_config(cfg);
     core.set_passthrough(negotiated.passthrough);
+    core.set_posix_acl(negotiated.posix_acl);
     let session = fuser::Session::resume_from_fd(
-        CachefsFs::resumed(core.clone(), negotiated.no_opendir),
+        CachefsFs::resumed(core.clone(), negotiated.no_opendir, negotiated.resend),
         dev,
         acl,
         fcfg,
@@ -101,6 +106,10 @@ pub(super) fn resume(
 pub(super) struct Negotiated {
     pub passthrough: bool,
     pub no_opendir: bool,
+    /// The kernel can resend lost requests (FUSE_HAS_RESEND): failover is armed.
+    pub resend: bool,
+    /// FUSE_POSIX_ACL: the kernel reads ACLs for its permission checks.
+    pub posix_acl: bool,
 }
 
 /// The control socket for the mount, or none (with a warning): a mount without one

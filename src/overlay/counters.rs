@@ -20,4 +20,7 @@ pub struct Counters {
     pub passthrough_bytes: AtomicU64,
     /// Lookups answered by SOURCE (not by the metadata cache).
     pub source_lookups: AtomicU64,
+    /// Times a successor took the mount over from a daemon that died, since it was
+    /// mounted.
+    pub failovers: AtomicU64,
 }

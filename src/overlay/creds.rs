@@ -13,12 +13,23 @@
 //!
 //! Supplementary groups come from `/proc/PID/status` of the calling process, cached per
 //! pid for a second so a burst of calls from one player reads the file once.
+//!
+//! A create (mknod, mkdir, create) also takes the caller's umask ([`Umask::enter`]):
+//! with FUSE_DONT_MASK the kernel sends the mode unmasked and the umask beside it, and
+//! SOURCE's own filesystem then decides, as it would for the caller: it ignores the
+//! umask under a directory with a default ACL (the ACL's entries and mask apply) and
+//! applies it elsewhere. The umask belongs to a thread's filesystem context, which
+//! threads share; a thread that creates takes a context of its own once (unshare
+//! CLONE_FS), so the umask it sets is seen by no other thread, and sets it back to the
+//! daemon's 0 after the call.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rustix::fs::Mode;
 use rustix::process::Gid;
 
 use crate::sys;
@@ -132,6 +143,49 @@ impl Default for Creds {
     }
 }
 
+/// What a create (mknod, mkdir, create) asks for: the mode, and the caller's umask the
+/// kernel sends beside it (with FUSE_DONT_MASK, not yet applied to the mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewMode {
+    pub mode: u32,
+    pub umask: u32,
+}
+
+thread_local! {
+    /// Whether this thread has a filesystem context (and so a umask) of its own.
+    static OWN_FS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The caller's umask on the current thread, until it drops: then the daemon's own, 0.
+pub struct Umask {
+    set: bool,
+}
+
+impl Umask {
+    /// Takes `umask` (the permission bits of the one the kernel sent with a create) for
+    /// the current thread. A umask of 0 is the daemon's own: nothing to do.
+    pub fn enter(umask: u32) -> io::Result<Umask> {
+        let umask = umask & 0o777;
+        if umask == 0 {
+            return Ok(Umask { set: false });
+        }
+        if !OWN_FS.get() {
+            sys::unshare_fs()?;
+            OWN_FS.set(true);
+        }
+        rustix::process::umask(Mode::from_raw_mode(umask));
+        Ok(Umask { set: true })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        if self.set {
+            rustix::process::umask(Mode::empty());
+        }
+    }
+}
+
 /// Sets this thread's supplementary groups, then its filesystem gid and uid.
 fn set_thread_creds(uid: u32, gid: u32, groups: &[Gid]) -> io::Result<()> {
     rustix::thread::set_thread_groups(groups)?;
@@ -167,6 +221,27 @@ fn parse_groups(status: &str) -> Option<Vec<Gid>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn umask_is_the_threads_own() {
+        let own = |m| rustix::process::umask(Mode::from_raw_mode(m)).as_raw_mode();
+        let before = own(0o022);
+        std::thread::spawn(move || {
+            let guard = Umask::enter(0o077).unwrap();
+            let path = std::env::temp_dir().join(format!("cachefs-umask-{}", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            std::fs::File::create(&path).unwrap();
+            let mode = std::fs::metadata(&path)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(mode.unwrap() & 0o777, 0o600, "the caller's umask applies");
+            drop(guard);
+            assert_eq!(own(0), 0, "back to the daemon's 0");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(own(before), 0o022, "other threads keep theirs");
+    }
 
     #[test]
     fn groups_line() {

@@ -48,13 +48,14 @@ impl DirHandle {
     pub(super) fn import(
         r: &mut crate::codec::Reader<'_>,
         fds: &mut super::file::Inherited,
+        handed: bool,
     ) -> Result<(u64, DirHandle), String> {
         let bad = || "the open directories handed over are damaged".to_string();
         let fh = r.u64().ok_or_else(bad)?;
         let nodeid = r.u64().ok_or_else(bad)?;
         let n = r.u32().ok_or_else(bad)? as i32;
         let fd = OnceLock::new();
-        if n >= 0 {
+        if n >= 0 && handed {
             let _ = fd.set(super::file::inherited(fds, n)?);
         }
         Ok((
@@ -118,6 +119,7 @@ impl Overlay {
         if let Some(fd) = pinned {
             self.inodes.fds.pin(nodeid, fh, fd);
         }
+        self.publish_handles();
         Ok(fh)
     }
 
@@ -202,6 +204,7 @@ impl Overlay {
 
     pub fn releasedir(&self, fh: u64) {
         if let Some(d) = self.dirs.remove(fh) {
+            self.publish_handles();
             self.inodes.fds.unpin(d.nodeid, fh);
         }
     }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use rustix::fs::{Access, AtFlags, FileType, Gid, Mode, RenameFlags, Timespec, Timestamps, Uid};
 
-use super::{Caller, Entry, Overlay, check_writable};
+use super::creds::Umask;
+use super::{Caller, Entry, NewMode, Overlay, check_writable};
 use crate::{fdio, sys};
 
 /// A new timestamp in a setattr.
@@ -62,9 +63,12 @@ impl Overlay {
             return Ok(sys::libc_stat(&rustix::fs::fstat(&*self.source_of(&h)?)?));
         }
         let (_, fd) = self.node(nodeid)?;
+        let since = self.meta.as_ref().map(|m| m.epoch());
         let st = sys::libc_stat(&rustix::fs::fstat(&*fd)?);
-        if let Some(meta) = &self.meta {
-            meta.put_attr(&st);
+        if let (Some(meta), Some(since)) = (&self.meta, since) {
+            // Not if a change through the mount (a chmod, an ACL and the mode it implies)
+            // overtook this read.
+            meta.put_attr_since(since, &st);
         }
         Ok(st)
     }
@@ -151,12 +155,15 @@ impl Overlay {
         caller: &Caller,
         parent: u64,
         name: &OsStr,
-        mode: u32,
+        new: NewMode,
         rdev: u32,
     ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
+        // SOURCE applies the umask, or the parent's default ACL instead (`creds`).
+        let _mask = Umask::enter(new.umask)?;
+        let mode = new.mode;
         // No type bits make a regular file, as mknod(2) does.
         let kind = match mode & libc::S_IFMT {
             0 => FileType::RegularFile,
@@ -172,12 +179,14 @@ impl Overlay {
         caller: &Caller,
         parent: u64,
         name: &OsStr,
-        mode: u32,
+        new: NewMode,
     ) -> io::Result<Entry> {
         check_writable(&self.cfg)?;
         let (parent, pfd) = self.node(parent)?;
         let _as = self.creds.enter(caller)?;
-        rustix::fs::mkdirat(&*pfd, name, perm(mode))?;
+        // SOURCE applies the umask, or the parent's default ACL instead (`creds`).
+        let _mask = Umask::enter(new.umask)?;
+        rustix::fs::mkdirat(&*pfd, name, perm(new.mode))?;
         self.meta_name_changed(&parent, name);
         self.lookup_inode(&parent, pfd.as_fd(), name)
     }

@@ -166,14 +166,20 @@ impl FileHandle {
 
     /// Reads one handle `export` wrote: the handle, its number, its mode and its node's
     /// registration (whether of the SOURCE file, and the kernel's number).
+    /// `handed`: the descriptors were handed over (a live restart); else they died
+    /// with a predecessor and none is taken.
     pub(super) fn import(
         r: &mut crate::codec::Reader<'_>,
         fds: &mut Inherited,
+        handed: bool,
     ) -> Result<Carried, String> {
         use std::os::unix::ffi::OsStrExt;
         let bad = || "the open files handed over are damaged".to_string();
-        let source = r.u32().ok_or_else(bad)? as i32;
-        let copy = r.u32().ok_or_else(bad)? as i32;
+        let mut source = r.u32().ok_or_else(bad)? as i32;
+        let mut copy = r.u32().ok_or_else(bad)? as i32;
+        if !handed {
+            (source, copy) = (-1, -1);
+        }
         let source = (source >= 0).then(|| inherited(fds, source)).transpose()?;
         let copy = (copy >= 0).then(|| inherited(fds, copy)).transpose()?;
         let fh = r.u64().ok_or_else(bad)?;
@@ -530,6 +536,7 @@ impl Overlay {
         if let Some(fd) = source {
             self.inodes.fds.pin(nodeid, fh, fd);
         }
+        self.publish_handles();
         Ok(Opened {
             fh,
             passthrough: token,
@@ -550,7 +557,9 @@ impl Overlay {
         let fd = {
             let _as = self.creds.enter(&h.opener)?;
             let proc = fdio::proc_path(path_fd.as_fd());
-            let flags = oflags(h.flags & !STRIP);
+            // Never O_TRUNC: a truncate asked for at the open was done then, and a
+            // handle taken over after a crash opens again here.
+            let flags = oflags(h.flags & !(STRIP | libc::O_TRUNC));
             let open = || Ok(rustix::fs::open(&proc, flags, rustix::fs::Mode::empty())?);
             self.inodes.fds.retry(open)?
         };
@@ -719,7 +728,7 @@ impl Overlay {
         caller: &Caller,
         parent: u64,
         name: &OsStr,
-        mode: u32,
+        new: super::NewMode,
         flags: i32,
         register: Register<'_>,
     ) -> io::Result<(Entry, Opened)> {
@@ -736,6 +745,9 @@ impl Overlay {
         }
         let fd = {
             let _as = self.creds.enter(caller)?;
+            // SOURCE applies the umask, or the parent's default ACL instead (`creds`).
+            let _mask = super::creds::Umask::enter(new.umask)?;
+            let mode = new.mode;
             let flags =
                 (flags & !(libc::O_NOCTTY | libc::O_DIRECT)) | libc::O_CREAT | libc::O_NOFOLLOW;
             let create = || Ok(rustix::fs::openat(&*pfd, name, oflags(flags), mode.into())?);
@@ -894,9 +906,17 @@ impl Overlay {
         offset: u64,
         data: &[u8],
         kill_suidgid: bool,
+        again: bool,
     ) -> io::Result<u32> {
         let h = self.files.get(fh)?;
         let fd = self.source_of(&h)?;
+        // Sent again after a failover (see `fuse.rs`): an append the dead daemon made
+        // already is there, at the offset the kernel gave (the file's end when it was
+        // sent); appending it again would write it twice. Other writes land at their
+        // offset and may simply be done again.
+        if again && h.flags & libc::O_APPEND != 0 && appended_already(fd.as_fd(), offset, data) {
+            return Ok(data.len() as u32);
+        }
         let c = self.change(h.obj, Some(h.nodeid));
         let as_caller = if kill_suidgid {
             Some(self.creds.enter(caller)?)
@@ -952,6 +972,7 @@ impl Overlay {
         let Some(h) = self.files.remove(fh) else {
             return;
         };
+        self.publish_handles();
         self.inodes.fds.unpin(h.nodeid, fh);
         if let Some(job) = h.job.lock().take() {
             job.reader_active.store(false, Ordering::Relaxed);
@@ -1077,6 +1098,18 @@ fn reopen_readable(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
         oflags(libc::O_RDONLY),
         rustix::fs::Mode::empty(),
     )?)
+}
+
+/// Whether `data` is at `offset` of the file already.
+fn appended_already(fd: BorrowedFd<'_>, offset: u64, data: &[u8]) -> bool {
+    let Ok(st) = rustix::fs::fstat(fd) else {
+        return false;
+    };
+    if (st.st_size as u64) < offset + data.len() as u64 {
+        return false;
+    }
+    let mut there = vec![0u8; data.len()];
+    matches!(fdio::pread_full(fd, &mut there, offset), Ok(n) if n == data.len()) && there == data
 }
 
 /// A writable descriptor of a cached copy (the daemon's own file), for its mirror.

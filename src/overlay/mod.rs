@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use rustix::fs::{FileType, Mode, OFlags};
 
 pub use counters::Counters;
-pub use creds::Caller;
+pub use creds::{Caller, NewMode};
 pub use dir::DirEntryOut;
 pub use entry::{SetAttr, Timestamp};
 pub use file::{Opened, Register};
@@ -99,6 +99,9 @@ pub struct Overlay {
     pub cache: Option<Arc<Cache>>,
     /// Set once the kernel has agreed to FUSE passthrough.
     passthrough: AtomicBool,
+    /// Set once the kernel has agreed to FUSE_POSIX_ACL: it then reads ACLs for its own
+    /// permission checks (`xattr.rs`).
+    posix_acl: AtomicBool,
     /// How each open source object is served: one owner, one lock (`objects.rs`).
     objects: Arc<objects::Objects>,
     /// Tells the kernel a node's attributes (and data) changed behind it (set once
@@ -113,7 +116,15 @@ pub struct Overlay {
     pub lane: Arc<crate::lane::Lane>,
     /// SOURCE's statfs as last seen.
     statfs: Arc<memory::StatfsCache>,
+    /// Where the open handles are published for a successor after a crash, and the
+    /// kernel's number of a passthrough registration (set once the session serves).
+    journal: std::sync::OnceLock<(Arc<crate::journal::Journal>, TokenId)>,
+    /// Handles are published one snapshot at a time, the newest last.
+    publishing: Mutex<()>,
 }
+
+/// The kernel's number of a passthrough registration (`fuse::backing_number`).
+pub type TokenId = fn(&BackingToken) -> Option<u32>;
 
 /// Objects the metadata cache remembers at most: about 170 MB at a library's typical
 /// name lengths.
@@ -174,8 +185,9 @@ impl<T> Handles<T> {
 }
 
 impl Overlay {
-    /// Opens SOURCE's root. The daemon's umask is cleared: the kernel has already applied
-    /// the caller's umask to every mode it sends.
+    /// Opens SOURCE's root. The daemon's umask is cleared: a create takes the caller's
+    /// umask on its own thread for the call (`creds::Umask`), and the daemon's own files
+    /// get exactly the modes it asks for.
     pub fn new(cfg: Arc<Config>) -> io::Result<Overlay> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root: OwnedFd = rustix::fs::open(&cfg.source, flags, Mode::empty())?;
@@ -221,12 +233,15 @@ impl Overlay {
             node_dirs: Mutex::new(HashMap::new()),
             cache,
             passthrough: AtomicBool::new(false),
+            posix_acl: AtomicBool::new(false),
             objects,
             invalidator: std::sync::OnceLock::new(),
             meta,
             counters: Counters::default(),
             lane: Arc::new(crate::lane::Lane::default()),
             statfs,
+            journal: std::sync::OnceLock::new(),
+            publishing: Mutex::new(()),
         })
     }
 
@@ -284,6 +299,15 @@ impl Overlay {
         self.passthrough.load(Ordering::Relaxed)
     }
 
+    /// Records whether the kernel agreed to FUSE_POSIX_ACL at init.
+    pub fn set_posix_acl(&self, on: bool) {
+        self.posix_acl.store(on, Ordering::Relaxed);
+    }
+
+    pub fn posix_acl_enabled(&self) -> bool {
+        self.posix_acl.load(Ordering::Relaxed)
+    }
+
     /// Open file and directory handles.
     pub fn open_handles(&self) -> (usize, usize) {
         (self.files.map.lock().len(), self.dirs.map.lock().len())
@@ -310,6 +334,15 @@ impl Overlay {
         if let Some(why) = self.handoff_blocker() {
             return Err(why);
         }
+        self.handles_blob(token_id)
+    }
+
+    /// Every open handle in the format `import_handles` reads, with the descriptors it
+    /// names.
+    fn handles_blob(
+        &self,
+        token_id: &dyn Fn(&BackingToken) -> Option<u32>,
+    ) -> Result<(Vec<u8>, Vec<i32>), String> {
         let mut w = crate::codec::Writer::new(HANDLES_MAGIC);
         let mut keep = Vec::new();
         let files = self.files.snapshot();
@@ -349,6 +382,40 @@ impl Overlay {
         Ok((w.finish(), keep))
     }
 
+    /// Publishes the open handles and the nodes' births, moves and deaths to `journal`
+    /// from now on, for a successor after a crash.
+    pub fn set_journal(&self, journal: Arc<crate::journal::Journal>, token_id: TokenId) {
+        if self.journal.set((journal.clone(), token_id)).is_ok() {
+            self.inodes.set_journal(journal);
+            self.publish_handles();
+        }
+    }
+
+    /// Publishes every open handle (after an open or a release, before the kernel hears
+    /// of it): a successor after a crash serves exactly the handles the kernel knows.
+    pub(crate) fn publish_handles(&self) {
+        let Some((journal, token_id)) = self.journal.get() else {
+            return;
+        };
+        let _one = self.publishing.lock();
+        match self.handles_blob(token_id) {
+            Ok((blob, _)) => journal.append(&crate::journal::Record::Handles(&blob), true),
+            Err(why) => tracing::debug!("open handles not published: {why}"),
+        }
+    }
+
+    /// Takes a dead predecessor's open handles, as last published: like `import_handles`,
+    /// but none of its descriptors exists any more: each handle opens its SOURCE file
+    /// again when it first needs it (`source_of`), a daemon-served reader of a copy reads
+    /// SOURCE, and the copies' mirrors are not taken back.
+    pub fn import_failover_handles(
+        &self,
+        data: &[u8],
+        wrap: &dyn Fn(u32) -> BackingToken,
+    ) -> Result<(usize, usize), String> {
+        self.take_handles(data, wrap, false)
+    }
+
     /// Takes a predecessor's open handles (`export_handles`) into this new overlay, each
     /// served as before: its descriptors, its mode, its node's passthrough registration
     /// (wrapped once per number by `wrap`, and shared), its writer's hold on the metadata.
@@ -358,6 +425,15 @@ impl Overlay {
         data: &[u8],
         wrap: &dyn Fn(u32) -> BackingToken,
     ) -> Result<(usize, usize), String> {
+        self.take_handles(data, wrap, true)
+    }
+
+    fn take_handles(
+        &self,
+        data: &[u8],
+        wrap: &dyn Fn(u32) -> BackingToken,
+        inherited: bool,
+    ) -> Result<(usize, usize), String> {
         let bad = || "the open handles handed over are of another version, or damaged".to_string();
         let mut r = crate::codec::Reader::open(data, HANDLES_MAGIC).ok_or_else(bad)?;
         let mut fds = file::Inherited::new();
@@ -365,7 +441,7 @@ impl Overlay {
         let next = r.u64().ok_or_else(bad)?;
         let n = r.u64().ok_or_else(bad)?;
         for _ in 0..n {
-            let (fh, h, mode, backing) = file::FileHandle::import(&mut r, &mut fds)?;
+            let (fh, h, mode, backing) = file::FileHandle::import(&mut r, &mut fds, inherited)?;
             let h = Arc::new(h);
             let backing = backing
                 .map(|(source, id)| (source, tokens.entry(id).or_insert_with(|| wrap(id)).clone()));
@@ -383,7 +459,7 @@ impl Overlay {
         let next = r.u64().ok_or_else(bad)?;
         let d = r.u64().ok_or_else(bad)?;
         for _ in 0..d {
-            let (fh, dh) = dir::DirHandle::import(&mut r, &mut fds)?;
+            let (fh, dh) = dir::DirHandle::import(&mut r, &mut fds, inherited)?;
             self.dirs.put(fh, Arc::new(dh));
         }
         self.dirs.next.store(next, Ordering::Relaxed);
@@ -391,7 +467,11 @@ impl Overlay {
         for _ in 0..m {
             let obj = (r.u64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?);
             let nodeid = r.u64().ok_or_else(bad)?;
-            let fd = file::inherited(&mut fds, r.u32().ok_or_else(bad)? as i32)?;
+            let n = r.u32().ok_or_else(bad)? as i32;
+            if !inherited {
+                continue;
+            }
+            let fd = file::inherited(&mut fds, n)?;
             let f = std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?);
             self.objects.restore_mirror(obj, nodeid, Arc::new(f));
         }
@@ -401,6 +481,11 @@ impl Overlay {
     /// The node table for a successor daemon (`InodeTable::export`).
     pub fn export_nodes(&self) -> Vec<u8> {
         self.inodes.export()
+    }
+
+    /// The nodes a dead predecessor published (`InodeTable::import_failover`).
+    pub fn import_failover_nodes(&self, r: &crate::journal::Replayed) -> Result<usize, String> {
+        self.inodes.import_failover(r)
     }
 
     /// A predecessor's node table (`InodeTable::import`).

@@ -1,6 +1,15 @@
 //! Extended attributes: getxattr, listxattr, setxattr, removexattr, on the object the
 //! inode's descriptor refers to (through `/proc/self/fd/N`, as `f*xattr` refuse `O_PATH`
-//! descriptors).
+//! descriptors), each as the caller.
+//!
+//! POSIX ACLs are the extended attributes `system.posix_acl_access` and
+//! `system.posix_acl_default`, passed through like the others. With FUSE_POSIX_ACL (see
+//! `fuse.rs`, `init`) only the kernel asks for them: it keeps them per inode, checks
+//! permissions with them, and sets them with SETXATTR as the caller, so SOURCE's
+//! filesystem updates the mode an access ACL implies (and clears setgid) as it would
+//! for the caller natively. Every change through the mount drops the object's attributes
+//! and extended attributes from the metadata cache, and an answer read from SOURCE that
+//! such a change overtook is not kept (`MetaCache::epoch`).
 
 use std::ffi::OsStr;
 use std::io;
@@ -27,6 +36,14 @@ fn remembered(name: &OsStr) -> bool {
     !name.as_bytes().starts_with(b"trusted.")
 }
 
+/// The names the kernel reads itself with FUSE_POSIX_ACL (fs/fuse/acl.c, `fuse_get_acl`).
+fn is_acl(name: &OsStr) -> bool {
+    matches!(
+        name.as_bytes(),
+        b"system.posix_acl_access" | b"system.posix_acl_default"
+    )
+}
+
 fn reply(buf: Vec<u8>, n: usize, size: u32) -> io::Result<XattrReply> {
     if size == 0 {
         Ok(XattrReply::Size(n as u32))
@@ -49,19 +66,27 @@ impl Overlay {
     ) -> io::Result<XattrReply> {
         let (inode, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
+        let since = self.meta.as_ref().map(|m| m.epoch());
         let mut buf = vec![0u8; size as usize];
         let path = proc_path(fd.as_fd());
         // rustix answers a zero-sized buffer with 0: the size is asked for on its own.
-        let n = match size {
+        let mut n = match size {
             0 => rustix::fs::getxattr_query(path, name),
             _ => rustix::fs::getxattr(path, name, &mut buf[..]),
         };
-        if let Some(meta) = self.meta.as_ref().filter(|_| remembered(name)) {
+        if n == Err(Errno::OPNOTSUPP) && self.posix_acl_enabled() && is_acl(name) {
+            // A SOURCE without ACLs. Only the kernel asks for these names with
+            // FUSE_POSIX_ACL, and it takes ENODATA as "no ACL" but fails the permission
+            // check it was reading the ACL for with EOPNOTSUPP (`fuse_get_acl`).
+            n = Err(Errno::NODATA);
+        }
+        if let (Some(meta), Some(since)) = (self.meta.as_ref().filter(|_| remembered(name)), since)
+        {
             let key = (inode.dev, inode.ino);
             match n {
-                Ok(n) if size > 0 => meta.put_xattr(key, name.as_bytes(), Ok(&buf[..n])),
+                Ok(n) if size > 0 => meta.put_xattr(since, key, name.as_bytes(), Ok(&buf[..n])),
                 Err(e) if matches!(e, Errno::NODATA | Errno::OPNOTSUPP) => {
-                    meta.put_xattr(key, name.as_bytes(), Err(e.raw_os_error()));
+                    meta.put_xattr(since, key, name.as_bytes(), Err(e.raw_os_error()));
                 }
                 _ => {}
             }
@@ -100,16 +125,17 @@ impl Overlay {
     pub fn listxattr(&self, caller: &Caller, nodeid: u64, size: u32) -> io::Result<XattrReply> {
         let (inode, fd) = self.node(nodeid)?;
         let _as = self.creds.enter(caller)?;
+        let since = self.meta.as_ref().map(|m| m.epoch());
         let mut buf = vec![0u8; size as usize];
         let path = proc_path(fd.as_fd());
         let n = match size {
             0 => rustix::fs::listxattr_query(path)?,
             _ => rustix::fs::listxattr(path, &mut buf[..])?,
         };
-        if let Some(meta) = &self.meta
+        if let (Some(meta), Some(since)) = (&self.meta, since)
             && size > 0
         {
-            meta.put_xattr_list((inode.dev, inode.ino), &buf[..n]);
+            meta.put_xattr_list(since, (inode.dev, inode.ino), &buf[..n]);
         }
         reply(buf, n, size)
     }

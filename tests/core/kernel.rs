@@ -241,7 +241,7 @@ impl<'a> Kernel<'a> {
     pub fn write(&self, h: &Handle, off: u64, data: &[u8]) -> io::Result<()> {
         for (i, chunk) in data.chunks(MAX_IO).enumerate() {
             let at = off + (i * MAX_IO) as u64;
-            let n = self.ov.write(&self.who, h.fh, at, chunk, false)?;
+            let n = self.ov.write(&self.who, h.fh, at, chunk, false, false)?;
             if n as usize != chunk.len() {
                 return Err(io::Error::other(format!("short write: {n}")));
             }

@@ -505,7 +505,8 @@ fn a_copy_racing_a_write_through_the_mount_is_never_served_mixed() {
         let data = &versions[round % 2];
         let job = c.cache().promote(Path::new("a"), Priority::Explicit);
         // One request, one pwrite of the whole file.
-        c.ov.write(&who, w.fh, 0, data, false).expect("write");
+        c.ov.write(&who, w.fh, 0, data, false, false)
+            .expect("write");
         let _ = job.wait(DEADLINE);
         let st = rustix::fs::stat(c.dirs.src("a")).expect("stat");
         if let Some(copy) = c

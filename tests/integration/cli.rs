@@ -481,18 +481,32 @@ fn sigterm_with_busy_mount_still_unmounts() {
     );
 }
 
+/// Issues 5 and 22: a daemon killed with no successor to take its mount over (its binary
+/// removed, or `failover=off`) leaves no mount: its watchdog unmounts within 2 s.
 #[test]
-fn sigkill_leaves_no_mount() {
+fn sigkill_with_no_successor_leaves_no_mount() {
     require_mount!();
-    let mut m = TestMount::start();
-    let st = m.signal_and_wait(libc::SIGKILL);
-    assert_eq!(st.code(), None, "killed: {}", describe_status(&st));
-    // Issue 5: unmounted within 2 s of the daemon's death, SIGKILL included.
-    assert!(
-        wait_unmounted(&m.mnt, Duration::from_secs(2)),
-        "mount still present 2 s after SIGKILL: {:?}",
-        mounts_at(&m.mnt)
-    );
+    for how in ["binary removed", "failover=off"] {
+        let mut m = match how {
+            "failover=off" => TestMount::builder().option("failover=off").start(),
+            _ => TestMount::builder().binary_copy().start(),
+        };
+        if how == "binary removed" {
+            fs::remove_file(&m.bin).unwrap();
+        }
+        let st = m.signal_and_wait(libc::SIGKILL);
+        assert_eq!(st.code(), None, "killed: {}", describe_status(&st));
+        assert!(
+            wait_unmounted(&m.mnt, Duration::from_secs(2)),
+            "{how}: mount still present 2 s after SIGKILL: {:?}\n{}",
+            mounts_at(&m.mnt),
+            m.log_contents()
+        );
+        if how == "binary removed" {
+            let log = m.log_contents();
+            assert!(log.contains("no successor serves"), "{log}");
+        }
+    }
 }
 
 #[test]

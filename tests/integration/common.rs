@@ -356,6 +356,7 @@ pub struct Builder {
     prepare_mnt: Vec<Populate>,
     nofile: Option<u64>,
     source: Option<PathBuf>,
+    binary_copy: bool,
 }
 
 impl Builder {
@@ -397,6 +398,13 @@ impl Builder {
         self
     }
 
+    /// Run a copy of the binary (`TestMount::bin`, in the temp dir), which the test may
+    /// remove or replace.
+    pub fn binary_copy(mut self) -> Self {
+        self.binary_copy = true;
+        self
+    }
+
     /// Run `f(SOURCE)` before mounting.
     pub fn populate(mut self, f: impl FnOnce(&Path) + 'static) -> Self {
         self.populate.push(Box::new(f));
@@ -429,7 +437,12 @@ pub struct TestMount {
     nofile: Option<u64>,
     /// How many mounts the test put at MNT before cachefs's (`prepare_mountpoint`).
     under: usize,
+    /// The binary the daemon runs.
+    pub bin: PathBuf,
     child: Option<Child>,
+    /// A daemon that took the mount over after `child` died (failover): not a child of
+    /// the test, stopped by pid in Drop.
+    successor: Option<u32>,
     // Last: removed after Drop::drop has unmounted.
     _tmp: TempDir,
 }
@@ -471,8 +484,15 @@ impl TestMount {
         }
         let under = mounts_at(&mnt).len();
         let log = root.join("cachefs.log");
+        let bin = if b.binary_copy {
+            let copy = root.join("cachefs-bin");
+            fs::copy(BIN, &copy).expect("copy the binary");
+            copy
+        } else {
+            PathBuf::from(BIN)
+        };
 
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&bin);
         cmd.arg(&source).arg(&mnt);
         let mut opts = b.options.clone();
         if b.fstab_form {
@@ -504,7 +524,9 @@ impl TestMount {
             argv,
             nofile: b.nofile,
             under,
+            bin,
             child: None,
+            successor: None,
             _tmp: tmp,
         };
         m.respawn();
@@ -519,7 +541,7 @@ impl TestMount {
             .open(&self.log)
             .expect("open log");
         let err = out.try_clone().expect("dup log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.bin);
         cmd.args(&self.argv)
             .stdin(Stdio::null())
             .stdout(out)
@@ -552,7 +574,18 @@ impl TestMount {
                 }
             });
         }
-        let child = cmd.spawn().expect("spawn cachefs");
+        // A copy of the binary just written (`binary_copy`) is busy while another test's
+        // fork holds its write descriptor, until that child execs.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.expect("spawn cachefs"),
+            }
+        };
         self.child = Some(child);
         self.wait_mounted();
     }
@@ -569,16 +602,59 @@ impl TestMount {
         self.respawn();
     }
 
-    /// Kills the daemon with SIGKILL, waits for its watchdog to remove the mount, and
-    /// starts it again on the same SOURCE, CACHE and MNT.
+    /// Kills the daemon with SIGKILL and waits for the successor its watchdog starts
+    /// (failover) to serve the mount, which never leaves mountinfo; then stops that one
+    /// cleanly and starts the daemon again as the test's child, on the same SOURCE, CACHE
+    /// and MNT. Both starts after the crash (the successor's and this one) are a start on
+    /// what the dead daemon left.
     pub fn kill_and_restart(&mut self) {
         let st = self.signal_and_wait(libc::SIGKILL);
         assert_eq!(st.signal(), Some(libc::SIGKILL));
         assert!(
+            self.wait_successor(Duration::from_secs(10)).is_some(),
+            "no successor took the mount over after SIGKILL; log:\n{}",
+            self.log_contents()
+        );
+        if let Some(p) = self.stop_successor() {
+            panic!("{p}");
+        }
+        assert!(
             wait_unmounted(&self.mnt, Duration::from_secs(5)),
-            "the watchdog did not remove the mount after SIGKILL"
+            "the successor left its mount behind"
         );
         self.respawn();
+    }
+
+    /// Stops a successor (not the test's child: its watchdog's) by pid with SIGTERM, as
+    /// `cachefs unmount` would, and kills it if it does not go. What went wrong, if
+    /// anything.
+    fn stop_successor(&mut self) -> Option<String> {
+        let pid = self.successor.take()?;
+        let alive = || {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        if !alive() {
+            return None;
+        }
+        send_signal(pid, libc::SIGTERM);
+        let end = Instant::now() + EXIT_DEADLINE;
+        while alive() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive() {
+            detach(&self.mnt);
+            send_signal(pid, libc::SIGKILL);
+            return Some(format!(
+                "the successor {pid} ignored SIGTERM for {EXIT_DEADLINE:?}; killed it"
+            ));
+        }
+        None
     }
 
     /// Poll mountinfo until MNT shows `fuse.cachefs`. Panics (and `Drop` cleans up) on a
@@ -629,7 +705,7 @@ impl TestMount {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.serving_pid().unwrap_or(0)
     }
 
     /// `MNT/rel`.
@@ -666,9 +742,34 @@ impl TestMount {
         }
     }
 
+    /// After the daemon was killed: waits (up to `within`) for a successor to serve the
+    /// mount (failover), and returns its pid, which Drop then stops. `None` if none came.
+    pub fn wait_successor(&mut self, within: Duration) -> Option<u32> {
+        let before = self
+            .successor
+            .or_else(|| self.child.as_ref().map(Child::id));
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Some(pid) = status_pid(&self.mnt)
+                && Some(pid) != before
+            {
+                self.successor = Some(pid);
+                return Some(pid);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The daemon serving the mount now: the child, or the successor that took over.
+    pub fn serving_pid(&self) -> Option<u32> {
+        self.successor
+            .or_else(|| self.child.as_ref().map(Child::id))
+    }
+
     /// Stop the daemon now (as Drop would) and report a leftover mount as a panic.
     fn teardown(&mut self) -> Option<String> {
-        let mut problem = None;
+        let mut problem = self.stop_successor();
         if let Some(mut child) = self.child.take() {
             let pid = child.id();
             // Signal only a child not yet reaped: a reaped pid may belong to someone else.
@@ -1171,6 +1272,18 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 // the running daemon, through its command line
 
 /// `cachefs status MNT --json`, parsed.
+/// The pid `cachefs status` reports for the mount, if it answers.
+pub fn status_pid(mnt: &Path) -> Option<u32> {
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg(mnt)
+        .arg("--json")
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["pid"].as_u64().map(|p| p as u32)
+}
+
 pub fn status_at(mnt: &Path) -> serde_json::Value {
     let out = Command::new(BIN)
         .arg("status")

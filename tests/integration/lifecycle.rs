@@ -780,50 +780,52 @@ fn read_whole(path: &Path) -> std::io::Result<(Vec<u8>, Duration)> {
     }
 }
 
-/// `cachefs restart` into another copy of the binary, five times, while four clients
-/// run: a reader the daemon serves and a passthrough reader streaming films (bytes
-/// compared), a scanner walking the library, and a writer appending with fsync (content
-/// compared). None sees an error or a wrong byte; the mount never leaves mountinfo and
-/// the daemon keeps its pid. Refused, one line, with the daemon serving on: while a lock
-/// is held through the mount (not carried yet), and into a binary that cannot read this
-/// daemon's state.
-#[test]
-fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
+/// Four clients of a library, run until `finish`: a reader the daemon serves and a
+/// passthrough reader streaming films (bytes compared), a scanner walking the library
+/// (313 entries), and a writer appending with fsync (content compared at the end).
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<(&'static str, u32, Vec<String>)>>,
+    appended: std::sync::Arc<std::sync::Mutex<u32>>,
+    log: PathBuf,
+}
+
+/// A mount of that library, with the load running. `served.mkv` is read by the daemon:
+/// its reads count toward promotion, and it is bigger than `max_size`, so no copy of it
+/// is ever made (a copy being made would hold a live restart off). The copy of
+/// `cached.mkv` is made first and read by passthrough.
+fn mount_under_load(options: &[&str], binary_copy: bool) -> (TestMount, Load) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    if !common::can_mount("restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry")
-    {
-        return;
-    }
-    let film: Vec<u8> = (0..12u32 << 20)
+    let big: Vec<u8> = (0..24u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
-    let film = Arc::new(film);
+    let (big, film) = (Arc::new(big.clone()), Arc::new(big[..12 << 20].to_vec()));
+    let mut b = TestMount::builder().option("max_size=16M");
+    for o in options {
+        b = b.option(o);
+    }
+    if binary_copy {
+        b = b.binary_copy();
+    }
     let m = {
-        let film = film.clone();
-        TestMount::builder()
-            .option("promote=manual")
-            .populate(move |s: &Path| {
-                fs::write(s.join("served.mkv"), &*film).unwrap();
-                fs::write(s.join("cached.mkv"), &*film).unwrap();
-                for d in 0..10 {
-                    fs::create_dir(s.join(format!("d{d}"))).unwrap();
-                    for f in 0..30 {
-                        fs::write(s.join(format!("d{d}/e{f}.mkv")), b"x").unwrap();
-                    }
+        let (big, film) = (big.clone(), film.clone());
+        b.populate(move |s: &Path| {
+            fs::write(s.join("served.mkv"), &*big).unwrap();
+            fs::write(s.join("cached.mkv"), &*film).unwrap();
+            for d in 0..10 {
+                fs::create_dir(s.join(format!("d{d}"))).unwrap();
+                for f in 0..30 {
+                    fs::write(s.join(format!("d{d}/e{f}.mkv")), b"x").unwrap();
                 }
-            })
-            .start()
+            }
+        })
+        .start()
     };
     let (ok, out) = run(Command::new(BIN)
         .args(["promote", "--wait"])
         .arg(m.path("cached.mkv")));
     assert!(ok, "{out}");
-    let successor = m.root.join("cachefs-next");
-    fs::copy(BIN, &successor).unwrap();
-    let pid = m.pid();
-    let since = |m: &TestMount| status_at(&m.mnt)["serving_since_ms"].as_u64().unwrap();
-    let opens_before = status_at(&m.mnt)["passthrough_opens"].as_u64().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let client = |name: &'static str, f: Box<dyn Fn() -> Result<(), String> + Send>| {
@@ -839,14 +841,14 @@ fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
             (name, runs, bad)
         })
     };
-    let reader = |path: PathBuf| -> Box<dyn Fn() -> Result<(), String> + Send> {
-        let film = film.clone();
-        Box::new(move || match read_whole(&path) {
-            Ok((b, _)) if b == *film => Ok(()),
-            Ok(_) => Err("wrong bytes".into()),
-            Err(e) => Err(e.to_string()),
-        })
-    };
+    let reader =
+        |path: PathBuf, film: Arc<Vec<u8>>| -> Box<dyn Fn() -> Result<(), String> + Send> {
+            Box::new(move || match read_whole(&path) {
+                Ok((b, _)) if b == *film => Ok(()),
+                Ok(_) => Err("wrong bytes".into()),
+                Err(e) => Err(e.to_string()),
+            })
+        };
     let mnt = m.mnt.clone();
     let log = m.path("append.log");
     let appended = Arc::new(std::sync::Mutex::new(0u32));
@@ -872,8 +874,11 @@ fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
         })
     };
     let clients = vec![
-        client("daemon-served reader", reader(m.path("served.mkv"))),
-        client("passthrough reader", reader(m.path("cached.mkv"))),
+        client(
+            "daemon-served reader",
+            reader(m.path("served.mkv"), big.clone()),
+        ),
+        client("passthrough reader", reader(m.path("cached.mkv"), film)),
         client(
             "scanner",
             Box::new(move || match walk(&mnt) {
@@ -883,6 +888,69 @@ fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
         ),
         client("writer", writer),
     ];
+    let load = Load {
+        stop,
+        clients,
+        appended,
+        log,
+    };
+    (m, load)
+}
+
+impl Load {
+    /// Stops the clients: each ran, none saw an error or a wrong byte, and the appended
+    /// file holds every line once, in order. The served film was read by the daemon and
+    /// the cached one by passthrough, as the serving daemon's own counts show.
+    fn finish(self, m: &TestMount) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.clients {
+            let (name, runs, bad) = c.join().unwrap();
+            assert!(runs > 0, "{name} never ran");
+            assert!(
+                bad.is_empty(),
+                "{name}: {} of {runs} went wrong: {bad:?}",
+                bad.len()
+            );
+        }
+        let n = *self.appended.lock().unwrap();
+        let want: String = (0..n).map(|i| format!("{i:08}\n")).collect();
+        assert_eq!(
+            fs::read_to_string(&self.log).unwrap(),
+            want,
+            "the appended file"
+        );
+        // Counted from 0 again by each new daemon: the last one's own count.
+        let now = status_at(&m.mnt);
+        let some = |k: &str| now[k].as_u64().unwrap() > 0;
+        assert!(
+            some("passthrough_opens"),
+            "the cached film was not read by passthrough: {now}"
+        );
+        assert!(
+            some("source_read_bytes"),
+            "the daemon did not serve the uncached film: {now}"
+        );
+    }
+}
+
+/// `cachefs restart` into another copy of the binary, five times, while four clients
+/// run: a reader the daemon serves and a passthrough reader streaming films (bytes
+/// compared), a scanner walking the library, and a writer appending with fsync (content
+/// compared). None sees an error or a wrong byte; the mount never leaves mountinfo and
+/// the daemon keeps its pid. Refused, one line, with the daemon serving on: while a lock
+/// is held through the mount (not carried yet), and into a binary that cannot read this
+/// daemon's state.
+#[test]
+fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
+    if !common::can_mount("restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry")
+    {
+        return;
+    }
+    let (m, load) = mount_under_load(&[], false);
+    let successor = m.root.join("cachefs-next");
+    fs::copy(BIN, &successor).unwrap();
+    let pid = m.pid();
+    let since = |m: &TestMount| status_at(&m.mnt)["serving_since_ms"].as_u64().unwrap();
     for i in 0..5 {
         std::thread::sleep(Duration::from_millis(300));
         let before = since(&m);
@@ -904,23 +972,7 @@ fn restart_under_load_keeps_every_client_and_refuses_what_it_cannot_carry() {
         assert_eq!(fs::read_link(format!("/proc/{pid}/exe")).unwrap(), binary);
     }
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        let (name, runs, bad) = c.join().unwrap();
-        assert!(runs > 0, "{name} never ran");
-        assert!(
-            bad.is_empty(),
-            "{name}: {} of {runs} went wrong: {bad:?}",
-            bad.len()
-        );
-    }
-    let n = *appended.lock().unwrap();
-    let want: String = (0..n).map(|i| format!("{i:08}\n")).collect();
-    assert_eq!(fs::read_to_string(&log).unwrap(), want, "the appended file");
-    assert!(
-        status_at(&m.mnt)["passthrough_opens"].as_u64().unwrap() > opens_before,
-        "the cached film was not read by passthrough"
-    );
+    load.finish(&m);
 
     // A lock held through the mount: refused, the daemon serving on.
     let held = fs::OpenOptions::new()
@@ -1003,4 +1055,51 @@ fn restart_takes_options_that_can_change_live_and_refuses_the_others() {
         );
     }
     assert_eq!(status_at(&m.mnt)["meta_ttl"].as_u64(), Some(86400));
+}
+
+/// Issue 22: the daemon killed with SIGKILL, twice (the successor too), while the four
+/// clients of `mount_under_load` run: each time its watchdog starts a successor that
+/// takes the live connection over (open files, node ids, the requests the dead daemon
+/// held, which the kernel sends again). No client sees an error or a wrong byte, the
+/// appended file has every line once, the mount never leaves mountinfo, and the status
+/// counts the failovers. Then, with the binary removed, a third kill unmounts.
+#[test]
+fn sigkill_under_load_fails_over_and_no_client_sees_an_error() {
+    if !common::can_mount("sigkill_under_load_fails_over_and_no_client_sees_an_error") {
+        return;
+    }
+    let (mut m, load) = mount_under_load(&[], true);
+    for i in 1..=2u64 {
+        std::thread::sleep(Duration::from_millis(400));
+        let dead = m.pid();
+        if i == 1 {
+            let st = m.signal_and_wait(libc::SIGKILL);
+            assert_eq!(st.code(), None, "{}", describe_status(&st));
+        } else {
+            send_signal(dead, libc::SIGKILL);
+        }
+        let pid = m
+            .wait_successor(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no successor after kill {i}:\n{}", m.log_contents()));
+        assert_ne!(pid, dead);
+        assert_eq!(mounts_at(&m.mnt).len(), 1, "kill {i}");
+        let st = status_at(&m.mnt);
+        assert_eq!(st["failovers"].as_u64(), Some(i), "{st}");
+        assert!(
+            m.log_contents()
+                .contains(&format!("failover {i}: took over")),
+            "{}",
+            m.log_contents()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    load.finish(&m);
+    // No binary to start: the watchdog unmounts, as without failover.
+    fs::remove_file(&m.bin).unwrap();
+    send_signal(m.pid(), libc::SIGKILL);
+    assert!(
+        wait_unmounted(&m.mnt, Duration::from_secs(2)),
+        "still mounted 2 s after a kill with no binary:\n{}",
+        m.log_contents()
+    );
 }

@@ -408,6 +408,8 @@ parity! {
     parity_hardlink => s_link;
     parity_statfs_access => s_statfs_access;
     parity_xattr => s_xattr;
+    parity_posix_acl_xattrs => s_posix_acl;
+    parity_create_under_default_acl => s_create_default_acl;
     parity_fallocate => s_fallocate;
     parity_seek_data_hole => s_seek_hole;
     parity_copy_file_range => s_copy_range;
@@ -2882,4 +2884,320 @@ fn xattr_nosys_mount_has_no_extended_attributes() {
     }
     assert_eq!(getxattr(&m.src("f"), "user.a", 100), Ok(b"1".to_vec()));
     assert_eq!(getxattr(&m.src("f"), "user.b", 100), Err(libc::ENODATA));
+}
+
+// ---------------------------------------------------------------------------------------
+// POSIX ACLs (the kernel reads and caches them itself with FUSE_POSIX_ACL)
+
+/// Runs the ACL tool `tool` (`setfacl`, `getfacl`) with `args` and then `rel`'s path,
+/// and records its output, or its exit code and message without the path (which
+/// differs between the mount and the plain directory).
+fn facl(c: &mut Ctx, step: &str, tool: &str, args: &[&str], rel: &str) {
+    let path = c.p(rel);
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} (the acl package; scripts/prereqs.sh): {e}"));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).replace(&*path.to_string_lossy(), "PATH");
+    if out.status.success() {
+        c.note(step, format!("ok {:?}", text(&out.stdout)));
+    } else {
+        c.note(
+            step,
+            format!("exit {:?} {:?}", out.status.code(), text(&out.stderr)),
+        );
+    }
+}
+
+/// The ACL as `getfacl` shows it, numeric ids, without the header.
+fn getfacl(c: &mut Ctx, step: &str, rel: &str) {
+    facl(c, step, "getfacl", &["-n", "--omit-header"], rel);
+}
+
+/// The `system.*` names (ACLs) in `rel`'s listxattr, sorted.
+fn list_system(p: &Path) -> Result<Vec<String>, i32> {
+    let cp = cpath(p);
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: buf has 65536 bytes.
+    let n = check_size(unsafe { libc::listxattr(cp.as_ptr(), buf.as_mut_ptr().cast(), 65536) })?;
+    let mut v: Vec<String> = buf[..n]
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .filter(|s| s.starts_with("system."))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// An access ACL in the kernel's xattr encoding: version 2, then (tag, perm, id) per entry.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+const NO_ID: u32 = u32::MAX;
+
+/// setxattr of `value` as f's access ACL, then f's mode and its ACL as read back.
+fn set_access_acl(c: &mut Ctx, what: &str, value: &[u8]) {
+    let f = c.p("f");
+    let set = setxattr(&f, "system.posix_acl_access", value, 0, false);
+    c.sys(&format!("setxattr {what}"), set);
+    c.stat(&format!("lstat f after {what}"), "f");
+    let get = getxattr(&f, "system.posix_acl_access", 100).map(|b| show_bytes(&b));
+    c.sys(&format!("get access ACL after {what}"), get);
+}
+
+/// getfattr/setfattr/listxattr/removexattr of access and default ACLs and of a
+/// Samba-style `user.DOSATTRIB`, by the ACL tools and by the raw calls: values, errnos,
+/// and the mode an access ACL implies, seen at once after each change.
+fn s_posix_acl(c: &mut Ctx) {
+    c.write("write f", "f", b"acl");
+    c.promoted("f");
+    let f = c.p("f");
+    c.io(
+        "chmod f 0644",
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)),
+    );
+    getfacl(c, "getfacl f (none)", "f");
+    c.sys(
+        "get access ACL (none)",
+        getxattr(&f, "system.posix_acl_access", 100).map(|b| show_bytes(&b)),
+    );
+    c.sys(
+        "remove access ACL (none)",
+        removexattr(&f, "system.posix_acl_access"),
+    );
+    facl(
+        c,
+        "setfacl u:1000:r,g:1000:rw f",
+        "setfacl",
+        &["-m", "u:1000:r,g:1000:rw"],
+        "f",
+    );
+    // The mask (rw) is the group class: the mode shows it at once.
+    c.stat("lstat f after setfacl", "f");
+    getfacl(c, "getfacl f", "f");
+    c.sys(
+        "get access ACL",
+        getxattr(&f, "system.posix_acl_access", 100).map(|b| show_bytes(&b)),
+    );
+    c.sys(
+        "get access ACL size",
+        getxattr(&f, "system.posix_acl_access", 0).map(|b| show_bytes(&b)),
+    );
+    c.sys(
+        "get access ACL small buffer",
+        getxattr(&f, "system.posix_acl_access", 8).map(|b| b.len()),
+    );
+    c.sys("list system.* f", list_system(&f));
+    // An ACL changes the file's ctime and mode, not its bytes: the copy stays.
+    c.served_from_copy("read f after setfacl", |c| c.read("read f", "f"));
+    // A chmod rewrites the ACL's mask.
+    c.io(
+        "chmod f 0600",
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)),
+    );
+    getfacl(c, "getfacl f after chmod", "f");
+    facl(c, "setfacl -x u:1000 f", "setfacl", &["-x", "u:1000"], "f");
+    getfacl(c, "getfacl f after -x", "f");
+    c.stat("lstat f after -x", "f");
+    // The raw call, as Samba and rsync -A make it.
+    let value = acl_value(&[
+        (ACL_USER_OBJ, 6, NO_ID),
+        (ACL_USER, 4, 1000),
+        (ACL_GROUP_OBJ, 4, NO_ID),
+        (ACL_MASK, 4, NO_ID),
+        (ACL_OTHER, 0, NO_ID),
+    ]);
+    set_access_acl(c, "a named entry", &value);
+    c.sys(
+        "setxattr malformed ACL",
+        setxattr(&f, "system.posix_acl_access", b"\x02\0\0\0\x01", 0, false),
+    );
+    c.sys(
+        "setxattr ACL of another version",
+        setxattr(&f, "system.posix_acl_access", &[1, 0, 0, 0], 0, false),
+    );
+    // An ACL equivalent to the mode is stored as the mode alone.
+    let minimal = acl_value(&[
+        (ACL_USER_OBJ, 7, NO_ID),
+        (ACL_GROUP_OBJ, 5, NO_ID),
+        (ACL_OTHER, 4, NO_ID),
+    ]);
+    set_access_acl(c, "the minimal ACL", &minimal);
+    facl(
+        c,
+        "setfacl -m u:1000:rwx f",
+        "setfacl",
+        &["-m", "u:1000:rwx"],
+        "f",
+    );
+    c.sys(
+        "removexattr access ACL",
+        removexattr(&f, "system.posix_acl_access"),
+    );
+    c.stat("lstat f after removexattr", "f");
+    getfacl(c, "getfacl f after removexattr", "f");
+    c.sys("list system.* f after remove", list_system(&f));
+    // Samba's DOS attributes beside an ACL.
+    let dos = b"0x20\0\x04\0\x04\0\0\0\x20\0\0\0";
+    c.sys(
+        "set user.DOSATTRIB",
+        setxattr(&f, "user.DOSATTRIB", dos, 0, false),
+    );
+    facl(
+        c,
+        "setfacl u:1000:rw f",
+        "setfacl",
+        &["-m", "u:1000:rw"],
+        "f",
+    );
+    c.sys(
+        "get user.DOSATTRIB",
+        getxattr(&f, "user.DOSATTRIB", 100).map(|b| show_bytes(&b)),
+    );
+    c.sys("list user.* f", listxattr(&f));
+    c.sys("list system.* f", list_system(&f));
+    c.sys("remove user.DOSATTRIB", removexattr(&f, "user.DOSATTRIB"));
+    c.sys(
+        "get user.DOSATTRIB after remove",
+        getxattr(&f, "user.DOSATTRIB", 100).map(|b| show_bytes(&b)),
+    );
+    getfacl(c, "getfacl f at the end", "f");
+    // Default ACLs, on directories only.
+    c.io("mkdir d", fs::create_dir(c.p("d")));
+    let d = c.p("d");
+    c.io(
+        "chmod d 0755",
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)),
+    );
+    c.sys(
+        "get default ACL (none)",
+        getxattr(&d, "system.posix_acl_default", 100).map(|b| show_bytes(&b)),
+    );
+    facl(
+        c,
+        "setfacl -d u:1000:rwx d",
+        "setfacl",
+        &["-d", "-m", "u:1000:rwx"],
+        "d",
+    );
+    getfacl(c, "getfacl d", "d");
+    c.stat("lstat d (a default ACL leaves the mode)", "d");
+    c.sys(
+        "get default ACL",
+        getxattr(&d, "system.posix_acl_default", 100).map(|b| show_bytes(&b)),
+    );
+    c.sys("list system.* d", list_system(&d));
+    c.sys(
+        "setxattr default ACL on a file",
+        setxattr(&f, "system.posix_acl_default", &minimal, 0, false),
+    );
+    facl(c, "setfacl -k d", "setfacl", &["-k"], "d");
+    getfacl(c, "getfacl d after -k", "d");
+    c.sys("list system.* d after -k", list_system(&d));
+    c.sys(
+        "remove default ACL (none)",
+        removexattr(&d, "system.posix_acl_default"),
+    );
+    c.io("symlink l -> f", std::os::unix::fs::symlink("f", c.p("l")));
+    c.sys(
+        "lsetxattr access ACL on a symlink",
+        setxattr(&c.p("l"), "system.posix_acl_access", &value, 0, true),
+    );
+    getfacl(c, "getfacl through the symlink", "l");
+    c.served_from_copy("read f at the end", |c| c.read("read f", "f"));
+}
+
+/// Creates in a plain directory and in directories with default ACLs, under umask 022
+/// and 077: a default ACL replaces the umask (ext4 takes the ACL's entries and mask),
+/// a plain directory applies it.
+fn s_create_default_acl(c: &mut Ctx) {
+    for (dir, acl) in [
+        ("p", None),
+        ("a", Some("u:1000:rwx")),
+        ("b", Some("u::rwx,g::---,o::---")),
+    ] {
+        c.io(&format!("mkdir {dir}"), fs::create_dir(c.p(dir)));
+        c.io(
+            &format!("chmod {dir} 0755"),
+            fs::set_permissions(c.p(dir), fs::Permissions::from_mode(0o755)),
+        );
+        if let Some(acl) = acl {
+            facl(
+                c,
+                &format!("setfacl -d {acl} {dir}"),
+                "setfacl",
+                &["-d", "-m", acl],
+                dir,
+            );
+        }
+    }
+    let mut made = Vec::new();
+    for umask in [0o022u32, 0o077] {
+        let mut ops: Vec<(u8, CString, u32)> = Vec::new();
+        for dir in ["p", "a", "b"] {
+            for (kind, name, mode) in [
+                (b'f', "f", 0o666),
+                (b'f', "g", 0o640),
+                (b'd', "d", 0o777),
+                (b'n', "n", 0o666),
+            ] {
+                let rel = format!("{dir}/{name}{umask:03o}");
+                ops.push((kind, c.c(&rel), mode));
+                made.push(rel);
+            }
+        }
+        // The umask is per process and the test threads share one: set it in a child.
+        let code = in_child(None, move || {
+            // SAFETY: async-signal-safe calls on paths prepared before the fork.
+            unsafe {
+                libc::umask(umask as libc::mode_t);
+                for (kind, path, mode) in &ops {
+                    let r = match kind {
+                        b'f' => {
+                            let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL;
+                            let fd = libc::open(path.as_ptr(), flags, *mode);
+                            if fd >= 0 {
+                                libc::close(fd);
+                            }
+                            fd
+                        }
+                        b'd' => libc::mkdir(path.as_ptr(), *mode),
+                        _ => libc::mknod(path.as_ptr(), libc::S_IFIFO | *mode, 0),
+                    };
+                    if r < 0 {
+                        return errno();
+                    }
+                }
+            }
+            0
+        });
+        c.out
+            .code(&format!("creates under umask {umask:03o}"), code);
+    }
+    for rel in &made {
+        c.stat(&format!("lstat {rel}"), rel);
+        getfacl(c, &format!("getfacl {rel}"), rel);
+    }
+    // A file made under a default ACL, then served from its copy.
+    c.write("write a/f022", "a/f022", b"inherited");
+    c.promoted("a/f022");
+    c.served_from_copy("read a/f022", |c| c.read("read a/f022", "a/f022"));
+    c.stat("lstat a/f022 after write", "a/f022");
+    // A directory made under one inherits the default ACL as its own default.
+    c.io("mkdir a/d022/sub", fs::create_dir(c.p("a/d022/sub")));
+    c.stat("lstat a/d022/sub", "a/d022/sub");
+    getfacl(c, "getfacl a/d022/sub", "a/d022/sub");
 }

@@ -695,3 +695,156 @@ fn allow_root_lets_root_in_and_refuses_other_users() {
     });
     assert_eq!(o.lines, vec!["open: ERR EACCES".to_string()]);
 }
+
+/// A tree where ACL entries for the second user (uid 1000) grant what the mode bits
+/// refuse, and refuse what they grant.
+fn setup_acl(root: &Path) {
+    let setfacl = |spec: &str, rel: &str| {
+        let st = std::process::Command::new("setfacl")
+            .args(["-m", spec])
+            .arg(root.join(rel))
+            .status()
+            .expect("setfacl (the acl package; scripts/prereqs.sh)");
+        assert!(st.success(), "setfacl -m {spec} {rel}: {st}");
+    };
+    let wr = |rel: &str, mode: u32| {
+        fs::write(root.join(rel), rel.as_bytes()).expect("write");
+        fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let mk = |rel: &str, mode: u32| {
+        fs::create_dir(root.join(rel)).expect("mkdir");
+        fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).expect("chmod root");
+    wr("granted", 0o600);
+    setfacl("u:1000:r", "granted");
+    wr("denied", 0o644);
+    setfacl("u:1000:---", "denied");
+    mk("gdir", 0o700);
+    wr("gdir/file", 0o644);
+    setfacl("u:1000:rx", "gdir");
+    mk("wdir", 0o755);
+    setfacl("u:1000:rwx", "wdir");
+}
+
+/// What the second user can do in `setup_acl`'s tree.
+fn acl_script(root: &Path) -> Outcomes {
+    let mut o = Outcomes::default();
+    let u = Creds::other();
+    fn open(flags: i32) -> impl Fn(&[CString]) -> i32 + Send + Sync + 'static {
+        move |p: &[CString]| {
+            // SAFETY: async-signal-safe calls on a prepared path.
+            let fd = unsafe { libc::open(p[0].as_ptr(), flags, 0o666) };
+            if fd < 0 {
+                return errno();
+            }
+            // SAFETY: fd was just opened by this process.
+            unsafe { libc::close(fd) };
+            0
+        }
+    }
+    fn access(mode: i32) -> impl Fn(&[CString]) -> i32 + Send + Sync + 'static {
+        // SAFETY: async-signal-safe call on a prepared path.
+        move |p: &[CString]| rc(unsafe { libc::access(p[0].as_ptr(), mode) })
+    }
+    step(
+        &mut o,
+        &u,
+        "read granted",
+        root,
+        &["granted"],
+        open(libc::O_RDONLY),
+    );
+    step(
+        &mut o,
+        &u,
+        "access granted R",
+        root,
+        &["granted"],
+        access(libc::R_OK),
+    );
+    step(
+        &mut o,
+        &u,
+        "write granted",
+        root,
+        &["granted"],
+        open(libc::O_WRONLY),
+    );
+    step(
+        &mut o,
+        &u,
+        "read denied",
+        root,
+        &["denied"],
+        open(libc::O_RDONLY),
+    );
+    step(
+        &mut o,
+        &u,
+        "access denied R",
+        root,
+        &["denied"],
+        access(libc::R_OK),
+    );
+    step(
+        &mut o,
+        &u,
+        "list gdir",
+        root,
+        &["gdir"],
+        open(libc::O_RDONLY | libc::O_DIRECTORY),
+    );
+    step(
+        &mut o,
+        &u,
+        "read gdir/file",
+        root,
+        &["gdir/file"],
+        open(libc::O_RDONLY),
+    );
+    let create = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    step(
+        &mut o,
+        &u,
+        "create in gdir",
+        root,
+        &["gdir/new"],
+        open(create),
+    );
+    step(
+        &mut o,
+        &u,
+        "create in wdir",
+        root,
+        &["wdir/new"],
+        open(create),
+    );
+    o.lstat("lstat wdir/new", &root.join("wdir/new"));
+    o
+}
+
+/// Regression: an `allow_other` mount checks permissions in the kernel
+/// (default_permissions), which ignored ACLs unless FUSE_POSIX_ACL was negotiated: a user
+/// granted read by a named-user entry alone got EACCES, and one refused by such an entry
+/// read what the mode bits let others read.
+#[test]
+fn named_user_acl_entries_grant_and_refuse_as_on_a_plain_directory() {
+    require_mount!();
+    let m = TestMount::builder()
+        .allow_other()
+        .populate(setup_acl)
+        .start();
+    let plain = plain_dir(true);
+    let p = plain.path().join("t");
+    fs::create_dir(&p).expect("mkdir");
+    setup_acl(&p);
+    let on_mount = acl_script(&m.mnt);
+    let on_plain = acl_script(&p);
+    assert_eq!(
+        on_plain.lines[..2],
+        ["read granted: ok", "access granted R: ok"],
+        "the ACL grants the read on the plain directory"
+    );
+    assert_same("named-user ACL entries", &on_mount, &on_plain);
+}

@@ -104,6 +104,17 @@ impl Notifier {
         self.send_inval(notify_code::FUSE_NOTIFY_DELETE, &notif)
     }
 
+    /// cachefs: asks the kernel to queue again every request read from this connection
+    /// and not answered (a daemon that died with requests in hand; Linux 6.9+, announced
+    /// by `FUSE_HAS_RESEND`). They come again with bit 63 of their unique id set
+    /// (`Request::is_resend`).
+    /// # Errors
+    /// Returns an error if the kernel does not know the notification (EINVAL).
+    pub fn resend(&self) -> io::Result<()> {
+        let notif = Notification::Bare(smallvec::SmallVec::new());
+        self.send(notify_code::FUSE_NOTIFY_RESEND, &notif)
+    }
+
     #[allow(unused)]
     fn send_inval(&self, code: notify_code, notification: &Notification<'_>) -> io::Result<()> {
         match self.send(code, notification) {

@@ -21,6 +21,13 @@ impl Request {
         ll::RequestId(self.header.unique)
     }
 
+    /// cachefs: whether the kernel sends this request again after `Notifier::resend`:
+    /// a predecessor read it and may or may not have carried it out.
+    #[inline]
+    pub fn is_resend(&self) -> bool {
+        self.header.unique & (1 << 63) != 0
+    }
+
     /// Returns the uid of this request
     #[inline]
     pub fn uid(&self) -> u32 {

@@ -182,6 +182,9 @@ pub(crate) enum fuse_notify_code {
     FUSE_NOTIFY_STORE = 4,
     FUSE_NOTIFY_RETRIEVE = 5,
     FUSE_NOTIFY_DELETE = 6,
+    // cachefs: Linux 6.9+ (FUSE_HAS_RESEND): requests read but not answered go back
+    // to the pending queue, their unique ids marked with bit 63.
+    FUSE_NOTIFY_RESEND = 7,
 }
 
 #[repr(C)]
