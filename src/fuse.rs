@@ -266,8 +266,12 @@ impl Filesystem for CachefsFs {
         // Each capability is asked for only if the kernel offers it; the ones it lacks are
         // simply not used. Writeback cache is never asked for: it would disable passthrough
         // and let the kernel hold writes the source has not seen.
+        // READDIRPLUS for every read of a directory, not only the first (no
+        // FUSE_READDIRPLUS_AUTO): with "auto" the kernel asks for attributes only at
+        // offset 0 and after a lookup in the directory, so a scanner that reads a whole
+        // listing before it stats (find, fts) got the rest of a directory larger than one
+        // reply without them, and each of those entries cost a LOOKUP round trip.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_ATOMIC_O_TRUNC
@@ -324,7 +328,7 @@ impl Filesystem for CachefsFs {
         //   attributes: the mode SOURCE derived from an access ACL is read back at once.
         // - a getxattr of an ACL that fails with EOPNOTSUPP fails the permission check
         //   being made: `overlay::xattr` answers ENODATA ("no ACL") for a SOURCE without.
-        let acl = self.core.cfg.xattr
+        let acl = self.core.xattrs()
             && config.capabilities().contains(InitFlags::FUSE_POSIX_ACL)
             && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok();
         self.core.set_posix_acl(acl);
@@ -862,8 +866,8 @@ impl Filesystem for CachefsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if !self.core.cfg.xattr {
-            // xattr=nosys: the kernel stops asking after this answer.
+        if !self.core.xattrs() {
+            // xattr=nosys, or a SOURCE without any: the kernel stops asking after this.
             return reply.error(Errno::from_i32(libc::ENOSYS));
         }
         let (c, name, value) = (caller(req), name.to_owned(), value.to_vec());
@@ -874,8 +878,8 @@ impl Filesystem for CachefsFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if !self.core.cfg.xattr {
-            // xattr=nosys: the kernel stops asking after this answer.
+        if !self.core.xattrs() {
+            // xattr=nosys, or a SOURCE without any: the kernel stops asking after this.
             return reply.error(Errno::from_i32(libc::ENOSYS));
         }
         if let Some(r) = self.core.getxattr_from_memory(ino.0, name, size) {
@@ -889,8 +893,8 @@ impl Filesystem for CachefsFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if !self.core.cfg.xattr {
-            // xattr=nosys: the kernel stops asking after this answer.
+        if !self.core.xattrs() {
+            // xattr=nosys, or a SOURCE without any: the kernel stops asking after this.
             return reply.error(Errno::from_i32(libc::ENOSYS));
         }
         if let Some(r) = self.core.listxattr_from_memory(ino.0, size) {
@@ -903,8 +907,8 @@ impl Filesystem for CachefsFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if !self.core.cfg.xattr {
-            // xattr=nosys: the kernel stops asking after this answer.
+        if !self.core.xattrs() {
+            // xattr=nosys, or a SOURCE without any: the kernel stops asking after this.
             return reply.error(Errno::from_i32(libc::ENOSYS));
         }
         let (c, name) = (caller(req), name.to_owned());

@@ -142,6 +142,8 @@ pub struct InodeTable {
     /// Where births, moves and deaths of nodes are published for a successor after a
     /// crash (`journal.rs`); unset until the session serves, and in tests.
     journal: std::sync::OnceLock<Arc<Journal>>,
+    /// Logged when a filesystem mounted below SOURCE is first met, if set.
+    new_device_note: std::sync::OnceLock<&'static str>,
 }
 
 /// An object's alias nodes.
@@ -228,6 +230,7 @@ impl InodeTable {
             aliases: Aliases::default(),
             next_alias: AtomicU64::new(ALIAS_BASE + 1),
             journal: std::sync::OnceLock::new(),
+            new_device_note: std::sync::OnceLock::new(),
         })
     }
 
@@ -309,6 +312,11 @@ impl InodeTable {
                     drop(n);
                     // After the lock: a compaction takes it before the journal's.
                     self.publish(&Record::Dev(dev), true);
+                    if let Some(note) = self.new_device_note.get() {
+                        tracing::warn!(
+                            "a filesystem mounted below SOURCE (device {dev:#x}): {note}"
+                        );
+                    }
                     i
                 }
             };
@@ -321,6 +329,11 @@ impl InodeTable {
         } else {
             base
         }
+    }
+
+    /// What to log when a filesystem mounted below SOURCE is first met.
+    pub fn note_new_devices(&self, note: &'static str) {
+        let _ = self.new_device_note.set(note);
     }
 
     pub fn get(&self, nodeid: u64) -> io::Result<Arc<Inode>> {

@@ -277,7 +277,9 @@ pub const OPTIONS: &[OptionSpec] = &[
             };
             Ok(())
         }),
-        help: "extended attributes: passthrough to SOURCE, or nosys: none at all, and the                kernel stops asking (ls -l then costs one request less per file)                (default: passthrough)",
+        help: "extended attributes: passthrough to SOURCE (a SOURCE without any is \
+               told to the kernel once), or nosys: none at all, and the kernel stops \
+               asking (ls -l then costs one request less per file) (default: passthrough)",
     },
     OptionSpec {
         name: "allow_other",

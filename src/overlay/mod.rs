@@ -102,6 +102,8 @@ pub struct Overlay {
     /// Set once the kernel has agreed to FUSE_POSIX_ACL: it then reads ACLs for its own
     /// permission checks (`xattr.rs`).
     posix_acl: AtomicBool,
+    /// Extended attribute calls go to SOURCE (`xattrs`).
+    xattrs: bool,
     /// How each open source object is served: one owner, one lock (`objects.rs`).
     objects: Arc<objects::Objects>,
     /// Tells the kernel a node's attributes (and data) changed behind it (set once
@@ -194,6 +196,12 @@ impl Overlay {
         rustix::process::umask(Mode::empty());
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         let fds = Fds::new(limit.unwrap_or(u64::MAX));
+        let xattrs = cfg.xattr && xattr::source_has_xattrs(root.as_fd(), &cfg.source);
+        if cfg.xattr && !xattrs {
+            tracing::info!(
+                "SOURCE has no extended attributes: the kernel is told the mount has none"
+            );
+        }
         let cache = match Cache::open(&cfg, root.try_clone()?) {
             Ok(c) => Some(c),
             // Another instance owns this cache: refuse, never share (invariant 5).
@@ -208,6 +216,11 @@ impl Overlay {
         };
         let statfs = Arc::new(memory::StatfsCache::new(root.try_clone()?));
         let inodes = InodeTable::new(root, fds, cfg.inode_handles)?;
+        if cfg.xattr && !xattrs {
+            inodes.note_new_devices(
+                "its extended attributes stay hidden until the next mount (SOURCE had none)",
+            );
+        }
         let meta = (!cfg.meta_ttl.is_zero()).then(|| {
             let meta = MetaCache::new(cfg.meta_ttl, META_MAX_NODES);
             let root = inodes.root();
@@ -234,6 +247,7 @@ impl Overlay {
             cache,
             passthrough: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
+            xattrs,
             objects,
             invalidator: std::sync::OnceLock::new(),
             meta,

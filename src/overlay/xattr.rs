@@ -13,7 +13,8 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 use std::os::unix::ffi::OsStrExt;
 
@@ -44,6 +45,71 @@ fn is_acl(name: &OsStr) -> bool {
     )
 }
 
+/// One name in each namespace the kernel has handlers for (`xattr_resolve_name`), and
+/// NFSv4's ACL: a filesystem with a handler for any of them answers something other
+/// than EOPNOTSUPP (ENODATA, EPERM, a value).
+const PROBES: [&str; 5] = [
+    "user.cachefs.probe",
+    "trusted.cachefs.probe",
+    "security.selinux",
+    "system.posix_acl_access",
+    "system.nfs4_acl",
+];
+
+/// Whether SOURCE can have extended attributes at all. False when its root answers
+/// EOPNOTSUPP in every namespace and no other filesystem is mounted below it: a FAT or
+/// exFAT disk, NFSv3 without ACLs, and FUSE filesystems that have none (rclone, sshfs),
+/// whose kernel already turns every getxattr into EOPNOTSUPP. The mount may then tell
+/// the kernel once (ENOSYS) that it has none either, and the kernel's answer, EOPNOTSUPP
+/// for every object, is SOURCE's own: `ls -l` costs no request per file.
+///
+/// The VFS checks `trusted.*` and `user.*` on special files (`xattr_permission`) before
+/// any filesystem sees the call, on the mount as on SOURCE. A filesystem mounted below
+/// SOURCE later, while the mount is up, would have its attributes hidden until the next
+/// mount; the daemon logs it when it meets one (`InodeTable::note_new_devices`).
+///
+/// ACLs are the exception to "EOPNOTSUPP": the VFS reads them through the filesystem's
+/// `get_acl`, and a FUSE filesystem whose server has no getxattr at all (the kernel's
+/// `no_getxattr`, after one ENOSYS) answers "no ACL", ENODATA, for every object
+/// (fs/fuse/acl.c, `__fuse_get_acl`), as this mount then does too. So on a FUSE SOURCE
+/// an ACL probe's ENODATA is no sign of extended attributes. (A FUSE server that
+/// answered EOPNOTSUPP in every other namespace but kept ACLs would be misread; no
+/// known one does.)
+pub(super) fn source_has_xattrs(root: BorrowedFd<'_>, source: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
+    let path = proc_path(root);
+    let fuse = rustix::fs::fstatfs(root).is_ok_and(|st| st.f_type as u64 == FUSE_SUPER_MAGIC);
+    let supported = |name: &str, r: Result<usize, Errno>| match r {
+        Err(Errno::OPNOTSUPP) => false,
+        Err(Errno::NODATA) => !(fuse && is_acl(OsStr::new(name))),
+        _ => true,
+    };
+    if PROBES
+        .iter()
+        .any(|name| supported(name, rustix::fs::getxattr_query(&path, *name)))
+    {
+        return true;
+    }
+    if !matches!(
+        rustix::fs::listxattr_query(&path),
+        Ok(0) | Err(Errno::OPNOTSUPP)
+    ) {
+        return true;
+    }
+    match crate::mountinfo::mounts() {
+        Ok(all) => has_submounts(&all, source),
+        // Cannot tell: pass everything through, as ever.
+        Err(_) => true,
+    }
+}
+
+/// Whether a filesystem is mounted anywhere below `source` (not at it).
+fn has_submounts(all: &[crate::mountinfo::MountInfo], source: &Path) -> bool {
+    let source = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    all.iter()
+        .any(|m| m.target != source && m.target.starts_with(&source))
+}
+
 fn reply(buf: Vec<u8>, n: usize, size: u32) -> io::Result<XattrReply> {
     if size == 0 {
         Ok(XattrReply::Size(n as u32))
@@ -57,6 +123,12 @@ fn reply(buf: Vec<u8>, n: usize, size: u32) -> io::Result<XattrReply> {
 }
 
 impl Overlay {
+    /// Whether extended attribute calls go to SOURCE: not with `xattr=nosys`, nor for a
+    /// SOURCE that has none (`source_has_xattrs`); the kernel is then told so (ENOSYS).
+    pub fn xattrs(&self) -> bool {
+        self.xattrs
+    }
+
     pub fn getxattr(
         &self,
         caller: &Caller,
@@ -180,5 +252,54 @@ impl Overlay {
         {
             cache.metadata_changed(&rel, &st);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mountinfo::parse_mountinfo;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw - ext4 /dev/sda1 rw
+30 22 0:40 / /srv/hdd rw - vfat /dev/sdb1 rw
+31 22 0:41 / /srv/hdd2 rw - vfat /dev/sdc1 rw
+32 31 0:42 / /srv/hdd2/extra rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn a_filesystem_below_source_is_a_submount_and_source_itself_is_not() {
+        let all = parse_mountinfo(MOUNTINFO);
+        assert!(
+            !has_submounts(&all, Path::new("/srv/hdd")),
+            "SOURCE's own mount"
+        );
+        assert!(has_submounts(&all, Path::new("/srv/hdd2")));
+        assert!(has_submounts(&all, Path::new("/srv")), "two below");
+        assert!(
+            !has_submounts(&all, Path::new("/srv/hdd2/extra")),
+            "SOURCE is the submount itself"
+        );
+        assert!(
+            !has_submounts(&all, Path::new("/srv/hd")),
+            "a prefix of a name is not a parent"
+        );
+    }
+
+    #[test]
+    fn a_source_with_extended_attributes_is_passed_through() {
+        // The test's own temporary directory: a filesystem with `user.*` at least, or
+        // one with submounts below `/`; either way not one without any.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fd = rustix::fs::open(
+            dir.path(),
+            rustix::fs::OFlags::PATH,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open");
+        if rustix::fs::getxattr_query(dir.path(), "user.x") == Err(Errno::OPNOTSUPP) {
+            return; // a TMPDIR without extended attributes: nothing to tell here
+        }
+        assert!(source_has_xattrs(fd.as_fd(), dir.path()));
     }
 }

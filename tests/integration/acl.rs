@@ -221,3 +221,121 @@ fn acl_set_through_the_mount_shows_at_once_under_long_timeouts() {
         same(&format!("{round}: chmod 0600"));
     }
 }
+
+/// Every extended attribute call a user makes, as its outcome: a size or an errno.
+fn xattr_calls(path: &Path) -> Vec<Result<usize, i32>> {
+    let p = cpath(path);
+    let mut list = [0u8; 256];
+    // SAFETY: NUL-terminated paths and names; buffers of the sizes given.
+    unsafe {
+        vec![
+            acl_query(path),
+            check_size(libc::lgetxattr(
+                p.as_ptr(),
+                c"user.tag".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            )),
+            check_size(libc::llistxattr(
+                p.as_ptr(),
+                list.as_mut_ptr().cast(),
+                list.len(),
+            )),
+            check_size(
+                libc::lsetxattr(p.as_ptr(), c"user.tag".as_ptr(), c"v".as_ptr().cast(), 1, 0)
+                    as isize,
+            ),
+        ]
+    }
+}
+
+/// `xattr_calls` where there are no extended attributes. The ACL query is answered "no
+/// ACL" (ENODATA) by every FUSE mount that has no ACL to give: FUSE superblocks are
+/// always SB_POSIXACL, and the VFS reads ACLs through `get_inode_acl`, not the
+/// filesystem's getxattr. The others fail as on a filesystem without any.
+const NONE: [Result<usize, i32>; 4] = [
+    Err(libc::ENODATA),
+    Err(libc::EOPNOTSUPP),
+    Err(libc::EOPNOTSUPP),
+    Err(libc::EOPNOTSUPP),
+];
+
+/// A mount with `xattr=nosys` over `files`, standing for a SOURCE whose filesystem has
+/// no extended attributes (a FUSE one such as rclone's answers ENOSYS the same way).
+fn without_xattrs(files: usize) -> TestMount {
+    TestMount::builder()
+        .option("xattr=nosys")
+        .populate(move |src| {
+            for i in 0..files {
+                fs::write(src.join(format!("e{i:02}.mkv")), b"x").expect("write");
+            }
+        })
+        .start()
+}
+
+/// The kernel is told once that a mount over such a SOURCE has no extended attributes
+/// either, so `ls -l` costs no request per file; and every call's answer is SOURCE's own.
+#[test]
+fn ls_l_of_a_source_without_extended_attributes_asks_the_daemon_nothing() {
+    require_mount!();
+    let inner = without_xattrs(40);
+    let m = TestMount::builder().source(&inner.path("")).start();
+    for i in 0..40 {
+        let name = format!("e{i:02}.mkv");
+        fs::symlink_metadata(m.path(&name)).expect("lstat");
+        assert_eq!(
+            xattr_calls(&m.path(&name)),
+            xattr_calls(&inner.path(&name)),
+            "{name}: as on SOURCE"
+        );
+    }
+    assert_eq!(xattr_calls(&m.path("e00.mkv")), NONE, "SOURCE has none");
+    assert_eq!(
+        xattr_requests(&m),
+        0,
+        "extended attribute requests that reached SOURCE"
+    );
+}
+
+/// A filesystem mounted below such a SOURCE may have extended attributes: then they are
+/// passed through, for every object, as always.
+#[test]
+fn a_source_without_extended_attributes_but_a_submount_passes_them_through() {
+    require_mount!();
+    let inner = without_xattrs(1);
+    let sub = inner.path("sub");
+    fs::create_dir(&sub).expect("mkdir");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount tmpfs: {st}");
+    let _sub = crate::common::DetachOnDrop(sub.clone());
+    fs::write(sub.join("f"), b"f").expect("write");
+    fs::write(sub.join("g"), b"g").expect("write");
+    let m = TestMount::builder().source(&inner.path("")).start();
+    let f = m.path("sub/f");
+    // Each call once through the mount on f, once on the tmpfs itself on g (the last
+    // call sets `user.tag`).
+    assert_eq!(
+        xattr_calls(&f),
+        xattr_calls(&sub.join("g")),
+        "as on the tmpfs"
+    );
+    assert_eq!(
+        Command::new("getfattr")
+            .args(["-n", "user.tag", "--only-values"])
+            .arg(&f)
+            .output()
+            .expect("getfattr")
+            .stdout,
+        b"v",
+        "the value set through the mount"
+    );
+    assert_eq!(
+        xattr_calls(&m.path("e00.mkv")),
+        NONE,
+        "the rest of SOURCE has none"
+    );
+}

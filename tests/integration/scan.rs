@@ -278,3 +278,37 @@ fn meta_ttl_link_counts_follow_unlinks_and_renames_over_a_name() {
     fs::rename(d.join("src"), d.join("dst")).unwrap();
     assert_eq!(nlink("dstlnk"), 1, "the replaced object lost a link");
 }
+
+/// A scanner that reads a whole listing before it stats (find, fts, a media server's
+/// walk) gets every entry's attributes with the listing, however large the directory:
+/// no LOOKUP round trip per entry. (With FUSE_READDIRPLUS_AUTO the kernel asked for
+/// attributes only with the first reply, about 180 entries, and each entry after those
+/// cost a LOOKUP.)
+#[test]
+fn a_scan_of_a_large_directory_costs_no_lookup_per_entry() {
+    crate::require_mount!();
+    let m = TestMount::builder()
+        .populate(|src| {
+            let dir = src.join("Movies");
+            fs::create_dir(&dir).expect("mkdir");
+            for i in 0..1000 {
+                fs::write(dir.join(format!("Film {i:04} (2020).mkv")), b"x").expect("write");
+            }
+        })
+        .start();
+    assert!(m.path("Movies").is_dir());
+    let before = num(&status(&m)["source_ops"], "lookup");
+    let names: Vec<PathBuf> = fs::read_dir(m.path("Movies"))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(names.len(), 1000);
+    for p in &names {
+        assert_eq!(fs::symlink_metadata(p).expect("lstat").len(), 1);
+    }
+    let lookups = num(&status(&m)["source_ops"], "lookup") - before;
+    assert_eq!(
+        lookups, 0,
+        "LOOKUP requests for entries the listing had already given"
+    );
+}
