@@ -52,7 +52,8 @@ require_loop_bench() { # COMMAND...
 release_work_mounts() {
     local m
     for m in $(findmnt -rn -o TARGET | grep "^$WORK/" | sort -r); do
-        umount "$m" 2>/dev/null || umount -l "$m"
+        # A FUSE daemon stopped first may have unmounted itself meanwhile.
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     if [ -n "${LOOP:-}" ]; then
         losetup -d "$LOOP" 2>/dev/null || say "cannot detach $LOOP"
