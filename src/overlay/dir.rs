@@ -177,10 +177,12 @@ impl Overlay {
                 Some(l) => l,
                 None if memory_only => return Err(needs_source_error()),
                 None => {
-                    let l = fdio::read_dir(self.dir_fd(dir, fh, inode)?.as_fd())?;
+                    let fd = self.dir_fd(dir, fh, inode)?;
+                    let l = fdio::read_dir(fd.as_fd())?;
                     if let Some(meta) = &self.meta {
                         meta.put_listing(key, &l);
                     }
+                    self.ahead.listed(&self.inodes, inode, &fd, &l);
                     l
                 }
             });

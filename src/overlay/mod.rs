@@ -7,6 +7,7 @@
 //! `xattr`, `creds` (running as the caller) and `readers` (whose reads the policy
 //! ignores).
 
+mod ahead;
 mod counters;
 mod creds;
 mod dir;
@@ -104,6 +105,8 @@ pub struct Overlay {
     posix_acl: AtomicBool,
     /// Extended attribute calls go to SOURCE (`xattrs`).
     xattrs: bool,
+    /// Reads ahead the directory a scan will list next (`ahead.rs`).
+    ahead: ahead::Ahead,
     /// How each open source object is served: one owner, one lock (`objects.rs`).
     objects: Arc<objects::Objects>,
     /// Tells the kernel a node's attributes (and data) changed behind it (set once
@@ -248,6 +251,7 @@ impl Overlay {
             passthrough: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
             xattrs,
+            ahead: ahead::Ahead::default(),
             objects,
             invalidator: std::sync::OnceLock::new(),
             meta,

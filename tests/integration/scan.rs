@@ -312,3 +312,81 @@ fn a_scan_of_a_large_directory_costs_no_lookup_per_entry() {
         "LOOKUP requests for entries the listing had already given"
     );
 }
+
+/// Sets a directory's atime two days back, so that its next read updates it (relatime).
+fn age_atime(dir: &Path) {
+    let old = libc::timespec {
+        tv_sec: fs::metadata(dir).expect("stat").atime() - 2 * 86_400,
+        tv_nsec: 0,
+    };
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let p = crate::common::cpath(dir);
+    // SAFETY: a NUL-terminated path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), [old, omit].as_ptr(), 0) };
+    assert_eq!(rc, 0, "utimensat {}", dir.display());
+}
+
+/// A first scan's next directory is read from SOURCE ahead of the walker (`ahead.rs`),
+/// and only that one: after a show's listing, its first season (in listing order); after
+/// that season, a leaf, the next. Seen in SOURCE as the directories' atimes, which a
+/// read updates (relatime, with atimes two days old).
+#[test]
+fn a_first_scan_reads_the_next_directory_ahead_and_only_that_one() {
+    crate::require_mount!();
+    let m = TestMount::builder()
+        .populate(|src| {
+            for s in 1..=3 {
+                let season = src.join(format!("Show/Season {s:02}"));
+                fs::create_dir_all(&season).expect("mkdir");
+                fs::write(season.join("e1.mkv"), b"x").expect("write");
+            }
+        })
+        .start();
+    let order: Vec<String> = fs::read_dir(m.src("Show"))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    assert_eq!(order.len(), 3);
+    let atime = |name: &str| {
+        fs::metadata(m.src("Show").join(name))
+            .expect("stat")
+            .atime()
+    };
+    for name in &order {
+        age_atime(&m.src("Show").join(name));
+    }
+    let aged: Vec<i64> = order.iter().map(|n| atime(n)).collect();
+    let listed: Vec<String> = fs::read_dir(m.path("Show"))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    assert_eq!(listed, order, "the mount lists in SOURCE's order");
+    eventually("the first season read ahead", &m, || {
+        atime(&order[0]) != aged[0]
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        atime(&order[1]),
+        aged[1],
+        "the second season is not read yet"
+    );
+    assert_eq!(atime(&order[2]), aged[2], "nor the third");
+    assert_eq!(
+        fs::read_dir(m.path("Show").join(&order[0]))
+            .expect("read_dir")
+            .count(),
+        1
+    );
+    eventually("the second season read ahead", &m, || {
+        atime(&order[1]) != aged[1]
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        atime(&order[2]),
+        aged[2],
+        "the third season is not read yet"
+    );
+}
