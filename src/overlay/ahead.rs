@@ -55,14 +55,28 @@ struct Job {
     name: OsString,
 }
 
-#[derive(Default)]
 pub(super) struct Ahead {
     parents: Mutex<VecDeque<Parent>>,
-    /// The thread's queue, started with the first prediction.
-    queue: Mutex<Option<SyncSender<Job>>>,
+    /// The thread's queue; `None` if the thread could not start (scans are then as
+    /// they were without it).
+    queue: Option<SyncSender<Job>>,
 }
 
 impl Ahead {
+    /// Starts the thread. It is started here, with the daemon's own credentials, not by
+    /// a request: a request's thread runs as its caller (`creds`), and a thread inherits
+    /// the credentials of the one that starts it. It ends when the overlay goes.
+    pub(super) fn start() -> Ahead {
+        let (tx, rx) = sync_channel::<Job>(QUEUED);
+        let spawned = std::thread::Builder::new()
+            .name("cachefs-ahead".into())
+            .spawn(move || rx.into_iter().for_each(|job| warm(&job)));
+        Ahead {
+            parents: Mutex::new(VecDeque::new()),
+            queue: spawned.is_ok().then_some(tx),
+        }
+    }
+
     /// `dir`, open as `fd`, was just listed from SOURCE: predict the directory a walker
     /// reads next, and read it ahead.
     pub(super) fn listed(
@@ -124,18 +138,7 @@ impl Ahead {
     }
 
     fn send(&self, job: Job) {
-        let mut queue = self.queue.lock();
-        if queue.is_none() {
-            let (tx, rx) = sync_channel::<Job>(QUEUED);
-            let spawned = std::thread::Builder::new()
-                .name("cachefs-ahead".into())
-                .spawn(move || rx.into_iter().for_each(|job| warm(&job)));
-            if spawned.is_err() {
-                return; // no read-ahead: scans are as before
-            }
-            *queue = Some(tx);
-        }
-        if let Some(tx) = queue.as_ref() {
+        if let Some(tx) = &self.queue {
             let _ = tx.try_send(job);
         }
     }

@@ -251,7 +251,7 @@ impl Overlay {
             passthrough: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
             xattrs,
-            ahead: ahead::Ahead::default(),
+            ahead: ahead::Ahead::start(),
             objects,
             invalidator: std::sync::OnceLock::new(),
             meta,
