@@ -282,6 +282,10 @@ pub struct Opened {
 const STRIP: i32 =
     libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_DIRECT;
 
+/// How long a reader's open waits for the release of writers already closed by their
+/// processes (`await_closing_writers`): the kernel sends it right after close(2) returns.
+const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// FUSE's open flags (an i32) as rustix's, close-on-exec.
 fn oflags(flags: i32) -> OFlags {
     OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
@@ -388,6 +392,9 @@ impl Overlay {
                 None
             },
         };
+        if !write {
+            self.await_closing_writers(obj);
+        }
         let ticket = self.objects.ticket(obj, nodeid);
         let copy = self.copy_for(&req, &ticket);
         self.serve(caller, req, Some(fd), (ticket, copy), register)
@@ -438,6 +445,18 @@ impl Overlay {
             self.serve(caller, req, None, (ticket, Some(copy)), register)
                 .map_err(|retire| retire.unwrap_or_else(|| self.retire(&inode))),
         )
+    }
+
+    /// A reader that opens right after the file's last writer closed it: waits (up to
+    /// CLOSING_WAIT) for the kernel's release of that writer. Opened while the writer's
+    /// passthrough open was still live, the reader would have been given the same SOURCE
+    /// backing (one per inode), read by the kernel alone: its reads would never count
+    /// toward promotion, nor could it move to a copy.
+    fn await_closing_writers(&self, obj: (u64, u64)) {
+        let end = std::time::Instant::now() + CLOSING_WAIT;
+        while self.objects.only_closing_writers(obj) && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// The copy an open of `req` would read: only for reading, only while the owner

@@ -218,6 +218,15 @@ struct ObjState {
 }
 
 impl ObjState {
+    /// Whether every writer is closed by its process, its release still to come from
+    /// the kernel (true without writers too: nobody writes).
+    fn writers_closing(&self) -> bool {
+        self.handles
+            .iter()
+            .filter(|h| h.writable)
+            .all(|h| h.closed.load(Ordering::Relaxed))
+    }
+
     fn is_idle(&self) -> bool {
         self.handles.is_empty()
             && self.copying == 0
@@ -348,6 +357,17 @@ impl Default for Objects {
 impl Objects {
     /// The object's state as an open of it through `nodeid` begins, before it looks for
     /// a copy.
+    /// Whether `obj` is open for writing only by handles their processes have closed:
+    /// the kernel sends each release after close(2) has returned, so for a moment the
+    /// file is still open for writing to the owner.
+    pub fn only_closing_writers(&self, obj: Obj) -> bool {
+        let inner = self.inner.lock();
+        inner
+            .map
+            .get(&obj)
+            .is_some_and(|s| s.writers > 0 && s.writers_closing())
+    }
+
     pub fn ticket(&self, obj: Obj, nodeid: u64) -> Ticket {
         let inner = self.inner.lock();
         match inner.map.get(&obj) {
@@ -729,12 +749,7 @@ impl crate::cache::Gate for Objects {
             ..ObjState::default()
         });
         if st.writers > 0 {
-            let closing = st
-                .handles
-                .iter()
-                .filter(|h| h.writable)
-                .all(|h| h.closed.load(Ordering::Relaxed));
-            return Err(closing);
+            return Err(st.writers_closing());
         }
         st.copying += 1;
         Ok(st.generation)
