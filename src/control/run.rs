@@ -153,6 +153,8 @@ fn run_unmount(path: &Path) -> u8 {
         Err(msg) => return fail(&msg),
     };
     let before = cachefs_mounts_at(&mp);
+    let cache = client::status(&mp).ok().map(|s| PathBuf::from(s.cache));
+    let start = Instant::now();
     let req = Request::new(Cmd::Unmount, &[], false);
     match client::request::<Stopping>(&mp, &req, &mut |_| {}) {
         Ok(_) => {}
@@ -161,19 +163,59 @@ fn run_unmount(path: &Path) -> u8 {
             if !wait_unmounted(&mp, before, Duration::from_secs(2)) {
                 return fail(&msg);
             }
-            return SUCCESS;
         }
         Err(e) => return fail(&e.to_string()),
     }
-    if wait_unmounted(&mp, before, UNMOUNT_WAIT) {
-        SUCCESS
-    } else {
-        fail(&format!(
+    if !wait_unmounted(&mp, before, UNMOUNT_WAIT) {
+        return fail(&format!(
             "asked the daemon to unmount {}, but it is still mounted after {} s",
             mp.display(),
             UNMOUNT_WAIT.as_secs()
-        ))
+        ));
     }
+    // The daemon saves its state after the unmount and holds its cache directory until
+    // it exits: a mount of the same cache right after this returned would be refused.
+    match cache {
+        Some(cache) if !wait_cache_released(&cache, start + UNMOUNT_WAIT) => fail(&format!(
+            "unmounted {}, but its daemon still holds the cache directory {} after {} s",
+            mp.display(),
+            cache.display(),
+            UNMOUNT_WAIT.as_secs()
+        )),
+        _ => SUCCESS,
+    }
+}
+
+/// Waits until no process holds an flock on the cache directory's `lock` file (the
+/// daemon holds it until it exits), as /proc/locks shows, without taking it: a mount
+/// starting meanwhile must not find it taken. True at once when the file cannot be seen
+/// from here (a daemon in a container, its cache at another path), as before.
+fn wait_cache_released(cache: &Path, until: Instant) -> bool {
+    let Ok(st) = rustix::fs::stat(cache.join("lock")) else {
+        return true;
+    };
+    let dev = rustix::fs::Dev::from(st.st_dev);
+    let key = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev),
+        st.st_ino
+    );
+    let held = || {
+        std::fs::read_to_string("/proc/locks").is_ok_and(|t| {
+            t.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&"FLOCK") && f.contains(&key.as_str())
+            })
+        })
+    };
+    while held() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// How long `cachefs restart` waits for the new daemon to answer.
