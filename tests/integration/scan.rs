@@ -313,6 +313,14 @@ fn a_scan_of_a_large_directory_costs_no_lookup_per_entry() {
     );
 }
 
+/// A directory's names in the order its listing gives them.
+fn listing(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect()
+}
+
 /// Sets a directory's atime two days back, so that its next read updates it (relatime).
 fn age_atime(dir: &Path) {
     let old = libc::timespec {
@@ -345,10 +353,7 @@ fn a_first_scan_reads_the_next_directory_ahead_and_only_that_one() {
             }
         })
         .start();
-    let order: Vec<String> = fs::read_dir(m.src("Show"))
-        .expect("read_dir")
-        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-        .collect();
+    let order = listing(&m.src("Show"));
     assert_eq!(order.len(), 3);
     let atime = |name: &str| {
         fs::metadata(m.src("Show").join(name))
@@ -359,10 +364,7 @@ fn a_first_scan_reads_the_next_directory_ahead_and_only_that_one() {
         age_atime(&m.src("Show").join(name));
     }
     let aged: Vec<i64> = order.iter().map(|n| atime(n)).collect();
-    let listed: Vec<String> = fs::read_dir(m.path("Show"))
-        .expect("read_dir")
-        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-        .collect();
+    let listed = listing(&m.path("Show"));
     assert_eq!(listed, order, "the mount lists in SOURCE's order");
     eventually("the first season read ahead", &m, || {
         atime(&order[0]) != aged[0]
